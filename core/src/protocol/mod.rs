@@ -1,0 +1,20 @@
+//! The legacy iris-rpc protocol, sans-IO: bytes and lines in, lines and outcomes out. No
+//! sockets, no runtime; everything here is deterministic given its inputs.
+
+pub mod cipher;
+pub mod framing;
+pub mod handshake;
+pub mod hex;
+pub mod keys;
+pub mod message;
+pub mod session;
+
+pub use cipher::{LegacyCipher, LEGACY_CIPHER_NAME};
+pub use framing::{LineBuffer, LineTooLong};
+pub use handshake::{
+    ClientConfig, ClientHandshake, Established, HandshakeError, Identity, PeerIdentity,
+    ServerConfig, ServerHandshake, Step,
+};
+pub use keys::Keys;
+pub use message::{BadMessage, Control, Kind, Parsed};
+pub use session::{OpenError, Opener, Sealer};
