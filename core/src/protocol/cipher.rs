@@ -78,7 +78,6 @@ impl LegacyCipher {
         self.dec
             .clone()
             .decrypt_padded_mut::<Pkcs7>(buf)
-            .map(|p| &*p)
             .map_err(|_| DecryptError)
     }
 

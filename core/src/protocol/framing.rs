@@ -27,8 +27,8 @@ pub struct LineBuffer {
     start: usize,
     /// Bytes before this offset (from `start`) are known to hold no newline.
     scanned: usize,
-    /// Where the last `read_buf` began.
-    read_from: usize,
+    /// Where an outstanding `read_buf` began (its tail is not data until `filled`).
+    read_from: Option<usize>,
     max: usize,
 }
 
@@ -39,7 +39,7 @@ impl LineBuffer {
             buf: Vec::with_capacity(8 * 1024),
             start: 0,
             scanned: 0,
-            read_from: 0,
+            read_from: None,
             max,
         }
     }
@@ -51,6 +51,7 @@ impl LineBuffer {
 
     /// Appends bytes read from the peer.
     pub fn extend(&mut self, data: &[u8]) {
+        self.discard_unfilled();
         self.compact();
         self.buf.extend_from_slice(data);
     }
@@ -59,34 +60,45 @@ impl LineBuffer {
     /// `room` bytes unless the limit needs fewer, so the buffer never grows much past one
     /// maximal line.
     pub fn read_buf(&mut self, room: usize) -> &mut [u8] {
+        self.discard_unfilled();
         self.compact();
         let len = self.buf.len();
         let want = room
             .min(self.max.saturating_add(1).saturating_sub(len))
             .max(1);
         self.buf.resize(len + want, 0);
-        self.read_from = len;
+        self.read_from = Some(len);
         &mut self.buf[len..]
     }
 
     /// Keeps `n` bytes of the last [`LineBuffer::read_buf`]; the rest is discarded.
     pub fn filled(&mut self, n: usize) {
-        self.buf.truncate(self.read_from + n);
+        if let Some(from) = self.read_from.take() {
+            self.buf.truncate(from + n);
+        }
+    }
+
+    /// Drops the tail of a `read_buf` that was never filled (a cancelled read).
+    fn discard_unfilled(&mut self) {
+        if let Some(from) = self.read_from.take() {
+            self.buf.truncate(from);
+        }
     }
 
     /// True when no bytes are buffered.
     pub fn is_empty(&self) -> bool {
-        self.buf.len() == self.start
+        self.read_from.unwrap_or(self.buf.len()) == self.start
     }
 
     /// Bytes held that do not yet form a complete line.
     pub fn pending(&self) -> usize {
-        self.buf.len() - self.start
+        self.read_from.unwrap_or(self.buf.len()) - self.start
     }
 
     /// The next complete line without its `\n` (and without a `\r` before it), `Ok(None)` if
     /// no complete line is buffered, or an error once the unterminated tail exceeds the limit.
     pub fn next_line(&mut self) -> Result<Option<&[u8]>, LineTooLong> {
+        self.discard_unfilled();
         let from = self.start + self.scanned;
         match memchr::memchr(b'\n', &self.buf[from..]) {
             Some(i) => {

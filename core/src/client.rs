@@ -1,0 +1,168 @@
+//! [`Client`]: keeps one authenticated stream per address, reconnecting with backoff.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::Rng;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+use crate::api::{shared_api, spawn_pinger};
+use crate::connection::{handshake, serve, Handshake};
+use crate::engine::Engine;
+use crate::error::{Error, Result};
+use crate::event::Event;
+use crate::options::Options;
+use crate::protocol::LineBuffer;
+
+/// An iris-rpc client (legacy `Client`).
+pub struct Client {
+    engine: Arc<Engine>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("uuid", &self.engine.identity.uuid)
+            .field("address", &self.engine.opts.address)
+            .finish()
+    }
+}
+
+shared_api!(Client);
+
+impl Client {
+    /// Starts connecting to every address on the current tokio runtime and returns at once,
+    /// like legacy; use [`Client::wait_connected`] or the `Connect` event to know when a stream
+    /// is up. Each stream reconnects after 1 s, then with exponential backoff and jitter up to
+    /// `reconnect_max`, until [`Client::close`].
+    pub fn connect(opts: Options) -> Result<Client> {
+        if opts.address.is_empty() {
+            return Err(Error::Config("a client needs 'address' (host:port)".into()));
+        }
+        let handle = tokio::runtime::Handle::try_current().map_err(|_| {
+            Error::Config("Client::connect must be called inside a tokio runtime".into())
+        })?;
+        let tls = crate::tls::client_config(opts.certificates.as_ref(), opts.reject_unauthorized)?;
+        let mut targets = Vec::new();
+        for a in &opts.address {
+            let (host, port) = split_host_port(a)?;
+            targets.push((a.clone(), host, port));
+        }
+        let engine = Engine::new(opts)?;
+        let connector = TlsConnector::from(tls);
+        for (address, host, port) in targets {
+            engine.task_started();
+            let e = engine.clone();
+            let c = connector.clone();
+            handle.spawn(async move {
+                reconnect_loop(&e, &address, &host, port, c).await;
+                e.task_finished();
+            });
+        }
+        let _guard = handle.enter();
+        spawn_pinger(&engine);
+        Ok(Client { engine })
+    }
+
+    /// Waits until at least one stream is authenticated, or `timeout` passes.
+    pub async fn wait_connected(&self, timeout: Duration) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while !self.is_connected() {
+            if self.engine.shutdown.is_triggered() {
+                return Err(Error::Closed);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Error::NotConnected { req: None });
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        Ok(())
+    }
+}
+
+fn split_host_port(address: &str) -> Result<(String, u16)> {
+    let (host, port) = address
+        .rsplit_once(':')
+        .ok_or_else(|| Error::Config(format!("address must be host:port, got {address:?}")))?;
+    let port = port
+        .parse::<u16>()
+        .map_err(|_| Error::Config(format!("invalid port in address {address:?}")))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        return Err(Error::Config(format!(
+            "missing host in address {address:?}"
+        )));
+    }
+    Ok((host.to_owned(), port))
+}
+
+async fn reconnect_loop(
+    engine: &Arc<Engine>,
+    address: &str,
+    host: &str,
+    port: u16,
+    connector: TlsConnector,
+) {
+    let initial = engine.opts.reconnect_initial;
+    let max = engine.opts.reconnect_max.max(initial);
+    let mut delay = initial;
+    while !engine.shutdown.is_triggered() {
+        let attempt = tokio::select! {
+            _ = engine.shutdown.wait() => break,
+            r = connect_once(engine, address, host, port, &connector) => r,
+        };
+        match attempt {
+            Ok(true) => delay = initial,
+            Ok(false) => {}
+            Err(error) => {
+                tracing::debug!(%address, %error, "connection attempt failed");
+                engine
+                    .emit(Event::Error {
+                        error,
+                        address: Some(address.to_owned()),
+                    })
+                    .await;
+            }
+        }
+        // Jitter of up to a fifth, so a restarted server is not hit by every client at once.
+        let jitter = delay.mul_f64(rand::thread_rng().gen_range(0.0..0.2));
+        tokio::select! {
+            _ = engine.shutdown.wait() => break,
+            _ = tokio::time::sleep(delay + jitter) => {}
+        }
+        delay = (delay * 2).min(max);
+    }
+}
+
+/// One connection: `Ok(true)` if it authenticated (and has now ended).
+async fn connect_once(
+    engine: &Arc<Engine>,
+    address: &str,
+    host: &str,
+    port: u16,
+    connector: &TlsConnector,
+) -> Result<bool> {
+    let name = crate::tls::server_name(host)?;
+    let mut lines = LineBuffer::new(engine.opts.limits.max_line);
+    let auth = async {
+        let tcp = TcpStream::connect((host, port)).await?;
+        let _ = tcp.set_nodelay(true);
+        let mut tls = connector
+            .connect(name, tcp)
+            .await
+            .map_err(|e| Error::Tls(e.to_string()))?;
+        let est = handshake(&mut tls, &mut lines, Handshake::client(engine)).await?;
+        Ok::<_, Error>((tls, est))
+    };
+    let (tls, est) = tokio::time::timeout(engine.opts.limits.auth_timeout, auth)
+        .await
+        .unwrap_or_else(|_| {
+            Err(Error::LimitExceeded(format!(
+                "connect and authentication not completed within {:?}",
+                engine.opts.limits.auth_timeout
+            )))
+        })?;
+    serve(engine.clone(), tls, lines, est, address.to_owned()).await;
+    Ok(true)
+}

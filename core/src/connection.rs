@@ -1,0 +1,332 @@
+//! One connection: TLS, the handshake under a deadline, then a reader (this task) and a writer
+//! (its own task) for the authenticated stream.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::engine::{Engine, Stream};
+use crate::error::{Error, Result};
+use crate::event::Event;
+use crate::message::Message;
+use crate::peer::{Peer, PeerInner};
+use crate::protocol::message::strip_sig;
+use crate::protocol::{
+    ClientConfig, ClientHandshake, Control, Established, HandshakeError, Kind, LineBuffer, Opener,
+    Sealer, ServerConfig, ServerHandshake, Step,
+};
+use crate::shutdown::Shutdown;
+
+const READ_CHUNK: usize = 64 * 1024;
+const WRITE_BATCH: usize = 1024;
+
+pub(crate) enum Handshake {
+    Client(ClientHandshake),
+    Server(ServerHandshake),
+}
+
+impl Handshake {
+    pub(crate) fn client(engine: &Engine) -> Self {
+        Handshake::Client(ClientHandshake::new(
+            engine.keys.clone(),
+            ClientConfig {
+                identity: engine.identity.clone(),
+                cipher: engine.opts.cipher,
+                signatures: engine.opts.signatures,
+                routes: engine.opts.routes.clone(),
+            },
+        ))
+    }
+
+    pub(crate) fn server(engine: &Engine) -> Self {
+        Handshake::Server(ServerHandshake::new(
+            engine.keys.clone(),
+            ServerConfig {
+                identity: engine.identity.clone(),
+                require_cipher: engine.opts.cipher,
+                signatures: engine.opts.signatures,
+                routes: engine.opts.routes.clone(),
+            },
+        ))
+    }
+
+    fn on_line(&mut self, line: &[u8]) -> std::result::Result<Step, HandshakeError> {
+        match self {
+            Handshake::Client(h) => h.on_line(line),
+            Handshake::Server(h) => h.on_line(line),
+        }
+    }
+}
+
+fn handshake_error(e: HandshakeError) -> Error {
+    match e {
+        HandshakeError::Protocol(_) => Error::Protocol(e.to_string()),
+        _ => Error::Auth(e.to_string()),
+    }
+}
+
+/// Runs the handshake on an established TLS stream.
+pub(crate) async fn handshake<IO: AsyncRead + AsyncWrite + Unpin>(
+    io: &mut IO,
+    lines: &mut LineBuffer,
+    mut hs: Handshake,
+) -> Result<Established> {
+    if let Handshake::Client(c) = &hs {
+        io.write_all(&c.hello()).await?;
+        io.flush().await?;
+    }
+    loop {
+        let line = loop {
+            match lines.next_line() {
+                Ok(Some(l)) => break l.to_vec(),
+                Ok(None) => {}
+                Err(e) => return Err(Error::LimitExceeded(e.to_string())),
+            }
+            let n = match io.read(lines.read_buf(READ_CHUNK)).await {
+                Ok(n) => n,
+                // A peer that drops TLS without close_notify has closed all the same.
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => 0,
+                Err(e) => return Err(e.into()),
+            };
+            lines.filled(n);
+            if n == 0 {
+                return Err(match hs {
+                    Handshake::Client(_) => Error::Auth(
+                        "server closed the connection during authentication (wrong secret, or \
+                         a cipher setting the server refuses?)"
+                            .into(),
+                    ),
+                    Handshake::Server(_) => {
+                        Error::Protocol("client closed the connection during the handshake".into())
+                    }
+                });
+            }
+        };
+        if line.is_empty() {
+            continue;
+        }
+        match hs.on_line(&line).map_err(handshake_error)? {
+            Step::Send(out) => {
+                io.write_all(&out).await?;
+                io.flush().await?;
+            }
+            Step::Done { send, established } => {
+                if let Some(out) = send {
+                    io.write_all(&out).await?;
+                    io.flush().await?;
+                }
+                return Ok(*established);
+            }
+        }
+    }
+}
+
+/// Serves an authenticated stream until it ends; returns why it ended.
+pub(crate) async fn serve<IO>(
+    engine: Arc<Engine>,
+    io: IO,
+    lines: LineBuffer,
+    est: Established,
+    address: String,
+) -> String
+where
+    IO: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let (rd, wr) = tokio::io::split(io);
+    let (tx, rx) = mpsc::unbounded_channel();
+    let queued = Arc::new(AtomicUsize::new(0));
+    let shutdown = Arc::new(Shutdown::default());
+    let peer = Peer(Arc::new(PeerInner {
+        uuid: est.peer.uuid.clone(),
+        address,
+        designation: est.peer.designation.clone(),
+        mac: est.peer.mac.clone(),
+        cipher: est.cipher,
+        shutdown: shutdown.clone(),
+    }));
+    let stream = Arc::new(Stream::new(peer.clone(), tx, queued.clone(), &engine.opts));
+    engine.register(stream.clone(), &est.routes);
+    let writer = tokio::spawn(write_loop(wr, rx, est.sealer, queued, shutdown.clone()));
+    engine.emit(Event::Connect { peer: peer.clone() }).await;
+
+    let result = read_loop(&engine, &stream, rd, lines, est.opener).await;
+    let reason = match result {
+        Ok(()) => stream
+            .close_reason
+            .lock()
+            .ok()
+            .and_then(|r| r.clone())
+            .unwrap_or_else(|| "closed".into()),
+        Err(e) => e,
+    };
+    stream.close(reason.clone());
+    engine.unregister(&stream);
+    stream.fail_pending(engine.shutdown.is_triggered());
+    let _ = writer.await;
+    if !reason.starts_with("closed") {
+        tracing::info!(peer = %peer.uuid(), address = %peer.address(), %reason, "stream ended");
+    }
+    engine
+        .emit(Event::Disconnect {
+            peer,
+            reason: reason.clone(),
+        })
+        .await;
+    reason
+}
+
+async fn read_loop<R: AsyncRead + Unpin>(
+    engine: &Arc<Engine>,
+    stream: &Arc<Stream>,
+    mut rd: R,
+    mut lines: LineBuffer,
+    mut opener: Opener,
+) -> std::result::Result<(), String> {
+    let peer = stream.peer.clone();
+    let mut plain = Vec::new();
+    loop {
+        let deadline = stream.pending.lock().ok().and_then(|p| p.next_deadline());
+        tokio::select! {
+            biased;
+            _ = peer.0.shutdown.wait() => return Ok(()),
+            _ = stream.pending_changed.notified() => continue,
+            _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
+                let expired = stream
+                    .pending
+                    .lock()
+                    .map(|mut p| p.expire(Instant::now()))
+                    .unwrap_or_default();
+                for e in expired {
+                    e.settle_timeout();
+                }
+            }
+            r = rd.read(lines.read_buf(READ_CHUNK)) => {
+                let n = r.map_err(|e| format!("read error: {e}"))?;
+                lines.filled(n);
+                if n == 0 {
+                    return Err("connection closed by peer".into());
+                }
+                loop {
+                    let line = match lines.next_line() {
+                        Ok(Some(l)) => l,
+                        Ok(None) => break,
+                        Err(e) => return Err(format!("limit exceeded: {e}")),
+                    };
+                    if line.is_empty() {
+                        continue;
+                    }
+                    let parsed = opener
+                        .open(line, &mut plain)
+                        .map_err(|e| format!("protocol error: {e}"))?;
+                    deliver(engine, stream, &peer, parsed).await?;
+                }
+            }
+        }
+    }
+}
+
+async fn deliver(
+    engine: &Arc<Engine>,
+    stream: &Arc<Stream>,
+    peer: &Peer,
+    parsed: crate::protocol::Parsed<'_>,
+) -> std::result::Result<(), String> {
+    match parsed.kind {
+        Kind::Event {
+            op, routed_from, ..
+        } => {
+            let msg = if parsed.sig.is_some() {
+                Message::received(&strip_sig(parsed.text), op.as_deref())
+            } else {
+                Message::received(parsed.text, op.as_deref())
+            };
+            let uuid = routed_from.map_or_else(|| peer.uuid().to_owned(), |u| u.into_owned());
+            engine.on_event(msg, uuid, peer).await;
+        }
+        Kind::Request { id, body, op } => {
+            let msg = Message::received(body, op.as_deref());
+            engine
+                .on_request(stream, id, msg, peer.uuid().to_owned())
+                .await;
+        }
+        Kind::Response { id, err, resp } => {
+            let settled = id.is_some_and(|id| stream.settle(&id, err, resp));
+            if !settled {
+                tracing::debug!(peer = %peer.uuid(), "response for no pending request");
+            }
+        }
+        Kind::Control(Control::Init { routes, .. }) => engine.add_routes(peer.uuid(), &routes),
+        Kind::Control(Control::Online(Some(uuid))) => {
+            engine.add_routes(peer.uuid(), &[uuid.into_owned()])
+        }
+        Kind::Control(Control::Offline(Some(uuid))) => engine.remove_route(peer.uuid(), &uuid),
+        Kind::Control(Control::Auth(op)) => {
+            return Err(format!("protocol error: {op} after authentication"));
+        }
+        Kind::Control(_) => {}
+    }
+    Ok(())
+}
+
+async fn write_loop<W: AsyncWrite>(
+    wr: W,
+    mut rx: mpsc::UnboundedReceiver<Arc<str>>,
+    mut sealer: Sealer,
+    queued: Arc<AtomicUsize>,
+    shutdown: Arc<Shutdown>,
+) {
+    tokio::pin!(wr);
+    let mut batch: Vec<Arc<str>> = Vec::with_capacity(WRITE_BATCH);
+    let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
+    loop {
+        let closing = tokio::select! {
+            biased;
+            n = rx.recv_many(&mut batch, WRITE_BATCH) => n == 0,
+            _ = shutdown.wait() => {
+                while let Ok(t) = rx.try_recv() {
+                    batch.push(t);
+                }
+                true
+            }
+        };
+        let mut bytes = 0;
+        for text in batch.drain(..) {
+            bytes += text.len() + 1;
+            sealer.seal(&text, &mut buf);
+        }
+        if !buf.is_empty() {
+            let write = async {
+                wr.write_all(&buf).await?;
+                if closing || rx.is_empty() {
+                    wr.flush().await?;
+                }
+                std::io::Result::Ok(())
+            };
+            let ok = if closing {
+                // Give a closing stream a short grace to flush what was queued.
+                matches!(
+                    tokio::time::timeout(std::time::Duration::from_secs(2), write).await,
+                    Ok(Ok(()))
+                )
+            } else {
+                tokio::select! {
+                    r = write => r.is_ok(),
+                    _ = shutdown.wait() => false,
+                }
+            };
+            buf.clear();
+            queued.fetch_sub(bytes, Ordering::Relaxed);
+            if !ok {
+                shutdown.trigger();
+                break;
+            }
+        }
+        if closing {
+            break;
+        }
+    }
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), wr.shutdown()).await;
+}

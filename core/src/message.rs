@@ -1,0 +1,166 @@
+//! [`Message`]: a JSON object as text, the unit every API sends and receives, and
+//! [`Response`], the answer to a request.
+
+use std::sync::Arc;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::value::RawValue;
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+use crate::protocol::message::strip_sig;
+
+/// One JSON object as text (without `_sig`), cheap to clone and share between streams.
+///
+/// Bodies stay text so adapters can hand them to their host's JSON parser; Rust code parses
+/// them with [`Message::value`] or [`Message::parse`].
+#[derive(Clone, PartialEq, Eq)]
+pub struct Message {
+    text: Arc<str>,
+    op: Option<Arc<str>>,
+}
+
+impl std::fmt::Debug for Message {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl std::fmt::Display for Message {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl Message {
+    /// A message from any serializable value; it must serialize to a JSON object.
+    pub fn new<T: Serialize + ?Sized>(value: &T) -> Result<Self> {
+        let text = serde_json::to_string(value)
+            .map_err(|e| Error::Config(format!("message does not serialize: {e}")))?;
+        Self::checked(text, false)
+    }
+
+    /// A message from JSON text, validated; it must be an object.
+    pub fn from_json(text: &str) -> Result<Self> {
+        Self::checked(text.to_owned(), true)
+    }
+
+    fn checked(text: String, validate: bool) -> Result<Self> {
+        if !text.trim_start().starts_with('{') {
+            return Err(Error::Config("a message must be a JSON object".into()));
+        }
+        if validate {
+            serde_json::from_str::<serde::de::IgnoredAny>(&text)
+                .map_err(|e| Error::Config(format!("message is not valid JSON: {e}")))?;
+        }
+        // `_sig` is the protocol's; a caller's own is dropped, as it would be overwritten.
+        let text = if memchr::memmem::find(text.as_bytes(), b"\"_sig\"").is_some() {
+            strip_sig(&text).into_owned()
+        } else {
+            text
+        };
+        let op = crate::protocol::message::op_of(&text)
+            .map_err(|e| Error::Config(e.to_string()))?
+            .map(|o| Arc::from(o.as_ref()));
+        Ok(Message {
+            text: Arc::from(text),
+            op,
+        })
+    }
+
+    /// A received message: already validated.
+    pub(crate) fn received(text: &str, op: Option<&str>) -> Self {
+        Message {
+            text: Arc::from(text),
+            op: op.map(Arc::from),
+        }
+    }
+
+    /// The JSON text.
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    /// The shared JSON text.
+    pub fn text(&self) -> &Arc<str> {
+        &self.text
+    }
+
+    /// `op`, when it is a string.
+    pub fn op(&self) -> Option<&str> {
+        self.op.as_deref()
+    }
+
+    /// The message as a [`Value`].
+    pub fn value(&self) -> Value {
+        serde_json::from_str(&self.text).unwrap_or(Value::Null)
+    }
+
+    /// The message deserialized into `T`.
+    pub fn parse<T: DeserializeOwned>(&self) -> Result<T> {
+        serde_json::from_str(&self.text)
+            .map_err(|e| Error::Protocol(format!("unexpected message shape: {e}")))
+    }
+
+    /// `op_timeout` in milliseconds, if the message sets one.
+    pub(crate) fn op_timeout(&self) -> Option<u64> {
+        #[derive(serde::Deserialize)]
+        struct T {
+            op_timeout: Option<Value>,
+        }
+        memchr::memmem::find(self.text.as_bytes(), b"\"op_timeout\"")?;
+        let t: T = serde_json::from_str(&self.text).ok()?;
+        match t.op_timeout? {
+            Value::Number(n) => n.as_f64().filter(|f| *f > 0.0).map(|f| f as u64),
+            _ => None,
+        }
+    }
+}
+
+impl TryFrom<Value> for Message {
+    type Error = Error;
+    fn try_from(v: Value) -> Result<Self> {
+        Message::new(&v)
+    }
+}
+
+impl TryFrom<&Value> for Message {
+    type Error = Error;
+    fn try_from(v: &Value) -> Result<Self> {
+        Message::new(v)
+    }
+}
+
+impl TryFrom<&str> for Message {
+    type Error = Error;
+    fn try_from(v: &str) -> Result<Self> {
+        Message::from_json(v)
+    }
+}
+
+/// The answer to a request: the peer's `resp`, any JSON value, or absent.
+#[derive(Debug, Clone)]
+pub struct Response {
+    pub(crate) resp: Option<Box<RawValue>>,
+}
+
+impl Response {
+    /// The `resp` JSON text, `None` when the peer sent none.
+    pub fn raw(&self) -> Option<&str> {
+        self.resp.as_deref().map(RawValue::get)
+    }
+
+    /// `resp` as a [`Value`] (`Null` when absent).
+    pub fn value(&self) -> Value {
+        self.raw()
+            .and_then(|r| serde_json::from_str(r).ok())
+            .unwrap_or(Value::Null)
+    }
+
+    /// `resp` deserialized into `T`.
+    pub fn parse<T: DeserializeOwned>(&self) -> Result<T> {
+        serde_json::from_str(self.raw().unwrap_or("null"))
+            .map_err(|e| Error::Protocol(format!("unexpected response shape: {e}")))
+    }
+}

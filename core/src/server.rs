@@ -1,0 +1,158 @@
+//! [`Server`]: accepts TLS connections, authenticates them, serves streams.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+
+use crate::api::{shared_api, spawn_pinger};
+use crate::connection::{handshake, serve, Handshake};
+use crate::engine::Engine;
+use crate::error::{Error, Result};
+use crate::event::Event;
+use crate::options::Options;
+use crate::protocol::LineBuffer;
+
+/// An iris-rpc server (legacy `Server`).
+pub struct Server {
+    engine: Arc<Engine>,
+    local_addr: SocketAddr,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("uuid", &self.engine.identity.uuid)
+            .field("local_addr", &self.local_addr)
+            .finish()
+    }
+}
+
+shared_api!(Server);
+
+impl Server {
+    /// Binds and starts serving on the current tokio runtime. Fails on bad options, unusable
+    /// certificates or an address that cannot be bound.
+    pub async fn bind(opts: Options) -> Result<Server> {
+        let listen = opts
+            .port
+            .as_ref()
+            .ok_or_else(|| Error::Config("a server needs 'port'".into()))?
+            .listen()?;
+        let certs = opts
+            .certificates
+            .clone()
+            .ok_or_else(|| Error::Config("a server needs 'certificates' (key and cert)".into()))?;
+        let tls = crate::tls::server_config(&certs, opts.reject_unauthorized)?;
+        let engine = Engine::new(opts)?;
+        let addr = listen.bind_addr();
+        let listener = TcpListener::bind(&addr)
+            .await
+            .map_err(|e| Error::Config(format!("cannot listen on {addr}: {e}")))?;
+        let local_addr = listener.local_addr()?;
+        let acceptor = TlsAcceptor::from(tls);
+        engine.task_started();
+        tokio::spawn(accept_loop(engine.clone(), listener, acceptor));
+        spawn_pinger(&engine);
+        tracing::debug!(%local_addr, "listening");
+        let e = engine.clone();
+        tokio::spawn(async move {
+            e.emit(Event::Listen {
+                address: local_addr,
+            })
+            .await
+        });
+        Ok(Server { engine, local_addr })
+    }
+
+    /// The bound address (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+}
+
+async fn accept_loop(engine: Arc<Engine>, listener: TcpListener, acceptor: TlsAcceptor) {
+    loop {
+        let accepted = tokio::select! {
+            _ = engine.shutdown.wait() => break,
+            r = listener.accept() => r,
+        };
+        let (tcp, addr) = match accepted {
+            Ok(x) => x,
+            Err(e) => {
+                // Out of descriptors and similar: back off briefly instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let limits = &engine.opts.limits;
+        let total = engine.connections.load(Ordering::SeqCst);
+        if limits.max_connections.is_some_and(|m| total >= m) {
+            tracing::warn!(%addr, "refused: max_connections reached");
+            continue;
+        }
+        if engine.unauthenticated.load(Ordering::SeqCst) >= limits.max_unauthenticated {
+            tracing::warn!(%addr, "refused: max_unauthenticated reached");
+            continue;
+        }
+        engine.connections.fetch_add(1, Ordering::SeqCst);
+        engine.unauthenticated.fetch_add(1, Ordering::SeqCst);
+        engine.task_started();
+        let e = engine.clone();
+        let acceptor = acceptor.clone();
+        tokio::spawn(async move {
+            connection(&e, tcp, addr, acceptor).await;
+            e.connections.fetch_sub(1, Ordering::SeqCst);
+            e.task_finished();
+        });
+    }
+    engine.task_finished();
+}
+
+async fn connection(engine: &Arc<Engine>, tcp: TcpStream, addr: SocketAddr, acceptor: TlsAcceptor) {
+    let _ = tcp.set_nodelay(true);
+    let mut lines = LineBuffer::new(engine.opts.limits.max_line);
+    let auth = async {
+        let mut tls = acceptor
+            .accept(tcp)
+            .await
+            .map_err(|e| Error::Tls(e.to_string()))?;
+        match handshake(&mut tls, &mut lines, Handshake::server(engine)).await {
+            Ok(est) => Ok((tls, est)),
+            Err(e) => {
+                // Refuse cleanly (close_notify), telling the peer nothing more.
+                let _ = tls.shutdown().await;
+                Err(e)
+            }
+        }
+    };
+    let result = tokio::select! {
+        _ = engine.shutdown.wait() => Err(Error::Closed),
+        r = tokio::time::timeout(engine.opts.limits.auth_timeout, auth) => r.unwrap_or_else(|_| {
+            Err(Error::LimitExceeded(format!(
+                "authentication not completed within {:?}",
+                engine.opts.limits.auth_timeout
+            )))
+        }),
+    };
+    engine.unauthenticated.fetch_sub(1, Ordering::SeqCst);
+    match result {
+        Ok((tls, est)) => {
+            serve(engine.clone(), tls, lines, est, addr.to_string()).await;
+        }
+        Err(Error::Closed) => {}
+        Err(error) => {
+            tracing::warn!(%addr, %error, "connection refused");
+            engine
+                .emit(Event::Error {
+                    error,
+                    address: Some(addr.to_string()),
+                })
+                .await;
+        }
+    }
+}
