@@ -192,6 +192,10 @@ async fn read_loop<R: AsyncRead + Unpin>(
         tokio::select! {
             biased;
             _ = peer.0.shutdown.wait() => return Ok(()),
+            _ = engine.shutdown.wait() => {
+                stream.fail_pending(true);
+                return Err("closed locally".into());
+            }
             _ = stream.pending_changed.notified() => continue,
             _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
                 let expired = stream
