@@ -1,0 +1,1 @@
+//! iris-rpc-node (work in progress).

@@ -1,0 +1,1 @@
+//! iris-rpc-python (work in progress).

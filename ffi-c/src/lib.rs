@@ -1,0 +1,1 @@
+//! iris-rpc-ffi (work in progress).

@@ -1,0 +1,103 @@
+// A legacy iris-rpc peer driven over stdio, for interop tests.
+//
+//   node legacy-peer.js '<config JSON>'
+//
+// config: { role: "server"|"client", auth, cipher (default true), uuid, designation, mac,
+//           port (server), address (client; string or array), key, cert (PEM text),
+//           timeout (ms), module (require path, default "iris-rpc") }
+//
+// stdin, one JSON command per line:
+//   {"cmd":"dispatch","msg":{..}}               to every stream
+//   {"cmd":"dispatch","uuid":"u","msg":{..}}    to one stream
+//   {"cmd":"request","id":1,"msg":{..}[,"uuid":"u"]}  -> {"ev":"response","id":1,"err":..,"resp":..}
+//   {"cmd":"connected"}                          -> {"ev":"connected","value":bool}
+//   {"cmd":"exit"}
+// stdout, one JSON event per line: ready, listen, connect, disconnect, message, response, error.
+// The legacy package logs with console.log; that goes to stderr so stdout stays JSON lines.
+'use strict';
+
+const out = (o) => process.stdout.write(JSON.stringify(o) + '\n');
+console.log = (...args) => console.error(...args);
+
+const cfg = JSON.parse(process.argv[2]);
+const rpcModule = require(cfg.module || 'iris-rpc');
+rpcModule.config.verbose = 0;
+// Legacy honours only the module-wide switch for turning the cipher off.
+rpcModule.config.cipher = cfg.cipher !== false;
+
+const errorValue = (err) =>
+  err instanceof Error ? { _Error: true, name: err.name, message: err.message } : err;
+
+const options = {
+  auth: cfg.auth,
+  uuid: cfg.uuid,
+  designation: cfg.designation,
+  mac: cfg.mac,
+  certificates: { key: cfg.key, cert: cfg.cert },
+};
+if (cfg.timeout) options.timeout = cfg.timeout;
+
+let rpc;
+if (cfg.role === 'server') {
+  options.port = cfg.port;
+  rpc = new rpcModule.Server(options, (err) => {
+    out({ ev: 'listen', err: err ? String(err) : null });
+    out({ ev: 'ready' });
+  });
+} else {
+  options.address = cfg.address;
+  rpc = new rpcModule.Client(options);
+  out({ ev: 'ready' });
+}
+
+rpc.on('connect', (address, uuid, stream) => {
+  out({ ev: 'connect', address, uuid, designation: stream.designation, mac: stream.mac });
+});
+rpc.on('disconnect', (uuid) => out({ ev: 'disconnect', uuid }));
+rpc.digest((msg, uuid) => {
+  out({ ev: 'message', msg, uuid });
+  if (msg.op === 'hello') rpc.dispatch(uuid, { op: 'world', echo: msg.text });
+});
+
+// Request handlers, one listener each, as legacy requires.
+rpc.on('add', (req, cb) => cb(null, { sum: req.a + req.b }));
+rpc.on('fail', (req, cb) => cb(new TypeError('bad input')));
+rpc.on('echo', (req, cb) => cb(null, { echo: req }));
+rpc.on('slow', () => {});
+
+let buffer = '';
+process.stdin.setEncoding('utf8');
+process.stdin.on('data', (chunk) => {
+  buffer += chunk;
+  let idx;
+  while ((idx = buffer.indexOf('\n')) >= 0) {
+    const line = buffer.slice(0, idx).trim();
+    buffer = buffer.slice(idx + 1);
+    if (line) handle(JSON.parse(line));
+  }
+});
+process.stdin.on('end', () => process.exit(0));
+
+function handle(c) {
+  switch (c.cmd) {
+    case 'dispatch':
+      if (c.uuid) rpc.dispatch(c.uuid, c.msg);
+      else rpc.dispatch(c.msg);
+      break;
+    case 'request': {
+      const cb = (err, resp) =>
+        out({ ev: 'response', id: c.id, err: err === undefined ? null : errorValue(err), resp });
+      if (c.uuid) rpc.dispatch(c.uuid, c.msg, cb);
+      else rpc.dispatch(c.msg, cb);
+      break;
+    }
+    case 'connected':
+      out({ ev: 'connected', value: Object.keys(rpc.streams).length > 0 });
+      break;
+    case 'exit':
+      process.exit(0);
+      break;
+    default:
+      out({ ev: 'error', error: 'unknown command ' + c.cmd });
+  }
+}
