@@ -1,1 +1,350 @@
-fn main() {}
+//! `iris-rpc`: run a demo, a server, a client, or make certificates.
+
+mod demo;
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use iris_rpc::{Certificates, Client, Error, Event, Options, Peer, Server};
+use serde_json::{json, Value};
+use tokio::io::AsyncBufReadExt;
+
+#[derive(Parser)]
+#[command(
+    name = "iris-rpc",
+    version,
+    about = "iris-rpc: JSON RPC over TLS, compatible with iris-rpc 0.2.20"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start a server and a client on loopback and show them talking (no setup needed).
+    Demo,
+    /// Write a self-signed key.pem and cert.pem.
+    Cert {
+        /// Directory to write into (created if missing).
+        #[arg(long, default_value = ".")]
+        out: PathBuf,
+        /// Host names or IP addresses the certificate is for.
+        #[arg(long = "name", default_values = ["localhost", "127.0.0.1", "::1"])]
+        names: Vec<String>,
+    },
+    /// Serve until interrupted, printing connects, disconnects and messages as JSON lines.
+    Server(ServerArgs),
+    /// Send JSON objects read from stdin, one per line, printing what comes back as JSON lines.
+    Client(ClientArgs),
+}
+
+#[derive(Args)]
+struct Common {
+    /// The shared secret.
+    #[arg(long, env = "IRIS_RPC_AUTH")]
+    auth: String,
+    /// Turn the legacy line cipher off (a server then accepts clients either way).
+    #[arg(long)]
+    no_cipher: bool,
+    /// This instance's uuid (random when absent).
+    #[arg(long)]
+    uuid: Option<String>,
+    /// Designation announced to peers.
+    #[arg(long, default_value = "")]
+    designation: String,
+    /// Private key PEM file.
+    #[arg(long, requires = "cert")]
+    key: Option<PathBuf>,
+    /// Certificate PEM file.
+    #[arg(long, requires = "key")]
+    cert: Option<PathBuf>,
+}
+
+impl Common {
+    fn options(&self) -> Result<Options, Error> {
+        let mut o = Options::new(self.auth.clone())
+            .cipher(!self.no_cipher)
+            .designation(self.designation.clone());
+        if let Some(u) = &self.uuid {
+            o = o.uuid(u.clone());
+        }
+        if let (Some(k), Some(c)) = (&self.key, &self.cert) {
+            o = o.certificates(Certificates::new(
+                k.display().to_string(),
+                c.display().to_string(),
+            ));
+        }
+        Ok(o)
+    }
+}
+
+#[derive(Args)]
+struct ServerArgs {
+    /// Port, or host:port, to listen on.
+    #[arg(long)]
+    port: String,
+    #[command(flatten)]
+    common: Common,
+    /// Answer each request with {"echo": <request>} and send each event back to its sender.
+    #[arg(long)]
+    echo: bool,
+}
+
+#[derive(Args)]
+struct ClientArgs {
+    /// Server address, host:port.
+    #[arg(long)]
+    address: String,
+    #[command(flatten)]
+    common: Common,
+    /// Send each line as a request instead of an event.
+    #[arg(long)]
+    request: bool,
+    /// Request timeout in milliseconds.
+    #[arg(long, default_value_t = 60_000)]
+    timeout: u64,
+    /// How long to wait for the connection, in milliseconds.
+    #[arg(long, default_value_t = 10_000)]
+    connect_timeout: u64,
+    /// After stdin ends and requests settle, how long to keep printing incoming events (ms).
+    #[arg(long, default_value_t = 200)]
+    linger: u64,
+}
+
+fn print_json(v: &Value) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{v}");
+    let _ = out.flush();
+}
+
+fn peer_json(event: &str, peer: &Peer) -> Value {
+    json!({
+        "event": event,
+        "uuid": peer.uuid(),
+        "address": peer.address(),
+        "designation": peer.designation(),
+    })
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("IRIS_RPC_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .init();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("iris-rpc: error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async {
+        match cli.command {
+            Command::Demo => demo::run().await,
+            Command::Cert { out, names } => cert(&out, &names),
+            Command::Server(a) => server(a).await,
+            Command::Client(a) => client(a).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("iris-rpc: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn cert(out: &std::path::Path, names: &[String]) -> Result<(), Error> {
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let (key, cert) = iris_rpc::tls::self_signed_pem(&names)?;
+    std::fs::create_dir_all(out)
+        .map_err(|e| Error::Config(format!("cannot create {}: {e}", out.display())))?;
+    for (file, text) in [("key.pem", key), ("cert.pem", cert)] {
+        let path = out.join(file);
+        std::fs::write(&path, text)
+            .map_err(|e| Error::Config(format!("cannot write {}: {e}", path.display())))?;
+        println!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+async fn server(a: ServerArgs) -> Result<(), Error> {
+    let mut opts = a.common.options()?.port(a.port.as_str());
+    if opts.certificates.is_none() {
+        opts = opts.certificates(Certificates::self_signed()?);
+    }
+    let server = Server::bind(opts).await?;
+    let mut events = server.events();
+    print_json(
+        &json!({"event": "listen", "address": server.local_addr().to_string(), "uuid": server.uuid()}),
+    );
+    let server = Arc::new(server);
+    loop {
+        let ev = tokio::select! {
+            _ = shutdown_signal() => break,
+            ev = events.next() => ev,
+        };
+        let Some(ev) = ev else { break };
+        match ev {
+            Event::Connect { peer } => print_json(&peer_json("connect", &peer)),
+            Event::Disconnect { peer, reason } => {
+                let mut v = peer_json("disconnect", &peer);
+                v["reason"] = json!(reason);
+                print_json(&v);
+            }
+            Event::Message { msg, uuid, peer } => {
+                print_json(&json!({"event": "message", "uuid": uuid, "msg": msg.value()}));
+                if a.echo {
+                    if let Err(e) = server.dispatch_to(peer.uuid(), msg) {
+                        print_json(&json!({"event": "error", "error": e.to_string()}));
+                    }
+                }
+            }
+            Event::Request(req) => {
+                print_json(&json!({"event": "request", "uuid": req.uuid, "msg": req.msg.value()}));
+                if a.echo {
+                    let body = req.msg.value();
+                    req.respond(Ok(json!({ "echo": body })));
+                }
+                // Without --echo the request is dropped: the peer gets "No such handler".
+            }
+            Event::Error { error, address } => print_json(
+                &json!({"event": "error", "error": error.to_string(), "address": address}),
+            ),
+            _ => {}
+        }
+    }
+    server.close().await;
+    Ok(())
+}
+
+async fn client(a: ClientArgs) -> Result<(), Error> {
+    let opts = a
+        .common
+        .options()?
+        .address(a.address.clone())
+        .timeout(Duration::from_millis(a.timeout));
+    let client = Arc::new(Client::connect(opts)?);
+    let mut events = client.events();
+    // Connect first: the first failure (refused, TLS, wrong secret) ends the command.
+    let deadline = tokio::time::sleep(Duration::from_millis(a.connect_timeout));
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            _ = &mut deadline => {
+                client.close().await;
+                return Err(Error::Config(format!("could not connect to {} in time", a.address)));
+            }
+            ev = events.next() => match ev {
+                Some(Event::Connect { peer }) => {
+                    print_json(&peer_json("connect", &peer));
+                    break;
+                }
+                Some(Event::Error { error, .. }) => {
+                    client.close().await;
+                    return Err(Error::Auth(format!("cannot connect to {}: {error}", a.address)));
+                }
+                Some(_) => {}
+                None => return Err(Error::Closed),
+            }
+        }
+    }
+    // Print whatever arrives while stdin is being sent.
+    let printer = tokio::spawn(async move {
+        while let Some(ev) = events.next().await {
+            match ev {
+                Event::Message { msg, uuid, .. } => {
+                    print_json(&json!({"event": "message", "uuid": uuid, "msg": msg.value()}))
+                }
+                Event::Disconnect { peer, reason } => {
+                    let mut v = peer_json("disconnect", &peer);
+                    v["reason"] = json!(reason);
+                    print_json(&v);
+                }
+                Event::Request(req) => print_json(
+                    &json!({"event": "request", "uuid": req.uuid, "msg": req.msg.value()}),
+                ),
+                Event::Error { error, .. } => {
+                    print_json(&json!({"event": "error", "error": error.to_string()}))
+                }
+                _ => {}
+            }
+        }
+    });
+    let bad_input = Arc::new(AtomicBool::new(false));
+    let mut requests = tokio::task::JoinSet::new();
+    let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    let mut n = 0u64;
+    while let Some(line) = lines.next_line().await? {
+        n += 1;
+        let line = line.trim();
+        if line.is_empty() {
+            continue;
+        }
+        let msg: Value = match serde_json::from_str(line) {
+            Ok(v @ Value::Object(_)) => v,
+            Ok(_) => {
+                eprintln!("iris-rpc: stdin line {n}: not a JSON object, skipped");
+                bad_input.store(true, Ordering::SeqCst);
+                continue;
+            }
+            Err(e) => {
+                eprintln!("iris-rpc: stdin line {n}: invalid JSON ({e}), skipped");
+                bad_input.store(true, Ordering::SeqCst);
+                continue;
+            }
+        };
+        if a.request {
+            let c = client.clone();
+            requests.spawn(async move {
+                match c.request(&msg).await {
+                    Ok(resp) => print_json(&json!({"response": resp, "req": msg})),
+                    Err(e) => print_json(&json!({"error": e.to_legacy_value(), "kind": e.kind().as_str(), "req": msg})),
+                }
+            });
+        } else if let Err(e) = client.dispatch(&msg) {
+            print_json(
+                &json!({"error": e.to_legacy_value(), "kind": e.kind().as_str(), "req": msg}),
+            );
+        }
+    }
+    while requests.join_next().await.is_some() {}
+    tokio::time::sleep(Duration::from_millis(a.linger)).await;
+    client.close().await;
+    let _ = printer.await;
+    if bad_input.load(Ordering::SeqCst) {
+        return Err(Error::Config(
+            "some stdin lines were not JSON objects".into(),
+        ));
+    }
+    Ok(())
+}

@@ -80,17 +80,17 @@ macro_rules! shared_api {
             /// [`crate::Error::NotConnected`] when none is connected.
             pub fn dispatch<M>(&self, msg: M) -> $crate::error::Result<usize>
             where
-                M: TryInto<$crate::message::Message, Error = crate::Error>,
+                M: $crate::message::IntoMessage,
             {
-                self.engine().dispatch(&msg.try_into()?)
+                self.engine().dispatch(&msg.into_message()?)
             }
 
             /// Sends `msg` to the stream of peer `uuid`.
             pub fn dispatch_to<M>(&self, uuid: &str, msg: M) -> $crate::error::Result<()>
             where
-                M: TryInto<$crate::message::Message, Error = crate::Error>,
+                M: $crate::message::IntoMessage,
             {
-                self.engine().dispatch_to(uuid, &msg.try_into()?)
+                self.engine().dispatch_to(uuid, &msg.into_message()?)
             }
 
             /// Sends a request to the only connected stream and waits for its answer. It
@@ -98,9 +98,9 @@ macro_rules! shared_api {
             /// message, else the `timeout` option), disconnect or close.
             pub async fn request<M>(&self, msg: M) -> $crate::error::Result<serde_json::Value>
             where
-                M: TryInto<$crate::message::Message, Error = crate::Error>,
+                M: $crate::message::IntoMessage,
             {
-                Ok(self.request_raw(None, &msg.try_into()?).await?.value())
+                Ok(self.request_raw(None, &msg.into_message()?).await?.value())
             }
 
             /// [`Self::request`] to the stream of peer `uuid`.
@@ -110,10 +110,10 @@ macro_rules! shared_api {
                 msg: M,
             ) -> $crate::error::Result<serde_json::Value>
             where
-                M: TryInto<$crate::message::Message, Error = crate::Error>,
+                M: $crate::message::IntoMessage,
             {
                 Ok(self
-                    .request_raw(Some(uuid), &msg.try_into()?)
+                    .request_raw(Some(uuid), &msg.into_message()?)
                     .await?
                     .value())
             }

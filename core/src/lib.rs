@@ -51,7 +51,7 @@ pub use client::Client;
 pub use engine::{Filter, Handler, HandlerFuture, HandlerId, Listener, Request, Responder};
 pub use error::{error_object, Error, ErrorKind, Result};
 pub use event::{Event, Events, IncomingRequest};
-pub use message::{Message, Response};
+pub use message::{IntoMessage, Message, Response};
 pub use options::{Limits, Listen, Options, PortSpec};
 pub use peer::Peer;
 pub use server::Server;

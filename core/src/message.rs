@@ -118,24 +118,45 @@ impl Message {
     }
 }
 
-impl TryFrom<Value> for Message {
-    type Error = Error;
-    fn try_from(v: Value) -> Result<Self> {
-        Message::new(&v)
+/// Anything that can be sent as a message: a [`Message`], a [`Value`] object, or JSON text.
+pub trait IntoMessage {
+    /// The message, or [`Error::Config`] if this is not a JSON object.
+    fn into_message(self) -> Result<Message>;
+}
+
+impl IntoMessage for Message {
+    fn into_message(self) -> Result<Message> {
+        Ok(self)
     }
 }
 
-impl TryFrom<&Value> for Message {
-    type Error = Error;
-    fn try_from(v: &Value) -> Result<Self> {
-        Message::new(v)
+impl IntoMessage for &Message {
+    fn into_message(self) -> Result<Message> {
+        Ok(self.clone())
     }
 }
 
-impl TryFrom<&str> for Message {
-    type Error = Error;
-    fn try_from(v: &str) -> Result<Self> {
-        Message::from_json(v)
+impl IntoMessage for Value {
+    fn into_message(self) -> Result<Message> {
+        Message::new(&self)
+    }
+}
+
+impl IntoMessage for &Value {
+    fn into_message(self) -> Result<Message> {
+        Message::new(self)
+    }
+}
+
+impl IntoMessage for &str {
+    fn into_message(self) -> Result<Message> {
+        Message::from_json(self)
+    }
+}
+
+impl IntoMessage for String {
+    fn into_message(self) -> Result<Message> {
+        Message::from_json(&self)
     }
 }
 
