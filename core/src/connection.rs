@@ -188,6 +188,21 @@ async fn read_loop<R: AsyncRead + Unpin>(
     let peer = stream.peer.clone();
     let mut plain = Vec::new();
     loop {
+        // Lines already buffered first: the handshake may have read past its last line.
+        loop {
+            let line = match lines.next_line() {
+                Ok(Some(l)) => l,
+                Ok(None) => break,
+                Err(e) => return Err(format!("limit exceeded: {e}")),
+            };
+            if line.is_empty() {
+                continue;
+            }
+            let parsed = opener
+                .open(line, &mut plain)
+                .map_err(|e| format!("protocol error: {e}"))?;
+            deliver(engine, stream, &peer, parsed).await?;
+        }
         let deadline = stream.pending.lock().ok().and_then(|p| p.next_deadline());
         tokio::select! {
             biased;
@@ -196,7 +211,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
                 stream.fail_pending(true);
                 return Err("closed locally".into());
             }
-            _ = stream.pending_changed.notified() => continue,
+            _ = stream.pending_changed.notified() => {}
             _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
                 let expired = stream
                     .pending
@@ -212,20 +227,6 @@ async fn read_loop<R: AsyncRead + Unpin>(
                 lines.filled(n);
                 if n == 0 {
                     return Err("connection closed by peer".into());
-                }
-                loop {
-                    let line = match lines.next_line() {
-                        Ok(Some(l)) => l,
-                        Ok(None) => break,
-                        Err(e) => return Err(format!("limit exceeded: {e}")),
-                    };
-                    if line.is_empty() {
-                        continue;
-                    }
-                    let parsed = opener
-                        .open(line, &mut plain)
-                        .map_err(|e| format!("protocol error: {e}"))?;
-                    deliver(engine, stream, &peer, parsed).await?;
                 }
             }
         }

@@ -138,8 +138,8 @@ fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// Server-side TLS configuration.
-pub(crate) fn server_config(
+/// Server-side TLS configuration: `reject_unauthorized` requires client certificates signed by `ca`.
+pub fn server_config(
     certs: &Certificates,
     reject_unauthorized: bool,
 ) -> Result<Arc<rustls::ServerConfig>> {
@@ -169,8 +169,8 @@ pub(crate) fn server_config(
     Ok(Arc::new(config))
 }
 
-/// Client-side TLS configuration.
-pub(crate) fn client_config(
+/// Client-side TLS configuration: any server certificate unless `reject_unauthorized`, then `ca`.
+pub fn client_config(
     certs: Option<&Certificates>,
     reject_unauthorized: bool,
 ) -> Result<Arc<rustls::ClientConfig>> {
@@ -204,7 +204,7 @@ pub(crate) fn client_config(
 }
 
 /// The TLS server name for a host string.
-pub(crate) fn server_name(host: &str) -> Result<ServerName<'static>> {
+pub fn server_name(host: &str) -> Result<ServerName<'static>> {
     let host = host.trim_start_matches('[').trim_end_matches(']');
     ServerName::try_from(host.to_owned())
         .map_err(|_| Error::Config(format!("invalid host name {host:?}")))

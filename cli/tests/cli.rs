@@ -1,0 +1,307 @@
+//! The `iris-rpc` command as a user runs it.
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_iris-rpc");
+
+fn run(args: &[&str], stdin: &str) -> (i32, String, String) {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A running `iris-rpc server`, killed on drop.
+struct ServerProc {
+    child: Child,
+    port: u16,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl ServerProc {
+    fn start(extra: &[&str]) -> ServerProc {
+        let mut args = vec!["server", "--port", "127.0.0.1:0", "--auth", "s3cret"];
+        args.extend_from_slice(extra);
+        let mut child = Command::new(BIN)
+            .args(&args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let first = lines.recv_timeout(Duration::from_secs(10)).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&first).unwrap();
+        assert_eq!(v["event"], "listen");
+        let port = v["address"]
+            .as_str()
+            .unwrap()
+            .rsplit_once(':')
+            .unwrap()
+            .1
+            .parse()
+            .unwrap();
+        ServerProc { child, port, lines }
+    }
+
+    fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    fn wait_for(&self, event: &str) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(line) = self.lines.recv_timeout(Duration::from_millis(100)) {
+                let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+                if v["event"] == event {
+                    return v;
+                }
+            }
+        }
+        panic!("server printed no {event} event");
+    }
+}
+
+impl Drop for ServerProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn json_lines(s: &str) -> Vec<serde_json::Value> {
+    s.lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+#[test]
+fn demo_runs_and_exits_zero() {
+    let (code, out, err) = run(&["demo"], "");
+    assert_eq!(code, 0, "{out}\n{err}");
+    for needle in [
+        "authenticated",
+        "<- event from demo-client",
+        "<- response {\"sum\":5}",
+        "division by zero",
+        "timed out after",
+        "No such handler 'nosuch'",
+        "done in",
+    ] {
+        assert!(out.contains(needle), "demo output lacks {needle:?}:\n{out}");
+    }
+}
+
+#[test]
+fn client_requests_against_echo_server() {
+    for cipher in [&[][..], &["--no-cipher"][..]] {
+        let server = ServerProc::start(&[&["--echo"][..], cipher].concat());
+        let addr = server.address();
+        let mut args = vec![
+            "client",
+            "--address",
+            &addr,
+            "--auth",
+            "s3cret",
+            "--request",
+        ];
+        args.extend_from_slice(cipher);
+        let (code, out, err) = run(&args, "{\"op\":\"a\",\"n\":1}\n{\"op\":\"b\",\"n\":2}\n");
+        assert_eq!(code, 0, "{err}");
+        let lines = json_lines(&out);
+        let responses: Vec<_> = lines
+            .iter()
+            .filter(|v| v.get("response").is_some())
+            .collect();
+        assert_eq!(responses.len(), 2, "{out}");
+        for r in responses {
+            assert_eq!(r["response"]["echo"], r["req"]);
+        }
+        server.wait_for("connect");
+        let req = server.wait_for("request");
+        assert!(req["msg"]["op"] == "a" || req["msg"]["op"] == "b");
+    }
+}
+
+#[test]
+fn client_events_are_echoed_back() {
+    let server = ServerProc::start(&["--echo"]);
+    let addr = server.address();
+    let (code, out, err) = run(
+        &[
+            "client",
+            "--address",
+            &addr,
+            "--auth",
+            "s3cret",
+            "--linger",
+            "1000",
+        ],
+        "{\"op\":\"hello\",\"n\":1}\n",
+    );
+    assert_eq!(code, 0, "{err}");
+    let echoed = json_lines(&out)
+        .into_iter()
+        .find(|v| v["event"] == "message")
+        .unwrap_or_else(|| panic!("no echoed message in {out}"));
+    assert_eq!(echoed["msg"], serde_json::json!({"op": "hello", "n": 1}));
+    let got = server.wait_for("message");
+    assert_eq!(got["msg"]["op"], "hello");
+}
+
+#[test]
+fn request_without_echo_gets_no_handler() {
+    let server = ServerProc::start(&[]);
+    let addr = server.address();
+    let (code, out, _) = run(
+        &[
+            "client",
+            "--address",
+            &addr,
+            "--auth",
+            "s3cret",
+            "--request",
+        ],
+        "{\"op\":\"x\"}\n",
+    );
+    assert_eq!(code, 0);
+    let line = json_lines(&out)
+        .into_iter()
+        .find(|v| v.get("error").is_some())
+        .unwrap();
+    assert_eq!(line["error"]["error"], "No such handler 'x'");
+}
+
+#[test]
+fn wrong_secret_exits_nonzero_with_a_clear_message() {
+    let server = ServerProc::start(&[]);
+    let addr = server.address();
+    let (code, _, err) = run(&["client", "--address", &addr, "--auth", "nope"], "");
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("cannot connect") && err.contains("authentication"),
+        "{err}"
+    );
+}
+
+#[test]
+fn nothing_listening_exits_nonzero() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let (code, _, err) = run(&["client", "--address", &addr, "--auth", "s"], "");
+    assert_ne!(code, 0);
+    assert!(err.starts_with("iris-rpc: error: cannot connect"), "{err}");
+}
+
+#[test]
+fn invalid_stdin_lines_are_reported_and_skipped() {
+    let server = ServerProc::start(&["--echo"]);
+    let addr = server.address();
+    let (code, out, err) = run(
+        &[
+            "client",
+            "--address",
+            &addr,
+            "--auth",
+            "s3cret",
+            "--request",
+        ],
+        "not json\n[1,2]\n{\"op\":\"ok\"}\n",
+    );
+    assert_ne!(code, 0);
+    assert!(err.contains("stdin line 1: invalid JSON"), "{err}");
+    assert!(err.contains("stdin line 2: not a JSON object"), "{err}");
+    assert!(json_lines(&out)
+        .iter()
+        .any(|v| v["response"]["echo"]["op"] == "ok"));
+}
+
+#[test]
+fn port_in_use_and_bad_certificates_are_one_line_errors() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let (code, _, err) = run(&["server", "--port", &addr, "--auth", "s"], "");
+    assert_ne!(code, 0);
+    assert!(
+        err.starts_with("iris-rpc: error: configuration error: cannot listen"),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    let (code, _, err) = run(
+        &[
+            "server",
+            "--port",
+            "0",
+            "--auth",
+            "s",
+            "--key",
+            "/nonexistent/k.pem",
+            "--cert",
+            "/nonexistent/c.pem",
+        ],
+        "",
+    );
+    assert_ne!(code, 0);
+    assert!(err.contains("cannot read cert file"), "{err}");
+}
+
+#[test]
+fn cert_writes_a_usable_pair() {
+    let dir = std::env::temp_dir().join(format!("iris-rpc-cert-{}", std::process::id()));
+    let d = dir.to_str().unwrap();
+    let (code, _, err) = run(&["cert", "--out", d], "");
+    assert_eq!(code, 0, "{err}");
+    let key = format!("{d}/key.pem");
+    let cert = format!("{d}/cert.pem");
+    let server = ServerProc::start(&["--key", &key, "--cert", &cert, "--echo"]);
+    let addr = server.address();
+    let (code, out, err) = run(
+        &[
+            "client",
+            "--address",
+            &addr,
+            "--auth",
+            "s3cret",
+            "--request",
+        ],
+        "{\"op\":\"x\"}\n",
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("\"echo\""));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn bad_flags_are_refused() {
+    let (code, _, err) = run(&["server", "--auth", "s"], "");
+    assert_ne!(code, 0);
+    assert!(err.contains("--port"), "{err}");
+}
