@@ -132,6 +132,11 @@ macro_rules! shared_api {
                 self.engine().peers()
             }
 
+            /// Counts of connections, streams, pending requests and queued bytes.
+            pub fn stats(&self) -> $crate::engine::Stats {
+                self.engine().stats()
+            }
+
             /// True while any stream is authenticated and up.
             pub fn is_connected(&self) -> bool {
                 self.engine().is_connected()

@@ -9,7 +9,7 @@ use tokio_rustls::TlsConnector;
 
 use crate::api::{shared_api, spawn_pinger};
 use crate::connection::{handshake, serve, Handshake};
-use crate::engine::Engine;
+use crate::engine::{Counted, Engine};
 use crate::error::{Error, Result};
 use crate::event::Event;
 use crate::options::Options;
@@ -145,6 +145,7 @@ async fn connect_once(
 ) -> Result<bool> {
     let name = crate::tls::server_name(host)?;
     let mut lines = LineBuffer::new(engine.opts.limits.max_line);
+    let _counted = Counted::new(&engine.connections);
     let auth = async {
         let tcp = TcpStream::connect((host, port)).await?;
         let _ = tcp.set_nodelay(true);

@@ -187,6 +187,12 @@ async fn read_loop<R: AsyncRead + Unpin>(
 ) -> std::result::Result<(), String> {
     let peer = stream.peer.clone();
     let mut plain = Vec::new();
+    let dead_after = engine.opts.limits.dead_peer_timeout;
+    let mut silence_check = dead_after.map(|t| {
+        let every = (t / 4).max(std::time::Duration::from_millis(10));
+        tokio::time::interval_at(Instant::now() + every, every)
+    });
+    let mut last_heard = Instant::now();
     loop {
         // Lines already buffered first: the handshake may have read past its last line.
         loop {
@@ -212,6 +218,11 @@ async fn read_loop<R: AsyncRead + Unpin>(
                 return Err("closed locally".into());
             }
             _ = stream.pending_changed.notified() => {}
+            _ = async { silence_check.as_mut()?.tick().await; Some(()) }, if silence_check.is_some() => {
+                if let Some(t) = dead_after.filter(|t| last_heard.elapsed() > *t) {
+                    return Err(format!("dead peer: silent for more than {} ms", t.as_millis()));
+                }
+            }
             _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
                 let expired = stream
                     .pending
@@ -228,6 +239,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
                 if n == 0 {
                     return Err("connection closed by peer".into());
                 }
+                last_heard = Instant::now();
             }
         }
     }

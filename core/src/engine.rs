@@ -43,6 +43,37 @@ pub struct Request {
     pub peer: Peer,
 }
 
+/// Holds one unit of a counter for its lifetime.
+pub(crate) struct Counted<'a>(&'a AtomicUsize);
+
+impl<'a> Counted<'a> {
+    pub(crate) fn new(counter: &'a AtomicUsize) -> Self {
+        counter.fetch_add(1, Ordering::SeqCst);
+        Counted(counter)
+    }
+}
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// A snapshot of an instance's resources, for monitoring and leak checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Stats {
+    /// Open connections (TCP up), authenticated or not.
+    pub connections: usize,
+    /// Connections still in TLS or authentication (servers).
+    pub unauthenticated: usize,
+    /// Authenticated streams.
+    pub streams: usize,
+    /// Requests awaiting an answer, over all streams.
+    pub pending: usize,
+    /// Bytes queued for writing, over all streams.
+    pub queued_bytes: usize,
+}
+
 /// Identifies a registered listener, handler, filter or digest, for removal.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct HandlerId(u64);
@@ -498,6 +529,20 @@ impl Engine {
 
     pub(crate) fn is_connected(&self) -> bool {
         !self.streams().is_empty()
+    }
+
+    pub(crate) fn stats(&self) -> Stats {
+        let streams = self.all_streams();
+        Stats {
+            connections: self.connections.load(Ordering::SeqCst),
+            unauthenticated: self.unauthenticated.load(Ordering::SeqCst),
+            streams: streams.len(),
+            pending: streams.iter().map(|s| s.lock_pending().len()).sum(),
+            queued_bytes: streams
+                .iter()
+                .map(|s| s.queued.load(Ordering::Relaxed))
+                .sum(),
+        }
     }
 
     pub(crate) fn all_streams(&self) -> Vec<Arc<Stream>> {

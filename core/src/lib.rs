@@ -48,7 +48,7 @@ mod shutdown;
 pub mod tls;
 
 pub use client::Client;
-pub use engine::{Filter, Handler, HandlerFuture, HandlerId, Listener, Request, Responder};
+pub use engine::{Filter, Handler, HandlerFuture, HandlerId, Listener, Request, Responder, Stats};
 pub use error::{error_object, Error, ErrorKind, Result};
 pub use event::{Event, Events, IncomingRequest};
 pub use message::{IntoMessage, Message, Response};

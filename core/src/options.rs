@@ -26,6 +26,9 @@ pub struct Limits {
     pub max_queue_bytes: usize,
     /// Events buffered for the event receiver before reading from peers pauses (default 4,096).
     pub event_queue: usize,
+    /// Drop a stream that has sent nothing for this long (default off). Meant for peers that
+    /// ping: [`Options::dead_peer_detection`] sets it to three ping intervals.
+    pub dead_peer_timeout: Option<Duration>,
 }
 
 impl Default for Limits {
@@ -38,6 +41,7 @@ impl Default for Limits {
             max_pending: 100_000,
             max_queue_bytes: 64 * 1024 * 1024,
             event_queue: 4096,
+            dead_peer_timeout: None,
         }
     }
 }
@@ -262,6 +266,12 @@ impl Options {
         self
     }
 
+    /// Drops streams silent for three ping intervals (turn ping on too, on both sides).
+    pub fn dead_peer_detection(mut self, on: bool) -> Self {
+        self.limits.dead_peer_timeout = on.then(|| self.ping_freq * 3);
+        self
+    }
+
     /// Sets the limits.
     pub fn limits(mut self, limits: Limits) -> Self {
         self.limits = limits;
@@ -285,6 +295,11 @@ impl Options {
         let l = &self.limits;
         if l.max_line == 0 || l.max_pending == 0 || l.max_queue_bytes == 0 || l.event_queue == 0 {
             return Err(Error::Config("limits must be greater than zero".into()));
+        }
+        if l.dead_peer_timeout.is_some_and(|t| t.is_zero()) {
+            return Err(Error::Config(
+                "dead_peer_timeout must be greater than zero".into(),
+            ));
         }
         if self.ping && self.ping_freq.is_zero() {
             return Err(Error::Config("ping_freq must be greater than zero".into()));
@@ -371,6 +386,10 @@ struct RawOptions {
     max_queue_bytes: Option<usize>,
     #[serde(alias = "eventQueue")]
     event_queue: Option<usize>,
+    #[serde(alias = "deadPeer")]
+    dead_peer: Option<bool>,
+    #[serde(alias = "deadPeerTimeout")]
+    dead_peer_timeout: Option<u64>,
 }
 
 impl RawOptions {
@@ -472,6 +491,12 @@ impl RawOptions {
         }
         if let Some(v) = self.event_queue {
             l.event_queue = v;
+        }
+        if self.dead_peer == Some(true) {
+            l.dead_peer_timeout = Some(o.ping_freq * 3);
+        }
+        if let Some(v) = self.dead_peer_timeout {
+            l.dead_peer_timeout = Some(ms(v));
         }
         Ok(o)
     }

@@ -52,7 +52,7 @@ async fn handshake(
     let mut lines = LineBuffer::new(1 << 20);
     loop {
         while let Some(line) = lines.next_line().unwrap() {
-            match hs.on_line(&line.to_vec()).unwrap() {
+            match hs.on_line(line).unwrap() {
                 Step::Send(out) => io.write_all(&out).await.unwrap(),
                 Step::Done { send, established } => {
                     return (io, send.unwrap(), *established);

@@ -1,0 +1,205 @@
+//! Helpers shared by the integration tests: servers, a well-behaved client that keeps
+//! talking, raw protocol clients for hostile input, and process resource readings.
+
+#![allow(dead_code)]
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use iris_rpc::protocol::{
+    ClientConfig, ClientHandshake, Established, Identity, Keys, LineBuffer, Step,
+};
+use iris_rpc::{Certificates, Client, Options, Server};
+use serde_json::json;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
+
+pub const SECRET: &str = "secret";
+
+pub fn server_options() -> Options {
+    Options::new(SECRET)
+        .port("127.0.0.1:0")
+        .uuid("srv")
+        .certificates(Certificates::self_signed().unwrap())
+}
+
+pub async fn server(opts: Options) -> Server {
+    let s = Server::bind(opts).await.unwrap();
+    s.handle("echo", |req| async move { Ok(req.msg.value()) });
+    s
+}
+
+/// A client that keeps sending requests and counts answers and errors.
+pub struct Good {
+    pub client: Arc<Client>,
+    stop: Arc<AtomicBool>,
+    pub ok: Arc<AtomicU64>,
+    pub errors: Arc<Mutex<Vec<String>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Good {
+    pub async fn start(server: &Server) -> Good {
+        let client = Arc::new(
+            Client::connect(
+                Options::new(SECRET)
+                    .address(server.local_addr().to_string())
+                    .uuid("good"),
+            )
+            .unwrap(),
+        );
+        client
+            .wait_connected(Duration::from_secs(10))
+            .await
+            .unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let ok = Arc::new(AtomicU64::new(0));
+        let errors = Arc::new(Mutex::new(Vec::new()));
+        let (c, s, o, e) = (client.clone(), stop.clone(), ok.clone(), errors.clone());
+        let task = tokio::spawn(async move {
+            let mut n = 0u64;
+            while !s.load(Ordering::SeqCst) {
+                n += 1;
+                match c.request(json!({"op": "echo", "n": n})).await {
+                    Ok(v) if v["n"] == n => {
+                        o.fetch_add(1, Ordering::SeqCst);
+                    }
+                    Ok(v) => e.lock().unwrap().push(format!("wrong answer {v}")),
+                    Err(err) => e.lock().unwrap().push(err.to_string()),
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        });
+        Good {
+            client,
+            stop,
+            ok,
+            errors,
+            task,
+        }
+    }
+
+    /// Requests answered so far; panics if any failed.
+    pub fn check(&self) -> u64 {
+        let errors = self.errors.lock().unwrap();
+        assert!(errors.is_empty(), "the good client saw errors: {errors:?}");
+        self.ok.load(Ordering::SeqCst)
+    }
+
+    pub async fn stop(mut self) -> u64 {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = (&mut self.task).await;
+        let n = self.check();
+        self.client.close().await;
+        n
+    }
+}
+
+pub async fn try_tls(server: &Server) -> std::io::Result<TlsStream<TcpStream>> {
+    let config = iris_rpc::tls::client_config(None, false).unwrap();
+    let tcp = TcpStream::connect(server.local_addr()).await?;
+    TlsConnector::from(config)
+        .connect(iris_rpc::tls::server_name("localhost").unwrap(), tcp)
+        .await
+}
+
+pub async fn tls(server: &Server) -> TlsStream<TcpStream> {
+    try_tls(server).await.unwrap()
+}
+
+/// An authenticated raw client: the stream, its buffer and session state.
+pub struct Raw {
+    pub io: TlsStream<TcpStream>,
+    pub lines: LineBuffer,
+    pub est: Established,
+}
+
+pub async fn raw_handshake(
+    server: &Server,
+    secret: &str,
+    cipher: bool,
+    uuid: &str,
+) -> Result<Raw, String> {
+    let mut io = try_tls(server).await.map_err(|e| e.to_string())?;
+    let mut hs = ClientHandshake::new(
+        Arc::new(Keys::new(secret)),
+        ClientConfig {
+            identity: Identity {
+                uuid: uuid.into(),
+                designation: String::new(),
+                mac: None,
+            },
+            cipher,
+            signatures: true,
+            routes: vec![],
+        },
+    );
+    io.write_all(&hs.hello()).await.map_err(|e| e.to_string())?;
+    let mut lines = LineBuffer::new(1 << 24);
+    loop {
+        while let Some(line) = lines.next_line().map_err(|e| e.to_string())? {
+            match hs.on_line(line).map_err(|e| e.to_string())? {
+                Step::Send(out) => io.write_all(&out).await.map_err(|e| e.to_string())?,
+                Step::Done { send, established } => {
+                    if let Some(out) = send {
+                        io.write_all(&out).await.map_err(|e| e.to_string())?;
+                    }
+                    return Ok(Raw {
+                        io,
+                        lines,
+                        est: *established,
+                    });
+                }
+            }
+        }
+        let n = io
+            .read(lines.read_buf(4096))
+            .await
+            .map_err(|e| e.to_string())?;
+        lines.filled(n);
+        if n == 0 {
+            return Err("closed during handshake".into());
+        }
+    }
+}
+
+/// Reads until the peer closes; returns how long that took and how many bytes came first.
+pub async fn until_closed<R: AsyncRead + Unpin>(io: &mut R, limit: Duration) -> (Duration, usize) {
+    let start = Instant::now();
+    let mut buf = vec![0u8; 65536];
+    let mut got = 0;
+    let r = tokio::time::timeout(limit, async {
+        loop {
+            match io.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got += n,
+            }
+        }
+    })
+    .await;
+    assert!(r.is_ok(), "connection still open after {limit:?}");
+    (start.elapsed(), got)
+}
+
+/// Resident memory of this process, KiB.
+pub fn rss_kib() -> i64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Open file descriptors of this process.
+pub fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
