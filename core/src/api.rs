@@ -7,7 +7,7 @@ use crate::engine::Engine;
 macro_rules! shared_api {
     ($ty:ty) => {
         impl $ty {
-            fn engine(&self) -> &std::sync::Arc<$crate::engine::Engine> {
+            pub(crate) fn engine(&self) -> &std::sync::Arc<$crate::engine::Engine> {
                 &self.engine
             }
 
@@ -130,6 +130,11 @@ macro_rules! shared_api {
             /// Connected peers.
             pub fn peers(&self) -> Vec<$crate::peer::Peer> {
                 self.engine().peers()
+            }
+
+            /// Uuids reachable through routers: `(uuid, uuid of the peer that reaches it)`.
+            pub fn routes(&self) -> Vec<(String, String)> {
+                self.engine().route_table()
             }
 
             /// Counts of connections, streams, pending requests and queued bytes.

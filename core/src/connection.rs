@@ -36,7 +36,7 @@ impl Handshake {
                 identity: engine.identity.clone(),
                 cipher: engine.opts.cipher,
                 signatures: engine.opts.signatures,
-                routes: engine.opts.routes.clone(),
+                routes: engine.local_routes(),
             },
         ))
     }
@@ -48,7 +48,7 @@ impl Handshake {
                 identity: engine.identity.clone(),
                 require_cipher: engine.opts.cipher,
                 signatures: engine.opts.signatures,
-                routes: engine.opts.routes.clone(),
+                routes: engine.local_routes(),
             },
         ))
     }
@@ -148,9 +148,10 @@ where
         shutdown: shutdown.clone(),
     }));
     let stream = Arc::new(Stream::new(peer.clone(), tx, queued.clone(), &engine.opts));
-    engine.register(stream.clone(), &est.routes);
+    engine.register(stream.clone());
     let writer = tokio::spawn(write_loop(wr, rx, est.sealer, queued, shutdown.clone()));
     engine.emit(Event::Connect { peer: peer.clone() }).await;
+    engine.add_routes(&peer, &est.routes).await;
 
     let result = read_loop(&engine, &stream, rd, lines, est.opener).await;
     let reason = match result {
@@ -163,11 +164,20 @@ where
         Err(e) => e,
     };
     stream.close(reason.clone());
-    engine.unregister(&stream);
+    let lost_routes = engine.unregister(&stream);
     stream.fail_pending(engine.shutdown.is_triggered());
     let _ = writer.await;
     if !reason.starts_with("closed") {
         tracing::info!(peer = %peer.uuid(), address = %peer.address(), %reason, "stream ended");
+    }
+    if !lost_routes.is_empty() {
+        engine
+            .emit(Event::Routes {
+                peer: peer.clone(),
+                online: Vec::new(),
+                offline: lost_routes,
+            })
+            .await;
     }
     engine
         .emit(Event::Disconnect {
@@ -260,14 +270,13 @@ async fn deliver(
             } else {
                 Message::received(parsed.text, op.as_deref())
             };
-            let uuid = routed_from.map_or_else(|| peer.uuid().to_owned(), |u| u.into_owned());
+            let uuid = engine.sender(peer, routed_from.as_deref());
             engine.on_event(msg, uuid, peer).await;
         }
-        Kind::Request { id, body, op } => {
-            let msg = Message::received(body, op.as_deref());
-            engine
-                .on_request(stream, id, msg, peer.uuid().to_owned())
-                .await;
+        Kind::Request { id, body, meta } => {
+            let msg = Message::received(body, meta.op.as_deref());
+            let uuid = engine.sender(peer, meta.routed_from.as_deref());
+            engine.on_request(stream, id, msg, uuid).await;
         }
         Kind::Response { id, err, resp } => {
             let settled = id.is_some_and(|id| stream.settle(&id, err, resp));
@@ -275,11 +284,11 @@ async fn deliver(
                 tracing::debug!(peer = %peer.uuid(), "response for no pending request");
             }
         }
-        Kind::Control(Control::Init { routes, .. }) => engine.add_routes(peer.uuid(), &routes),
+        Kind::Control(Control::Init { routes, .. }) => engine.add_routes(peer, &routes).await,
         Kind::Control(Control::Online(Some(uuid))) => {
-            engine.add_routes(peer.uuid(), &[uuid.into_owned()])
+            engine.add_routes(peer, &[uuid.into_owned()]).await
         }
-        Kind::Control(Control::Offline(Some(uuid))) => engine.remove_route(peer.uuid(), &uuid),
+        Kind::Control(Control::Offline(Some(uuid))) => engine.remove_route(peer, &uuid).await,
         Kind::Control(Control::Auth(op)) => {
             return Err(format!("protocol error: {op} after authentication"));
         }

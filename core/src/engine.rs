@@ -32,6 +32,9 @@ pub type HandlerFuture = Pin<Box<dyn Future<Output = std::result::Result<Value, 
 /// A request handler.
 pub type Handler = Arc<dyn Fn(Request) -> HandlerFuture + Send + Sync>;
 
+/// Computes the uuids announced as reachable through an instance, at each handshake.
+pub(crate) type RouteProvider = Arc<dyn Fn() -> Vec<String> + Send + Sync>;
+
 /// A request as a handler sees it.
 #[derive(Debug, Clone)]
 pub struct Request {
@@ -328,6 +331,8 @@ pub(crate) struct Engine {
     streams: RwLock<HashMap<String, Arc<Stream>>>,
     /// Uuids reachable through a stream (`rpc::online`, `routes`), mapped to that stream's uuid.
     remote_routes: RwLock<HashMap<String, String>>,
+    /// Extra uuids announced as reachable through us (a router's other side).
+    route_provider: RwLock<Option<RouteProvider>>,
     handlers: RwLock<Handlers>,
     events: Mutex<Option<mpsc::Sender<Event>>>,
     ping_data: RwLock<Option<Value>>,
@@ -373,6 +378,7 @@ impl Engine {
             keys,
             streams: RwLock::new(HashMap::new()),
             remote_routes: RwLock::new(HashMap::new()),
+            route_provider: RwLock::new(None),
             handlers: RwLock::new(Handlers::default()),
             events: Mutex::new(None),
             ping_data,
@@ -474,49 +480,144 @@ impl Engine {
     }
 
     /// Registers an authenticated stream; an older stream with the same uuid is closed.
-    pub(crate) fn register(&self, stream: Arc<Stream>, routes: &[String]) {
+    pub(crate) fn register(&self, stream: Arc<Stream>) {
         let uuid = stream.peer.uuid().to_owned();
         let old = self
             .streams
             .write()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(uuid.clone(), stream);
+            .insert(uuid, stream);
         if let Some(old) = old {
             old.close("replaced by a new connection with the same uuid");
         }
-        self.add_routes(&uuid, routes);
     }
 
-    /// Removes a stream if it is still the registered one for its uuid.
-    pub(crate) fn unregister(&self, stream: &Arc<Stream>) {
+    /// Removes a stream if it is still the registered one for its uuid; returns the routes
+    /// that went away with it.
+    pub(crate) fn unregister(&self, stream: &Arc<Stream>) -> Vec<String> {
         let uuid = stream.peer.uuid();
         let mut streams = self.streams.write().unwrap_or_else(|p| p.into_inner());
-        if streams.get(uuid).is_some_and(|s| Arc::ptr_eq(s, stream)) {
-            streams.remove(uuid);
-            drop(streams);
-            if let Ok(mut r) = self.remote_routes.write() {
-                r.retain(|_, via| via != uuid);
-            }
+        if !streams.get(uuid).is_some_and(|s| Arc::ptr_eq(s, stream)) {
+            return Vec::new();
+        }
+        streams.remove(uuid);
+        drop(streams);
+        let mut lost = Vec::new();
+        if let Ok(mut r) = self.remote_routes.write() {
+            r.retain(|u, via| {
+                if via == uuid {
+                    lost.push(u.clone());
+                    false
+                } else {
+                    true
+                }
+            });
+        }
+        lost
+    }
+
+    /// Sets the uuids announced as reachable through this instance (beyond `routes`).
+    pub(crate) fn set_route_provider(&self, f: RouteProvider) {
+        if let Ok(mut p) = self.route_provider.write() {
+            *p = Some(f);
         }
     }
 
-    pub(crate) fn add_routes(&self, via: &str, routes: &[String]) {
-        if routes.is_empty() {
-            return;
+    /// The `routes` announced in `rpc::init`.
+    pub(crate) fn local_routes(&self) -> Vec<String> {
+        let mut routes = self.opts.routes.clone();
+        let provider = self.route_provider.read().ok().and_then(|p| p.clone());
+        if let Some(f) = provider {
+            routes.extend(f());
         }
-        if let Ok(mut r) = self.remote_routes.write() {
+        routes
+    }
+
+    /// Records uuids reachable through `peer`. A uuid that is this instance, a directly
+    /// connected peer, or already reachable through another stream is refused: no peer can
+    /// take over another's route.
+    pub(crate) async fn add_routes(&self, peer: &Peer, routes: &[String]) {
+        let via = peer.uuid();
+        let mut added = Vec::new();
+        {
+            let streams = self.streams();
+            let Ok(mut table) = self.remote_routes.write() else {
+                return;
+            };
             for u in routes {
-                r.insert(u.clone(), via.to_owned());
+                let taken = u == &self.identity.uuid
+                    || u == via
+                    || streams.contains_key(u)
+                    || table.get(u).is_some_and(|v| v != via);
+                if taken {
+                    tracing::warn!(peer = %via, route = %u, "route refused: uuid already held");
+                    continue;
+                }
+                if table.insert(u.clone(), via.to_owned()).is_none() {
+                    added.push(u.clone());
+                }
             }
+        }
+        if !added.is_empty() {
+            self.emit(Event::Routes {
+                peer: peer.clone(),
+                online: added,
+                offline: Vec::new(),
+            })
+            .await;
         }
     }
 
-    pub(crate) fn remove_route(&self, via: &str, uuid: &str) {
-        if let Ok(mut r) = self.remote_routes.write() {
-            if r.get(uuid).is_some_and(|v| v == via) {
+    pub(crate) async fn remove_route(&self, peer: &Peer, uuid: &str) {
+        let removed = self.remote_routes.write().is_ok_and(|mut r| {
+            if r.get(uuid).is_some_and(|v| v == peer.uuid()) {
                 r.remove(uuid);
+                true
+            } else {
+                false
             }
+        });
+        if removed {
+            self.emit(Event::Routes {
+                peer: peer.clone(),
+                online: Vec::new(),
+                offline: vec![uuid.to_owned()],
+            })
+            .await;
         }
+    }
+
+    /// The sender of a message from `peer`: `_r.uuid` when `peer` really routes that uuid (so
+    /// `_r` cannot be spoofed), else the peer itself.
+    pub(crate) fn sender(&self, peer: &Peer, routed_from: Option<&str>) -> String {
+        match routed_from {
+            Some(u) if self.route_via_uuid(u).as_deref() == Some(peer.uuid()) => u.to_owned(),
+            _ => peer.uuid().to_owned(),
+        }
+    }
+
+    fn route_via_uuid(&self, uuid: &str) -> Option<String> {
+        self.remote_routes
+            .read()
+            .ok()
+            .and_then(|r| r.get(uuid).cloned())
+    }
+
+    /// Routes known: `(uuid, uuid of the stream it is reachable through)`.
+    pub(crate) fn route_table(&self) -> Vec<(String, String)> {
+        self.remote_routes
+            .read()
+            .map(|r| r.iter().map(|(a, b)| (a.clone(), b.clone())).collect())
+            .unwrap_or_default()
+    }
+
+    /// The stream for `uuid` and whether it is routed (then messages need `_uuid`).
+    fn target(&self, uuid: &str) -> Option<(Arc<Stream>, bool)> {
+        if let Some(s) = self.stream(uuid) {
+            return Some((s, false));
+        }
+        let via = self.route_via_uuid(uuid)?;
+        self.stream(&via).map(|s| (s, true))
     }
 
     pub(crate) fn stream(&self, uuid: &str) -> Option<Arc<Stream>> {
@@ -568,11 +669,17 @@ impl Engine {
         Ok(sent)
     }
 
+    /// Sends to the peer `uuid`, directly or through the router that reaches it (adding
+    /// `_uuid` so the router can deliver it).
     pub(crate) fn dispatch_to(&self, uuid: &str, msg: &Message) -> Result<()> {
-        let s = self
-            .stream(uuid)
+        let (s, routed) = self
+            .target(uuid)
             .ok_or_else(|| Error::NoSuchStream(uuid.to_owned()))?;
-        s.send(msg.text().clone())
+        if routed {
+            s.send(Arc::from(addressed(msg.as_str(), uuid)?))
+        } else {
+            s.send(msg.text().clone())
+        }
     }
 
     /// The stream a request without uuid goes to: exactly one must be connected.
@@ -598,11 +705,19 @@ impl Engine {
         if self.shutdown.is_triggered() {
             return Err(Error::Closed);
         }
-        let stream = match uuid {
+        let (stream, routed) = match uuid {
             Some(u) => self
-                .stream(u)
+                .target(u)
                 .ok_or_else(|| Error::NoSuchStream(u.to_owned()))?,
-            None => self.only_stream(msg)?,
+            None => (self.only_stream(msg)?, false),
+        };
+        let addressed_body;
+        let body = match (routed, uuid) {
+            (true, Some(u)) => {
+                addressed_body = addressed(msg.as_str(), u)?;
+                addressed_body.as_str()
+            }
+            _ => msg.as_str(),
         };
         let timeout_ms = msg
             .op_timeout()
@@ -638,7 +753,6 @@ impl Engine {
             stream: &stream,
             id: &id,
         };
-        let body = msg.as_str();
         let mut text = String::with_capacity(body.len() + id.len() + 20);
         text.push_str("{\"_req\":\"");
         text.push_str(&id);
@@ -773,6 +887,12 @@ impl Engine {
             *e = None;
         }
     }
+}
+
+/// `text` with `_uuid` set to `uuid`, for a peer reached through a router.
+fn addressed(text: &str, uuid: &str) -> Result<String> {
+    crate::protocol::message::rewrite(text, &[], &[("_uuid", Value::String(uuid.to_owned()))])
+        .map_err(|e| Error::Config(e.to_string()))
 }
 
 /// Removes a pending entry if the request future is dropped before it settles.

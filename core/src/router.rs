@@ -1,0 +1,354 @@
+//! [`Router`]: a frontend [`Server`] relaying to a backend [`Client`] (router in front of a
+//! server) or backend [`Server`] (clients on both sides meet in the middle).
+//!
+//! Routing table: each side's engine maps every uuid reachable through a peer to that peer
+//! (`rpc::online`/`rpc::offline` and the `routes` of `rpc::init` keep it current). The router
+//! announces the frontend's peers and routes to the backend and the backend's to the frontend,
+//! never back to the side a uuid came from, and a uuid already held by another stream is
+//! refused, so routers chain without loops and no peer can take over another's route.
+//! Events from the frontend reach the backend with `_r: {uuid, designation}`; backend messages
+//! with `_uuid` go to that peer only, others to every frontend peer. Requests relay both ways
+//! and settle exactly once (answer, error, timeout, disconnect).
+
+use std::sync::{Arc, Weak};
+
+use serde_json::{json, Value};
+
+use crate::client::Client;
+use crate::engine::Engine;
+use crate::error::{Error, Result};
+use crate::event::{Event, IncomingRequest};
+use crate::message::Message;
+use crate::options::Options;
+use crate::peer::Peer;
+use crate::protocol::message::{body_meta, rewrite};
+use crate::server::Server;
+
+/// The router's other side.
+#[derive(Debug, Clone)]
+pub enum Backend {
+    /// Connect to a server (options with `address`).
+    Client(Options),
+    /// Listen for more clients (options with `port`).
+    Server(Options),
+}
+
+/// Which side of a router something happened on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// The frontend server.
+    Frontend,
+    /// The backend client or server.
+    Backend,
+}
+
+/// What a router reports: peers coming and going, and connection errors.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum RouterEvent {
+    /// A peer authenticated on one side.
+    Connect {
+        /// Which side.
+        side: Side,
+        /// The peer.
+        peer: Peer,
+    },
+    /// A peer left one side.
+    Disconnect {
+        /// Which side.
+        side: Side,
+        /// The peer.
+        peer: Peer,
+        /// Why.
+        reason: String,
+    },
+    /// A peer was refused: it claimed a uuid the other side holds.
+    Refused {
+        /// The peer.
+        peer: Peer,
+    },
+    /// A connection failed on one side.
+    Error {
+        /// Which side.
+        side: Side,
+        /// What went wrong.
+        error: Error,
+        /// The remote address, when known.
+        address: Option<String>,
+    },
+}
+
+/// A running router.
+pub struct Router {
+    frontend: Server,
+    backend: Link,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    events: std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<RouterEvent>>>,
+}
+
+enum Link {
+    Client(Client),
+    Server(Server),
+}
+
+impl Link {
+    fn engine(&self) -> &Arc<Engine> {
+        match self {
+            Link::Client(c) => c.engine(),
+            Link::Server(s) => s.engine(),
+        }
+    }
+}
+
+impl std::fmt::Debug for Router {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Router")
+            .field("frontend", &self.frontend.local_addr())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Uuids reachable through an engine: its peers and their routes.
+fn reachable(engine: &Weak<Engine>) -> Vec<String> {
+    let Some(e) = engine.upgrade() else {
+        return Vec::new();
+    };
+    let mut out: Vec<String> = e.peers().iter().map(|p| p.uuid().to_owned()).collect();
+    out.extend(e.route_table().into_iter().map(|(u, _)| u));
+    out
+}
+
+fn control(op: &str, uuid: &str) -> Option<Message> {
+    Message::new(&json!({ "op": op, "uuid": uuid })).ok()
+}
+
+fn announce(to: &Engine, op: &str, uuids: &[String]) {
+    for u in uuids {
+        if let Some(m) = control(op, u) {
+            let _ = to.dispatch(&m);
+        }
+    }
+}
+
+impl Router {
+    /// Starts the frontend server and the backend on the current tokio runtime.
+    pub async fn start(frontend: Options, backend: Backend) -> Result<Router> {
+        let frontend = Server::bind(frontend).await?;
+        let fe = frontend.engine().clone();
+        let fev = fe.events();
+        let backend = match backend {
+            Backend::Client(mut o) => {
+                if o.designation.is_empty() {
+                    o.designation = "router".into();
+                }
+                Link::Client(Client::connect(o)?)
+            }
+            Backend::Server(o) => Link::Server(Server::bind(o).await?),
+        };
+        let be = backend.engine().clone();
+        let bev = be.events();
+        let (wf, wb) = (Arc::downgrade(&fe), Arc::downgrade(&be));
+        fe.set_route_provider(Arc::new(move || reachable(&wb)));
+        be.set_route_provider(Arc::new(move || reachable(&wf)));
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let tasks = vec![
+            tokio::spawn(relay(
+                fev,
+                fe.clone(),
+                be.clone(),
+                Side::Frontend,
+                tx.clone(),
+            )),
+            tokio::spawn(relay(bev, be.clone(), fe.clone(), Side::Backend, tx)),
+        ];
+        Ok(Router {
+            frontend,
+            backend,
+            tasks,
+            events: std::sync::Mutex::new(Some(rx)),
+        })
+    }
+
+    /// The frontend's listen address.
+    pub fn local_addr(&self) -> std::net::SocketAddr {
+        self.frontend.local_addr()
+    }
+
+    /// The backend server's listen address, when the backend is a server.
+    pub fn backend_addr(&self) -> Option<std::net::SocketAddr> {
+        match &self.backend {
+            Link::Server(s) => Some(s.local_addr()),
+            Link::Client(_) => None,
+        }
+    }
+
+    /// Peers on one side.
+    pub fn peers(&self, side: Side) -> Vec<Peer> {
+        self.engine(side).peers()
+    }
+
+    /// Routes known on one side: `(uuid, peer that reaches it)`.
+    pub fn routes(&self, side: Side) -> Vec<(String, String)> {
+        self.engine(side).route_table()
+    }
+
+    /// Resources on one side.
+    pub fn stats(&self, side: Side) -> crate::engine::Stats {
+        self.engine(side).stats()
+    }
+
+    fn engine(&self, side: Side) -> &Arc<Engine> {
+        match side {
+            Side::Frontend => self.frontend.engine(),
+            Side::Backend => self.backend.engine(),
+        }
+    }
+
+    /// The router's events (peers coming and going, errors); the first call takes them.
+    pub fn events(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<RouterEvent>> {
+        self.events.lock().ok().and_then(|mut e| e.take())
+    }
+
+    /// Stops both sides.
+    pub async fn close(&self) {
+        self.frontend.close().await;
+        match &self.backend {
+            Link::Client(c) => c.close().await,
+            Link::Server(s) => s.close().await,
+        }
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// Relays what happens on `from` (the `side` of the router) to `to`.
+async fn relay(
+    mut events: crate::event::Events,
+    from: Arc<Engine>,
+    to: Arc<Engine>,
+    side: Side,
+    report: tokio::sync::mpsc::UnboundedSender<RouterEvent>,
+) {
+    let frontend = side == Side::Frontend;
+    while let Some(ev) = events.next().await {
+        match ev {
+            Event::Connect { peer } => {
+                if frontend && holds(&to, peer.uuid()) {
+                    tracing::warn!(uuid = %peer.uuid(), "router: refused a peer claiming a uuid held on the other side");
+                    peer.end();
+                    let _ = report.send(RouterEvent::Refused { peer });
+                    continue;
+                }
+                let _ = report.send(RouterEvent::Connect {
+                    side,
+                    peer: peer.clone(),
+                });
+                tracing::info!(uuid = %peer.uuid(), address = %peer.address(), frontend, "router: peer connected");
+                announce(&to, "rpc::online", &[peer.uuid().to_owned()]);
+                // The peer's handshake carried the other side's routes as they were when it
+                // began; re-announce them now that the stream is up, so none is missed.
+                for u in reachable(&Arc::downgrade(&to)) {
+                    if let Some(m) = control("rpc::online", &u) {
+                        let _ = from.dispatch_to(peer.uuid(), &m);
+                    }
+                }
+            }
+            Event::Disconnect { peer, reason } => {
+                tracing::info!(uuid = %peer.uuid(), frontend, "router: peer disconnected");
+                let _ = report.send(RouterEvent::Disconnect {
+                    side,
+                    peer: peer.clone(),
+                    reason,
+                });
+                if !holds(&to, peer.uuid()) {
+                    announce(&to, "rpc::offline", &[peer.uuid().to_owned()]);
+                }
+            }
+            Event::Routes {
+                online, offline, ..
+            } => {
+                announce(&to, "rpc::online", &online);
+                announce(&to, "rpc::offline", &offline);
+            }
+            Event::Message { msg, uuid, peer } => forward_event(&to, msg, &uuid, &peer, frontend),
+            Event::Request(req) => {
+                let to = to.clone();
+                tokio::spawn(forward_request(to, req, frontend));
+            }
+            Event::Error { error, address } => {
+                tracing::debug!(%error, ?address, frontend, "router: connection error");
+                let _ = report.send(RouterEvent::Error {
+                    side,
+                    error,
+                    address,
+                });
+            }
+            _ => {}
+        }
+    }
+}
+
+/// True when `uuid` is a peer of `engine` or routed through one.
+fn holds(engine: &Engine, uuid: &str) -> bool {
+    engine.stream(uuid).is_some() || engine.route_table().iter().any(|(u, _)| u == uuid)
+}
+
+/// The body to send on: `_uuid` removed, `_r` set to the original sender when coming from the
+/// frontend (kept as is when it already names a routed sender).
+fn relayed_body(
+    text: &str,
+    uuid: &str,
+    peer: &Peer,
+    frontend: bool,
+) -> Result<(String, Option<String>)> {
+    let meta = body_meta(text).map_err(|e| Error::Protocol(e.to_string()))?;
+    let target = meta.target.map(|t| t.into_owned());
+    let tag = (frontend && uuid == peer.uuid())
+        .then(|| json!({ "uuid": uuid, "designation": peer.designation().unwrap_or("") }));
+    let set: Vec<(&str, Value)> = tag.into_iter().map(|t| ("_r", t)).collect();
+    let body = rewrite(text, &["_uuid"], &set).map_err(|e| Error::Protocol(e.to_string()))?;
+    Ok((body, target))
+}
+
+fn forward_event(to: &Engine, msg: Message, uuid: &str, peer: &Peer, frontend: bool) {
+    let (body, target) = match relayed_body(msg.as_str(), uuid, peer, frontend) {
+        Ok(x) => x,
+        Err(e) => {
+            tracing::warn!(error = %e, "router: message not relayed");
+            return;
+        }
+    };
+    let Ok(m) = Message::from_json(&body) else {
+        return;
+    };
+    let result = match target {
+        Some(t) => to.dispatch_to(&t, &m),
+        None => to.dispatch(&m).map(|_| ()),
+    };
+    if let Err(e) = result {
+        tracing::debug!(error = %e, "router: message not delivered");
+    }
+}
+
+async fn forward_request(to: Arc<Engine>, req: IncomingRequest, frontend: bool) {
+    let (msg, uuid, peer, responder) = req.into_parts();
+    let (body, target) = match relayed_body(msg.as_str(), &uuid, &peer, frontend) {
+        Ok(x) => x,
+        Err(e) => return responder.respond(Err(json!({ "error": e.to_string() }))),
+    };
+    if !frontend && target.is_none() {
+        // A request from the backend for the router itself: nobody here handles it.
+        drop(responder);
+        return;
+    }
+    let m = match Message::from_json(&body) {
+        Ok(m) => m,
+        Err(e) => return responder.respond(Err(json!({ "error": e.to_string() }))),
+    };
+    match to.request(target.as_deref(), &m).await {
+        Ok(resp) => responder.respond_raw(None, resp.raw()),
+        Err(Error::Remote(err)) => responder.respond_raw(Some(&err), None),
+        Err(e) => responder.respond(Err(e.to_legacy_value())),
+    }
+}

@@ -1,0 +1,326 @@
+//! Router: clients through a router to a server, chained routers, both backend modes,
+//! restarts on either side, route hijack refused, and 200 clients through one router.
+
+mod common;
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::*;
+use iris_rpc::{Backend, Client, Event, Events, Options, Router, RouterEvent, Server, Side};
+use serde_json::{json, Value};
+
+const WAIT: Duration = Duration::from_secs(15);
+
+fn client_opts(addr: &str, uuid: &str) -> Options {
+    let mut o = Options::new(SECRET)
+        .address(addr)
+        .uuid(uuid)
+        .designation("user");
+    o.reconnect_initial = Duration::from_millis(100);
+    o.reconnect_max = Duration::from_millis(300);
+    o
+}
+
+async fn router_to(backend_addr: &str, port: &str) -> Router {
+    let mut b = Options::new(SECRET).address(backend_addr).uuid("router");
+    b.reconnect_initial = Duration::from_millis(100);
+    b.reconnect_max = Duration::from_millis(300);
+    Router::start(
+        server_options().port(port).uuid("router-front"),
+        Backend::Client(b),
+    )
+    .await
+    .unwrap()
+}
+
+async fn until<F: Fn() -> bool>(what: &str, f: F) {
+    tokio::time::timeout(WAIT, async {
+        while !f() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("timed out waiting for {what}"));
+}
+
+async fn next_message(events: &mut Events) -> (Value, String) {
+    tokio::time::timeout(WAIT, async {
+        loop {
+            match events.next().await {
+                Some(Event::Message { msg, uuid, .. }) => return (msg.value(), uuid),
+                Some(_) => {}
+                None => panic!("events closed"),
+            }
+        }
+    })
+    .await
+    .expect("no message in time")
+}
+
+fn has_route(s: &Server, uuid: &str) -> bool {
+    s.routes().iter().any(|(u, _)| u == uuid)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_reach_a_server_through_a_router() {
+    let server = server(server_options().uuid("backend")).await;
+    server.handle("add", |req| async move {
+        let v = req.msg.value();
+        Ok(json!({"sum": v["a"].as_i64().unwrap_or(0) + v["b"].as_i64().unwrap_or(0), "from": req.uuid}))
+    });
+    server.handle("slow", |_| async {
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        Ok(json!(null))
+    });
+    let mut sev = server.events();
+    let router = router_to(&server.local_addr().to_string(), "127.0.0.1:0").await;
+    let raddr = router.local_addr().to_string();
+    let a = Client::connect(client_opts(&raddr, "A")).unwrap();
+    let b = Client::connect(client_opts(&raddr, "B")).unwrap();
+    a.handle("whoami", |_| async { Ok(json!("A")) });
+    let mut aev = a.events();
+    let mut bev = b.events();
+    a.wait_connected(WAIT).await.unwrap();
+    b.wait_connected(WAIT).await.unwrap();
+    until("routes at the server", || {
+        has_route(&server, "A") && has_route(&server, "B")
+    })
+    .await;
+    assert!(
+        !server.peers().iter().any(|p| p.uuid() == "A"),
+        "A is routed, not direct"
+    );
+
+    // Event from A reaches the server with A as sender.
+    a.dispatch(json!({"op": "hello", "n": 1})).unwrap();
+    let (msg, uuid) = next_message(&mut sev).await;
+    drop(sev); // unhandled requests now get "No such handler"
+    assert_eq!(uuid, "A");
+    assert_eq!(msg["_r"]["uuid"], "A");
+    assert_eq!(msg["_r"]["designation"], "user");
+
+    // The server targets A only; a broadcast reaches both.
+    server.dispatch_to("A", json!({"op": "for-a"})).unwrap();
+    let (msg, _) = next_message(&mut aev).await;
+    assert_eq!(msg, json!({"op": "for-a"}));
+    server.dispatch(json!({"op": "for-all"})).unwrap();
+    let (msg, _) = next_message(&mut bev).await;
+    assert_eq!(
+        msg,
+        json!({"op": "for-all"}),
+        "B got something meant for A first?"
+    );
+    let (msg, _) = next_message(&mut aev).await;
+    assert_eq!(msg, json!({"op": "for-all"}));
+
+    // Requests both ways, a remote error and a timeout through the router.
+    let r = a
+        .request(json!({"op": "add", "a": 2, "b": 3}))
+        .await
+        .unwrap();
+    assert_eq!(r, json!({"sum": 5, "from": "A"}));
+    let err = a.request(json!({"op": "nosuch"})).await.unwrap_err();
+    assert_eq!(
+        err.to_legacy_value(),
+        json!({"error": "No such handler 'nosuch'"})
+    );
+    let err = a
+        .request(json!({"op": "slow", "op_timeout": 200}))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), iris_rpc::ErrorKind::Timeout);
+    drop(aev);
+    let who = server
+        .request_to("A", json!({"op": "whoami"}))
+        .await
+        .unwrap();
+    assert_eq!(who, json!("A"));
+
+    // A leaves: the server forgets its route.
+    a.close().await;
+    until("A's route removed", || !has_route(&server, "A")).await;
+    assert!(server.dispatch_to("A", json!({"op": "x"})).is_err());
+    b.close().await;
+    router.close().await;
+    server.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routers_chain_and_restarts_rebuild_routes() {
+    let server = server(server_options().uuid("backend")).await;
+    let saddr = server.local_addr().to_string();
+    let r2 = router_to(&saddr, "127.0.0.1:0").await;
+    let r2addr = r2.local_addr().to_string();
+    let mut b1 = Options::new(SECRET)
+        .address(r2addr.as_str())
+        .uuid("router1");
+    b1.reconnect_initial = Duration::from_millis(100);
+    let r1 = Router::start(
+        server_options().port("127.0.0.1:0").uuid("r1-front"),
+        Backend::Client(b1),
+    )
+    .await
+    .unwrap();
+    let r1addr = r1.local_addr().to_string();
+    let c = Client::connect(client_opts(&r1addr, "C")).unwrap();
+    let mut cev = c.events();
+    c.wait_connected(WAIT).await.unwrap();
+    until("C routed at the server", || has_route(&server, "C")).await;
+    server.handle("echo-from", |req| async move { Ok(json!(req.uuid)) });
+    assert_eq!(
+        c.request(json!({"op": "echo-from"})).await.unwrap(),
+        json!("C")
+    );
+    server.dispatch_to("C", json!({"op": "deep"})).unwrap();
+    assert_eq!(next_message(&mut cev).await.0, json!({"op": "deep"}));
+
+    // Restart the first router on its port: C reconnects and the route comes back.
+    r1.close().await;
+    until("C's route removed", || !has_route(&server, "C")).await;
+    let mut b1 = Options::new(SECRET)
+        .address(r2addr.as_str())
+        .uuid("router1");
+    b1.reconnect_initial = Duration::from_millis(100);
+    let r1 = Router::start(
+        server_options().port(r1addr.as_str()).uuid("r1-front"),
+        Backend::Client(b1),
+    )
+    .await
+    .unwrap();
+    until("C routed again", || has_route(&server, "C")).await;
+
+    // Restart the backend server: the chain reconnects and re-announces C.
+    server.close().await;
+    let server = Server::bind(server_options().port(saddr.as_str()).uuid("backend"))
+        .await
+        .unwrap();
+    until("C routed at the new server", || has_route(&server, "C")).await;
+    server
+        .dispatch_to("C", json!({"op": "after-restart"}))
+        .unwrap();
+    loop {
+        let (m, _) = next_message(&mut cev).await;
+        if m["op"] == "after-restart" {
+            break;
+        }
+    }
+    c.close().await;
+    r1.close().await;
+    r2.close().await;
+    server.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_on_both_sides_meet_in_the_middle() {
+    let router = Router::start(
+        server_options().port("127.0.0.1:0").uuid("front"),
+        Backend::Server(server_options().port("127.0.0.1:0").uuid("back")),
+    )
+    .await
+    .unwrap();
+    let front = router.local_addr().to_string();
+    let back = router.backend_addr().unwrap().to_string();
+    let x = Client::connect(client_opts(&front, "X")).unwrap();
+    let y = Client::connect(client_opts(&back, "Y")).unwrap();
+    y.handle("ping-y", |req| async move { Ok(json!({"pong": req.uuid})) });
+    let mut xev = x.events();
+    let mut yev = y.events();
+    x.wait_connected(WAIT).await.unwrap();
+    y.wait_connected(WAIT).await.unwrap();
+    until("X sees Y", || x.routes().iter().any(|(u, _)| u == "Y")).await;
+    until("Y sees X", || y.routes().iter().any(|(u, _)| u == "X")).await;
+    x.dispatch(json!({"op": "hi-y"})).unwrap();
+    let (m, from) = next_message(&mut yev).await;
+    assert_eq!((m["op"].clone(), from.as_str()), (json!("hi-y"), "X"));
+    y.dispatch_to("X", json!({"op": "hi-x"})).unwrap();
+    assert_eq!(next_message(&mut xev).await.0, json!({"op": "hi-x"}));
+    let r = x.request_to("Y", json!({"op": "ping-y"})).await.unwrap();
+    assert_eq!(r, json!({"pong": "X"}));
+    x.close().await;
+    y.close().await;
+    router.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frontend_peer_cannot_take_a_backend_uuid() {
+    let server = server(server_options().uuid("backend")).await;
+    let router = router_to(&server.local_addr().to_string(), "127.0.0.1:0").await;
+    let raddr = router.local_addr().to_string();
+    let honest = Client::connect(client_opts(&raddr, "honest")).unwrap();
+    honest.wait_connected(WAIT).await.unwrap();
+    until("honest routed", || has_route(&server, "honest")).await;
+    // Claims the backend's own uuid: refused by the router.
+    let mut events = router.events().unwrap();
+    let liar = Client::connect(client_opts(&raddr, "backend")).unwrap();
+    tokio::time::timeout(WAIT, async {
+        loop {
+            if let Some(RouterEvent::Refused { peer }) = events.recv().await {
+                if peer.uuid() == "backend" {
+                    break;
+                }
+            }
+        }
+    })
+    .await
+    .unwrap();
+    // A raw peer announcing another's route gets nothing either.
+    let mut raw = raw_handshake_to(router.local_addr(), SECRET, true, "mallory")
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    raw.est
+        .sealer
+        .seal(r#"{"op":"rpc::online","uuid":"honest"}"#, &mut out);
+    tokio::io::AsyncWriteExt::write_all(&mut raw.io, &out)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let via: Vec<_> = router
+        .routes(Side::Frontend)
+        .into_iter()
+        .filter(|(u, _)| u == "honest")
+        .collect();
+    assert!(
+        via.is_empty(),
+        "honest is a direct peer, not a route: {via:?}"
+    );
+    server
+        .dispatch_to("honest", json!({"op": "still-mine"}))
+        .unwrap();
+    liar.close().await;
+    honest.close().await;
+    router.close().await;
+    server.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_clients_through_one_router() {
+    let server = server(server_options().uuid("backend")).await;
+    let seen = Arc::new(Mutex::new(HashSet::new()));
+    let s = seen.clone();
+    server.on("hello", move |_, uuid, _| {
+        s.lock().unwrap().insert(uuid.to_owned());
+    });
+    let router = router_to(&server.local_addr().to_string(), "127.0.0.1:0").await;
+    let raddr = router.local_addr().to_string();
+    let mut clients = Vec::new();
+    for i in 0..200 {
+        clients.push(Client::connect(client_opts(&raddr, &format!("c{i}"))).unwrap());
+    }
+    for c in &clients {
+        c.wait_connected(WAIT).await.unwrap();
+    }
+    until("200 routes", || server.routes().len() == 200).await;
+    for c in &clients {
+        c.dispatch(json!({"op": "hello"})).unwrap();
+    }
+    until("200 senders", || seen.lock().unwrap().len() == 200).await;
+    for c in &clients {
+        c.close().await;
+    }
+    until("routes gone", || server.routes().is_empty()).await;
+    router.close().await;
+    server.close().await;
+}
