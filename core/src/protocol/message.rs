@@ -331,8 +331,9 @@ pub fn strip_sig(text: &str) -> Cow<'_, str> {
     // `,"_sig":"<16 chars>"}` as the very end of a valid object is necessarily its last
     // top-level member: none of those quotes can be escaped or inside another string.
     if let Some(body) = t.strip_suffix("\"}") {
-        if body.len() >= 16 + 9 {
-            let (head, sig) = body.split_at(body.len() - 16);
+        let cut = body.len().saturating_sub(16);
+        if body.len() >= 16 + 9 && body.is_char_boundary(cut) {
+            let (head, sig) = body.split_at(cut);
             if !sig.contains(['"', '\\']) {
                 if let Some(rest) = head.strip_suffix(",\"_sig\":\"") {
                     return Cow::Owned(format!("{rest}}}"));
@@ -410,6 +411,15 @@ mod tests {
         assert!(parse("[1]").is_err());
         assert!(parse("{\"a\":").is_err());
         assert!(parse(r#"{"_req":"x"}"#).is_err());
+    }
+
+    #[test]
+    fn strip_sig_survives_multibyte_text_at_the_end() {
+        // Found by the classify fuzz target: a char straddling the cut used to panic.
+        let s = "{\"op\":\"a\",\"_sig\":\"\u{e9}0123456789abcde\"}";
+        let parsed = parse(s).unwrap();
+        assert!(parsed.sig.is_some());
+        assert_eq!(strip_sig(s), r#"{"op":"a"}"#);
     }
 
     #[test]
