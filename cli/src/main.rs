@@ -1,6 +1,7 @@
 //! `iris-rpc`: run a demo, a server, a client, or make certificates.
 
 mod demo;
+mod router;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -42,6 +43,8 @@ enum Command {
     Server(ServerArgs),
     /// Send JSON objects read from stdin, one per line, printing what comes back as JSON lines.
     Client(ClientArgs),
+    /// Relay a frontend port to a backend server (--to) or a second port (--backend-port).
+    Router(router::RouterArgs),
 }
 
 #[derive(Args)]
@@ -117,7 +120,7 @@ struct ClientArgs {
     linger: u64,
 }
 
-fn print_json(v: &Value) {
+pub(crate) fn print_json(v: &Value) {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "{v}");
     let _ = out.flush();
@@ -157,6 +160,7 @@ fn main() -> ExitCode {
             Command::Cert { out, names } => cert(&out, &names),
             Command::Server(a) => server(a).await,
             Command::Client(a) => client(a).await,
+            Command::Router(a) => router::run(a).await,
         }
     });
     match result {
@@ -182,7 +186,7 @@ fn cert(out: &std::path::Path, names: &[String]) -> Result<(), Error> {
     Ok(())
 }
 
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};

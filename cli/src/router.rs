@@ -1,0 +1,124 @@
+//! `iris-rpc router`: a frontend server relaying to a backend server (`--to`) or to a second
+//! listening port (`--backend-port`), printing peers coming and going as JSON lines.
+
+use std::path::PathBuf;
+
+use clap::Args;
+use iris_rpc::{Backend, Certificates, Error, Options, Router, RouterEvent, Side};
+use serde_json::json;
+
+/// Options of `iris-rpc router`.
+#[derive(Args)]
+pub struct RouterArgs {
+    /// Frontend port, or host:port, where clients connect.
+    #[arg(long)]
+    port: String,
+    /// The frontend's shared secret.
+    #[arg(long, env = "IRIS_RPC_AUTH")]
+    auth: String,
+    /// Backend server to relay to, host:port.
+    #[arg(
+        long,
+        conflicts_with = "backend_port",
+        required_unless_present = "backend_port"
+    )]
+    to: Option<String>,
+    /// Instead of --to: a second port where more clients connect (they meet in the middle).
+    #[arg(long)]
+    backend_port: Option<String>,
+    /// The backend's secret (default: the frontend's).
+    #[arg(long)]
+    backend_auth: Option<String>,
+    /// Turn the legacy line cipher off on both sides.
+    #[arg(long)]
+    no_cipher: bool,
+    /// This router's uuid on the backend (random when absent).
+    #[arg(long)]
+    uuid: Option<String>,
+    /// Private key PEM file (a self-signed pair is generated when absent).
+    #[arg(long, requires = "cert")]
+    key: Option<PathBuf>,
+    /// Certificate PEM file.
+    #[arg(long, requires = "key")]
+    cert: Option<PathBuf>,
+}
+
+fn side(s: Side) -> &'static str {
+    match s {
+        Side::Frontend => "frontend",
+        Side::Backend => "backend",
+    }
+}
+
+/// Runs the router until interrupted.
+pub async fn run(a: RouterArgs) -> Result<(), Error> {
+    let certs = match (&a.key, &a.cert) {
+        (Some(k), Some(c)) => Certificates::new(k.display().to_string(), c.display().to_string()),
+        _ => Certificates::self_signed()?,
+    };
+    let frontend = Options::new(a.auth.clone())
+        .port(a.port.as_str())
+        .cipher(!a.no_cipher)
+        .designation("router")
+        .certificates(certs.clone());
+    let secret = a.backend_auth.clone().unwrap_or_else(|| a.auth.clone());
+    let mut back = Options::new(secret)
+        .cipher(!a.no_cipher)
+        .designation("router")
+        .certificates(certs);
+    if let Some(u) = &a.uuid {
+        back = back.uuid(u.clone());
+    }
+    let backend = match (&a.to, &a.backend_port) {
+        (Some(to), _) => Backend::Client(back.address(to.clone())),
+        (None, Some(p)) => Backend::Server(back.port(p.as_str())),
+        (None, None) => return Err(Error::Config("give --to or --backend-port".into())),
+    };
+    let router = Router::start(frontend, backend).await?;
+    let mut listen = json!({"event": "listen", "frontend": router.local_addr().to_string()});
+    if let Some(b) = router.backend_addr() {
+        listen["backend"] = json!(b.to_string());
+    }
+    if let Some(to) = &a.to {
+        listen["to"] = json!(to);
+    }
+    crate::print_json(&listen);
+    let Some(mut events) = router.events() else {
+        return Err(Error::Closed);
+    };
+    loop {
+        let ev = tokio::select! {
+            _ = crate::shutdown_signal() => break,
+            ev = events.recv() => ev,
+        };
+        let Some(ev) = ev else { break };
+        let line = match ev {
+            RouterEvent::Connect { side: s, peer } => json!({
+                "event": "connect", "side": side(s), "uuid": peer.uuid(),
+                "address": peer.address(), "designation": peer.designation(),
+            }),
+            RouterEvent::Disconnect {
+                side: s,
+                peer,
+                reason,
+            } => json!({
+                "event": "disconnect", "side": side(s), "uuid": peer.uuid(), "reason": reason,
+            }),
+            RouterEvent::Refused { peer } => json!({
+                "event": "refused", "uuid": peer.uuid(), "address": peer.address(),
+                "reason": "uuid already held on the other side",
+            }),
+            RouterEvent::Error {
+                side: s,
+                error,
+                address,
+            } => json!({
+                "event": "error", "side": side(s), "error": error.to_string(), "address": address,
+            }),
+            _ => continue,
+        };
+        crate::print_json(&line);
+    }
+    router.close().await;
+    Ok(())
+}
