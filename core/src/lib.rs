@@ -39,6 +39,7 @@ mod engine;
 mod error;
 mod event;
 mod message;
+mod multiplexer;
 mod options;
 mod peer;
 pub mod protocol;
@@ -53,6 +54,7 @@ pub use engine::{Filter, Handler, HandlerFuture, HandlerId, Listener, Request, R
 pub use error::{error_object, Error, ErrorKind, Result};
 pub use event::{Event, Events, IncomingRequest};
 pub use message::{IntoMessage, Message, Response};
+pub use multiplexer::{Link, Multiplexer};
 pub use options::{Limits, Listen, Options, PortSpec};
 pub use peer::Peer;
 pub use router::{Backend, Router, RouterEvent, Side};
