@@ -305,3 +305,58 @@ fn bad_flags_are_refused() {
     assert_ne!(code, 0);
     assert!(err.contains("--port"), "{err}");
 }
+
+#[test]
+fn router_relays_client_requests_to_the_server() {
+    let server = ServerProc::start(&["--echo"]);
+    let to = server.address();
+    let mut router = Command::new(BIN)
+        .args([
+            "router",
+            "--port",
+            "127.0.0.1:0",
+            "--auth",
+            "s3cret",
+            "--to",
+            &to,
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(router.stdout.take().unwrap()).lines();
+    let listen: serde_json::Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    assert_eq!(listen["event"], "listen");
+    let front = listen["frontend"].as_str().unwrap().to_owned();
+    // The router reports its backend connection before clients are useful.
+    let backend: serde_json::Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    assert_eq!(
+        (backend["event"].as_str(), backend["side"].as_str()),
+        (Some("connect"), Some("backend"))
+    );
+    let (code, out, err) = run(
+        &[
+            "client",
+            "--address",
+            &front,
+            "--auth",
+            "s3cret",
+            "--request",
+            "--uuid",
+            "via-router",
+        ],
+        "{\"op\":\"hi\"}\n",
+    );
+    assert_eq!(code, 0, "{err}");
+    let resp = json_lines(&out)
+        .into_iter()
+        .find(|v| v.get("response").is_some())
+        .unwrap_or_else(|| panic!("no response in {out}"));
+    assert_eq!(resp["response"]["echo"]["op"], "hi");
+    let req = server.wait_for("request");
+    assert_eq!(req["uuid"], "via-router");
+    let connect: serde_json::Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    assert_eq!(connect["uuid"], "via-router");
+    let _ = router.kill();
+    let _ = router.wait();
+}
