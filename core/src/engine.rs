@@ -75,6 +75,8 @@ pub struct Stats {
     pub pending: usize,
     /// Bytes queued for writing, over all streams.
     pub queued_bytes: usize,
+    /// Background tasks alive (accept loop, connections, reconnect loops, pinger).
+    pub tasks: usize,
 }
 
 /// Identifies a registered listener, handler, filter or digest, for removal.
@@ -643,6 +645,7 @@ impl Engine {
                 .iter()
                 .map(|s| s.queued.load(Ordering::Relaxed))
                 .sum(),
+            tasks: self.live_tasks.load(Ordering::SeqCst),
         }
     }
 

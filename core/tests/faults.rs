@@ -200,6 +200,7 @@ async fn a_vanished_client_leaves_nothing_behind() {
     next_matching(&mut events, |e| matches!(e, Event::Disconnect { .. })).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     let fds = open_fds();
+    let tasks = server.stats().tasks;
 
     let mut clients = Vec::new();
     for i in 0..20 {
@@ -239,7 +240,12 @@ async fn a_vanished_client_leaves_nothing_behind() {
     tokio::time::timeout(WAIT, async {
         loop {
             let s = server.stats();
-            if s.streams == 0 && s.connections == 0 && s.pending == 0 && open_fds() <= fds {
+            if s.streams == 0
+                && s.connections == 0
+                && s.pending == 0
+                && s.tasks == tasks
+                && open_fds() <= fds
+            {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
