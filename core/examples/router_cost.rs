@@ -48,7 +48,10 @@ async fn measure(label: &str, client: &Client, received: &AtomicU64, events: u64
 
 #[tokio::main]
 async fn main() -> iris_rpc::Result<()> {
-    let args: Vec<u64> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
+    let args: Vec<u64> = std::env::args()
+        .skip(1)
+        .filter_map(|a| a.parse().ok())
+        .collect();
     let events = args.first().copied().unwrap_or(200_000);
     let requests = args.get(1).copied().unwrap_or(5_000) as usize;
     let server = Server::bind(

@@ -127,6 +127,17 @@ macro_rules! shared_api {
                 self.engine().request(uuid, msg).await
             }
 
+            /// [`Self::request_raw`] with its own timeout, overriding `op_timeout` and the
+            /// `timeout` option.
+            pub async fn request_raw_timeout(
+                &self,
+                uuid: Option<&str>,
+                msg: &$crate::message::Message,
+                timeout: std::time::Duration,
+            ) -> $crate::error::Result<$crate::message::Response> {
+                self.engine().request_with(uuid, msg, Some(timeout)).await
+            }
+
             /// Connected peers.
             pub fn peers(&self) -> Vec<$crate::peer::Peer> {
                 self.engine().peers()

@@ -37,6 +37,20 @@ impl Client {
     /// is up. Each stream reconnects after 1 s, then with exponential backoff and jitter up to
     /// `reconnect_max`, until [`Client::close`].
     pub fn connect(opts: Options) -> Result<Client> {
+        Self::connect_inner(opts, false).map(|(c, _)| c)
+    }
+
+    /// [`Client::connect`] with the event receiver installed before connecting starts, so the
+    /// first `Connect` (or `Error`) cannot be missed.
+    pub fn connect_with_events(opts: Options) -> Result<(Client, crate::event::Events)> {
+        let (c, events) = Self::connect_inner(opts, true)?;
+        Ok((c, events.ok_or(Error::Closed)?))
+    }
+
+    fn connect_inner(
+        opts: Options,
+        with_events: bool,
+    ) -> Result<(Client, Option<crate::event::Events>)> {
         if opts.address.is_empty() {
             return Err(Error::Config("a client needs 'address' (host:port)".into()));
         }
@@ -50,6 +64,7 @@ impl Client {
             targets.push((a.clone(), host, port));
         }
         let engine = Engine::new(opts)?;
+        let events = with_events.then(|| engine.events());
         let connector = TlsConnector::from(tls);
         for (address, host, port) in targets {
             engine.task_started();
@@ -62,7 +77,7 @@ impl Client {
         }
         let _guard = handle.enter();
         spawn_pinger(&engine);
-        Ok(Client { engine })
+        Ok((Client { engine }, events))
     }
 
     /// Waits until at least one stream is authenticated, or `timeout` passes.

@@ -705,6 +705,16 @@ impl Engine {
 
     /// Sends a request and waits for its single settlement.
     pub(crate) async fn request(&self, uuid: Option<&str>, msg: &Message) -> Result<Response> {
+        self.request_with(uuid, msg, None).await
+    }
+
+    /// A request with an explicit timeout (else `op_timeout`, else the `timeout` option).
+    pub(crate) async fn request_with(
+        &self,
+        uuid: Option<&str>,
+        msg: &Message,
+        timeout: Option<Duration>,
+    ) -> Result<Response> {
         if self.shutdown.is_triggered() {
             return Err(Error::Closed);
         }
@@ -722,9 +732,11 @@ impl Engine {
             }
             _ => msg.as_str(),
         };
-        let timeout_ms = msg
-            .op_timeout()
-            .unwrap_or_else(|| self.opts.timeout.as_millis().min(u128::from(u64::MAX)) as u64);
+        let ms = |d: Duration| d.as_millis().min(u128::from(u64::MAX)) as u64;
+        let timeout_ms = timeout
+            .map(ms)
+            .or_else(|| msg.op_timeout())
+            .unwrap_or_else(|| ms(self.opts.timeout));
         let id = request_id();
         let (tx, rx) = oneshot::channel();
         {

@@ -133,20 +133,23 @@ fn announce(to: &Engine, op: &str, uuids: &[String]) {
 impl Router {
     /// Starts the frontend server and the backend on the current tokio runtime.
     pub async fn start(frontend: Options, backend: Backend) -> Result<Router> {
-        let frontend = Server::bind(frontend).await?;
+        let (frontend, fev) = Server::bind_with_events(frontend).await?;
         let fe = frontend.engine().clone();
-        let fev = fe.events();
-        let backend = match backend {
+        let backend: (Link, crate::event::Events) = match backend {
             Backend::Client(mut o) => {
                 if o.designation.is_empty() {
                     o.designation = "router".into();
                 }
-                Link::Client(Client::connect(o)?)
+                let (c, ev) = Client::connect_with_events(o)?;
+                (Link::Client(c), ev)
             }
-            Backend::Server(o) => Link::Server(Server::bind(o).await?),
+            Backend::Server(o) => {
+                let (s, ev) = Server::bind_with_events(o).await?;
+                (Link::Server(s), ev)
+            }
         };
+        let (backend, bev) = backend;
         let be = backend.engine().clone();
-        let bev = be.events();
         let (wf, wb) = (Arc::downgrade(&fe), Arc::downgrade(&be));
         fe.set_route_provider(Arc::new(move || reachable(&wb)));
         be.set_route_provider(Arc::new(move || reachable(&wf)));

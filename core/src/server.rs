@@ -37,6 +37,21 @@ impl Server {
     /// Binds and starts serving on the current tokio runtime. Fails on bad options, unusable
     /// certificates or an address that cannot be bound.
     pub async fn bind(opts: Options) -> Result<Server> {
+        Self::bind_inner(opts, false).await.map(|(s, _)| s)
+    }
+
+    /// [`Server::bind`] with the event receiver installed before anything can happen, so not
+    /// even the `Listen` event or a first connection's events can be missed.
+    pub async fn bind_with_events(opts: Options) -> Result<(Server, crate::event::Events)> {
+        let (s, events) = Self::bind_inner(opts, true).await?;
+        let events = events.ok_or(Error::Closed)?;
+        Ok((s, events))
+    }
+
+    async fn bind_inner(
+        opts: Options,
+        with_events: bool,
+    ) -> Result<(Server, Option<crate::event::Events>)> {
         let listen = opts
             .port
             .as_ref()
@@ -48,6 +63,7 @@ impl Server {
             .ok_or_else(|| Error::Config("a server needs 'certificates' (key and cert)".into()))?;
         let tls = crate::tls::server_config(&certs, opts.reject_unauthorized)?;
         let engine = Engine::new(opts)?;
+        let events = with_events.then(|| engine.events());
         let addr = listen.bind_addr();
         let listener = TcpListener::bind(&addr)
             .await
@@ -65,7 +81,7 @@ impl Server {
             })
             .await
         });
-        Ok(Server { engine, local_addr })
+        Ok((Server { engine, local_addr }, events))
     }
 
     /// The bound address (useful with port 0).

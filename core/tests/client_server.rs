@@ -363,3 +363,42 @@ async fn ping_reaches_listeners() {
     cli.close().await;
     srv.close().await;
 }
+
+#[tokio::test]
+async fn with_events_constructors_miss_nothing() {
+    let (srv, mut sev) = Server::bind_with_events(
+        Options::new("s")
+            .port("127.0.0.1:0")
+            .certificates(Certificates::self_signed().unwrap()),
+    )
+    .await
+    .unwrap();
+    assert!(matches!(sev.next().await, Some(Event::Listen { .. })));
+    let (cli, mut cev) = Client::connect_with_events(client_opts("s", &srv, true)).unwrap();
+    assert!(matches!(
+        tokio::time::timeout(WAIT, cev.next()).await.unwrap(),
+        Some(Event::Connect { .. })
+    ));
+    // A per-call timeout overrides the default.
+    srv.handle("slow", |_| async {
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        Ok(json!(null))
+    });
+    let msg = iris_rpc::Message::new(&json!({"op": "slow"})).unwrap();
+    let err = cli
+        .request_raw_timeout(None, &msg, Duration::from_millis(100))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Timeout {
+                timeout_ms: 100,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    cli.close().await;
+    srv.close().await;
+}
