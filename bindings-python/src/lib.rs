@@ -1,1 +1,706 @@
-//! iris-rpc-python (work in progress).
+//! `iris_rpc._native`: the pyo3 module under the Python package `iris_rpc`.
+//!
+//! It only translates: options arrive as legacy option JSON, message bodies cross as JSON text
+//! (parsed by CPython's `json`), and everything the core reports (events, incoming requests,
+//! answers to asynchronous requests) is pulled in batches by one Python thread through
+//! `Native.next_batch`, with the GIL released while it waits. Rust never calls into Python
+//! from the runtime's threads, so a busy interpreter cannot stall the network.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc as std_mpsc;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use iris_rpc::{Client, Error, Event, Events, Message, Options, Peer, Response, Server};
+use pyo3::exceptions::PyRuntimeError;
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::PyTuple;
+use pyo3::IntoPyObjectExt;
+use tokio::runtime::Runtime;
+use tokio::sync::mpsc;
+use tokio::task::AbortHandle;
+
+/// How often a blocking wait wakes up to let Python run its signal handlers (Ctrl-C).
+const SIGNAL_CHECK: Duration = Duration::from_millis(50);
+
+/// Item tags of [`Native::next_batch`]; mirrored in `python/iris_rpc/_native.pyi`.
+const EV_LISTEN: u8 = 0;
+const EV_CONNECT: u8 = 1;
+const EV_DISCONNECT: u8 = 2;
+const EV_MESSAGE: u8 = 3;
+const EV_REQUEST: u8 = 4;
+const EV_ERROR: u8 = 5;
+const EV_DONE: u8 = 6;
+
+/// The Python callable `(kind, message, value_json) -> exception` set by the package.
+static ERROR_FACTORY: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Builds the Python exception for a core error through the registered factory.
+fn error_to_py(py: Python<'_>, e: &Error) -> PyErr {
+    let value = match e {
+        Error::Remote(text) => text.to_string(),
+        other => other.to_legacy_value().to_string(),
+    };
+    error_parts_to_py(py, e.kind().as_str(), &e.to_string(), &value)
+}
+
+fn error_parts_to_py(py: Python<'_>, kind: &str, message: &str, value: &str) -> PyErr {
+    match ERROR_FACTORY.get(py) {
+        Some(factory) => match factory.bind(py).call1((kind, message, value)) {
+            Ok(exc) => PyErr::from_value(exc),
+            Err(e) => e,
+        },
+        None => PyRuntimeError::new_err(format!("{kind}: {message}")),
+    }
+}
+
+fn config_error(py: Python<'_>, message: String) -> PyErr {
+    error_to_py(py, &Error::Config(message))
+}
+
+fn duration_from_secs(py: Python<'_>, secs: f64) -> PyResult<Duration> {
+    Duration::try_from_secs_f64(secs.max(0.0))
+        .map_err(|_| config_error(py, format!("invalid duration {secs} s")))
+}
+
+/// The wrapped core object: both kinds share the same API.
+enum Obj {
+    Client(Client),
+    Server(Server),
+}
+
+macro_rules! on_obj {
+    ($obj:expr, $o:ident => $body:expr) => {
+        match $obj {
+            Obj::Client($o) => $body,
+            Obj::Server($o) => $body,
+        }
+    };
+}
+
+impl Obj {
+    fn events(&self) -> Events {
+        on_obj!(self, o => o.events())
+    }
+    fn uuid(&self) -> &str {
+        on_obj!(self, o => o.uuid())
+    }
+    fn dispatch(&self, msg: Message) -> iris_rpc::Result<usize> {
+        on_obj!(self, o => o.dispatch(msg))
+    }
+    fn dispatch_to(&self, uuid: &str, msg: Message) -> iris_rpc::Result<()> {
+        on_obj!(self, o => o.dispatch_to(uuid, msg))
+    }
+    async fn request_raw(&self, uuid: Option<&str>, msg: &Message) -> iris_rpc::Result<Response> {
+        on_obj!(self, o => o.request_raw(uuid, msg).await)
+    }
+    fn peers(&self) -> Vec<Peer> {
+        on_obj!(self, o => o.peers())
+    }
+    fn is_connected(&self) -> bool {
+        on_obj!(self, o => o.is_connected())
+    }
+    fn ping(&self) -> iris_rpc::Result<usize> {
+        on_obj!(self, o => o.ping())
+    }
+    fn set_ping_data(&self, data: Option<serde_json::Value>) {
+        on_obj!(self, o => o.set_ping_data(data))
+    }
+    async fn close(&self) {
+        on_obj!(self, o => o.close().await)
+    }
+}
+
+/// A request with an optional local time limit (on top of the core's `op_timeout`/`timeout`).
+async fn request_with_limit(
+    obj: &Obj,
+    uuid: Option<&str>,
+    msg: &Message,
+    limit: Option<Duration>,
+) -> iris_rpc::Result<Response> {
+    match limit {
+        None => obj.request_raw(uuid, msg).await,
+        Some(d) => match tokio::time::timeout(d, obj.request_raw(uuid, msg)).await {
+            Ok(r) => r,
+            Err(_) => Err(Error::Timeout {
+                timeout_ms: d.as_millis().min(u128::from(u64::MAX)) as u64,
+                req: msg.text().clone(),
+            }),
+        },
+    }
+}
+
+/// What [`Native::next_batch`] drains: the core's events and the answers of
+/// [`Native::request_async`] requests.
+struct Inbox {
+    events: Option<Events>,
+    /// Events the adapter announces itself, before any other. A server's `Listen` and the
+    /// `Connect` of streams that came up during construction are emitted by the core before
+    /// the receiver exists, so they would be lost.
+    first: Option<Vec<Event>>,
+    /// Streams announced in `first`, whose `Connect` from the core, if it comes after all, is
+    /// dropped.
+    early: Vec<Peer>,
+    /// The core's `Listen` is dropped when the adapter announces it.
+    drop_listen: bool,
+    done: mpsc::UnboundedReceiver<(u64, iris_rpc::Result<Response>)>,
+}
+
+impl Inbox {
+    /// Applies `first`, `early` and `drop_listen` to a batch taken from the core.
+    fn adjust(&mut self, events: &mut Vec<Event>) {
+        if self.drop_listen {
+            events.retain(|e| !matches!(e, Event::Listen { .. }));
+        }
+        if !self.early.is_empty() {
+            let early = &mut self.early;
+            events.retain(|e| match e {
+                Event::Connect { peer } => match early.iter().position(|p| p.same_stream(peer)) {
+                    Some(i) => {
+                        early.swap_remove(i);
+                        false
+                    }
+                    None => true,
+                },
+                _ => true,
+            });
+        }
+        if let Some(first) = self.first.take() {
+            events.splice(0..0, first);
+        }
+    }
+}
+
+/// The other end of one authenticated stream (legacy's `stream`).
+#[pyclass(module = "iris_rpc._native", name = "Peer", frozen)]
+pub struct PyPeer {
+    peer: Peer,
+}
+
+#[pymethods]
+impl PyPeer {
+    /// The peer's uuid.
+    #[getter]
+    fn uuid(&self) -> &str {
+        self.peer.uuid()
+    }
+
+    /// The remote address, `host:port`.
+    #[getter]
+    fn address(&self) -> &str {
+        self.peer.address()
+    }
+
+    /// The designation the peer announced.
+    #[getter]
+    fn designation(&self) -> Option<&str> {
+        self.peer.designation()
+    }
+
+    /// The MAC the peer announced.
+    #[getter]
+    fn mac(&self) -> Option<&str> {
+        self.peer.mac()
+    }
+
+    /// Whether the legacy line cipher is on for this stream.
+    #[getter]
+    fn cipher(&self) -> bool {
+        self.peer.cipher()
+    }
+
+    /// Closes this stream (legacy `stream.end()`); a client reconnects afterwards.
+    fn end(&self) {
+        self.peer.end()
+    }
+
+    /// True when both values describe the same stream.
+    fn same_stream(&self, other: &PyPeer) -> bool {
+        self.peer.same_stream(&other.peer)
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "Peer(uuid={:?}, address={:?}, designation={:?})",
+            self.peer.uuid(),
+            self.peer.address(),
+            self.peer.designation().unwrap_or("")
+        )
+    }
+}
+
+/// Answers one incoming request exactly once. Dropped unanswered, it answers with the legacy
+/// `{"error":"No such handler 'OP'"}`.
+#[pyclass(module = "iris_rpc._native", frozen)]
+pub struct Responder {
+    inner: Mutex<Option<iris_rpc::Responder>>,
+}
+
+#[pymethods]
+impl Responder {
+    /// Answers with JSON texts: `err` (None for success) and `resp` (None to omit it).
+    /// Returns False when the request was already answered.
+    #[pyo3(signature = (err, resp))]
+    fn respond(&self, err: Option<&str>, resp: Option<&str>) -> bool {
+        match lock(&self.inner).take() {
+            Some(r) => {
+                r.respond_raw(err, resp);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// True until the request is answered.
+    #[getter]
+    fn pending(&self) -> bool {
+        lock(&self.inner).is_some()
+    }
+}
+
+/// One core `Client` or `Server` on the shared runtime.
+#[pyclass(module = "iris_rpc._native", frozen)]
+pub struct Native {
+    rt: Arc<Runtime>,
+    obj: Arc<Obj>,
+    inbox: Mutex<Inbox>,
+    done_tx: mpsc::UnboundedSender<(u64, iris_rpc::Result<Response>)>,
+    tasks: Mutex<HashMap<u64, AbortHandle>>,
+    local_addr: Option<String>,
+    closed: AtomicBool,
+}
+
+impl Native {
+    fn wrap(rt: Arc<Runtime>, obj: Obj, listen: Option<std::net::SocketAddr>) -> Native {
+        // A loopback handshake can finish before the constructor returns, so streams already
+        // up are noted before the receiver exists (see `Inbox::early`).
+        let early = obj.peers();
+        let events = obj.events();
+        let mut first: Vec<Event> = listen
+            .map(|address| Event::Listen { address })
+            .into_iter()
+            .collect();
+        first.extend(early.iter().map(|p| Event::Connect { peer: p.clone() }));
+        let (done_tx, done) = mpsc::unbounded_channel();
+        Native {
+            rt,
+            obj: Arc::new(obj),
+            inbox: Mutex::new(Inbox {
+                events: Some(events),
+                first: Some(first),
+                early,
+                drop_listen: listen.is_some(),
+                done,
+            }),
+            done_tx,
+            tasks: Mutex::new(HashMap::new()),
+            local_addr: listen.map(|a| a.to_string()),
+            closed: AtomicBool::new(false),
+        }
+    }
+
+    fn message(py: Python<'_>, text: &str) -> PyResult<Message> {
+        Message::from_json(text).map_err(|e| error_to_py(py, &e))
+    }
+
+    fn options(py: Python<'_>, options_json: &str) -> PyResult<Options> {
+        let v: serde_json::Value = serde_json::from_str(options_json)
+            .map_err(|e| config_error(py, format!("options are not valid JSON: {e}")))?;
+        Options::from_json(&v).map_err(|e| error_to_py(py, &e))
+    }
+
+    fn event_to_py(py: Python<'_>, ev: Event) -> PyResult<Option<Py<PyAny>>> {
+        let peer = |p: Peer| PyPeer { peer: p };
+        let item = match ev {
+            Event::Listen { address } => (EV_LISTEN, address.to_string()).into_py_any(py)?,
+            Event::Connect { peer: p } => (EV_CONNECT, peer(p)).into_py_any(py)?,
+            Event::Disconnect { peer: p, reason } => {
+                (EV_DISCONNECT, peer(p), reason).into_py_any(py)?
+            }
+            Event::Message { msg, uuid, peer: p } => {
+                (EV_MESSAGE, msg.as_str(), uuid, peer(p)).into_py_any(py)?
+            }
+            Event::Request(req) => {
+                let (msg, uuid, p, responder) = req.into_parts();
+                let responder = Responder {
+                    inner: Mutex::new(Some(responder)),
+                };
+                (EV_REQUEST, msg.as_str(), uuid, peer(p), responder).into_py_any(py)?
+            }
+            Event::Error { error, address } => {
+                let exc = error_to_py(py, &error).into_value(py);
+                (EV_ERROR, exc, address).into_py_any(py)?
+            }
+            _ => return Ok(None),
+        };
+        Ok(Some(item))
+    }
+
+    fn done_to_py(
+        &self,
+        py: Python<'_>,
+        token: u64,
+        result: iris_rpc::Result<Response>,
+    ) -> PyResult<Py<PyAny>> {
+        lock(&self.tasks).remove(&token);
+        match result {
+            Ok(r) => (EV_DONE, token, r.raw(), py.None()).into_py_any(py),
+            Err(e) => {
+                let exc = error_to_py(py, &e).into_value(py);
+                (EV_DONE, token, py.None(), exc).into_py_any(py)
+            }
+        }
+    }
+}
+
+impl Drop for Native {
+    fn drop(&mut self) {
+        // Forgotten without close(): close in the background so sockets and tasks end.
+        if !self.closed.swap(true, Ordering::SeqCst) {
+            let obj = self.obj.clone();
+            self.rt.spawn(async move { obj.close().await });
+        }
+    }
+}
+
+#[pymethods]
+impl Native {
+    /// Starts a client from legacy option JSON; it connects in the background.
+    #[staticmethod]
+    fn client(py: Python<'_>, options_json: &str) -> PyResult<Native> {
+        let opts = Self::options(py, options_json)?;
+        let rt = iris_rpc::runtime::get().map_err(|e| error_to_py(py, &e))?;
+        let client = {
+            let _guard = rt.enter();
+            Client::connect(opts).map_err(|e| error_to_py(py, &e))?
+        };
+        Ok(Native::wrap(rt, Obj::Client(client), None))
+    }
+
+    /// Binds a server from legacy option JSON.
+    #[staticmethod]
+    fn server(py: Python<'_>, options_json: &str) -> PyResult<Native> {
+        let opts = Self::options(py, options_json)?;
+        let rt = iris_rpc::runtime::get().map_err(|e| error_to_py(py, &e))?;
+        let rt2 = rt.clone();
+        let server = py
+            .detach(move || rt2.block_on(Server::bind(opts)))
+            .map_err(|e| error_to_py(py, &e))?;
+        let addr = server.local_addr();
+        Ok(Native::wrap(rt, Obj::Server(server), Some(addr)))
+    }
+
+    /// This instance's uuid.
+    #[getter]
+    fn uuid(&self) -> &str {
+        self.obj.uuid()
+    }
+
+    /// The bound address of a server (`host:port`), None for a client.
+    #[getter]
+    fn local_addr(&self) -> Option<&str> {
+        self.local_addr.as_deref()
+    }
+
+    /// Up to `max` items, waiting up to `timeout` seconds for the first one. Returns None once
+    /// the object is closed and nothing is left; an empty list when the wait timed out.
+    fn next_batch(
+        &self,
+        py: Python<'_>,
+        max: usize,
+        timeout: f64,
+    ) -> PyResult<Option<Vec<Py<PyAny>>>> {
+        let max = max.max(1);
+        let wait = duration_from_secs(py, timeout)?;
+        let rt = self.rt.clone();
+        let (events, done, open) = py.detach(|| {
+            let mut inbox = lock(&self.inbox);
+            let inbox = &mut *inbox;
+            let mut events = Vec::new();
+            let mut done = Vec::new();
+            let mut open = true;
+            // Streams that came up during construction are announced without waiting.
+            let wait = if inbox.first.as_ref().is_some_and(|f| !f.is_empty()) {
+                Duration::ZERO
+            } else {
+                wait
+            };
+            rt.block_on(async {
+                match inbox.events.as_mut() {
+                    Some(ev) => {
+                        tokio::select! {
+                            n = ev.next_batch(&mut events, max) => {
+                                if n == 0 {
+                                    open = false;
+                                }
+                            }
+                            _ = inbox.done.recv_many(&mut done, max) => {}
+                            _ = tokio::time::sleep(wait) => {}
+                        }
+                    }
+                    None => {
+                        open = false;
+                    }
+                }
+            });
+            if let Some(ev) = inbox.events.as_mut() {
+                while events.len() < max {
+                    match ev.try_next() {
+                        Some(e) => events.push(e),
+                        None => break,
+                    }
+                }
+            }
+            while done.len() < max {
+                match inbox.done.try_recv() {
+                    Ok(d) => done.push(d),
+                    Err(_) => break,
+                }
+            }
+            if !open {
+                inbox.events = None;
+            }
+            inbox.adjust(&mut events);
+            (events, done, open)
+        });
+        if !open && events.is_empty() && done.is_empty() {
+            return Ok(None);
+        }
+        let mut out = Vec::with_capacity(events.len() + done.len());
+        for (token, result) in done {
+            out.push(self.done_to_py(py, token, result)?);
+        }
+        for ev in events {
+            if let Some(item) = Self::event_to_py(py, ev)? {
+                out.push(item);
+            }
+        }
+        Ok(Some(out))
+    }
+
+    /// Sends an event message to every connected stream; returns how many.
+    fn dispatch(&self, py: Python<'_>, msg: &str) -> PyResult<usize> {
+        let m = Self::message(py, msg)?;
+        self.obj.dispatch(m).map_err(|e| error_to_py(py, &e))
+    }
+
+    /// Sends an event message to the stream of peer `uuid`.
+    fn dispatch_to(&self, py: Python<'_>, uuid: &str, msg: &str) -> PyResult<()> {
+        let m = Self::message(py, msg)?;
+        self.obj
+            .dispatch_to(uuid, m)
+            .map_err(|e| error_to_py(py, &e))
+    }
+
+    /// Sends a request and blocks (GIL released, Ctrl-C honoured) until it settles; returns
+    /// the `resp` JSON text, or None when the peer sent none.
+    #[pyo3(signature = (uuid, msg, timeout=None))]
+    fn request(
+        &self,
+        py: Python<'_>,
+        uuid: Option<String>,
+        msg: &str,
+        timeout: Option<f64>,
+    ) -> PyResult<Option<String>> {
+        let m = Self::message(py, msg)?;
+        let limit = timeout.map(|t| duration_from_secs(py, t)).transpose()?;
+        let obj = self.obj.clone();
+        // Driven on this thread by block_on, in slices, so that signal handlers run between
+        // them; dropping it (Ctrl-C) withdraws the request from the pending table.
+        let mut fut =
+            Box::pin(async move { request_with_limit(&obj, uuid.as_deref(), &m, limit).await });
+        loop {
+            let rt = self.rt.clone();
+            let (back, got) = py.detach(move || {
+                let got = rt.block_on(async { tokio::time::timeout(SIGNAL_CHECK, &mut fut).await });
+                (fut, got)
+            });
+            fut = back;
+            match got {
+                Ok(Ok(resp)) => return Ok(resp.raw().map(str::to_owned)),
+                Ok(Err(e)) => return Err(error_to_py(py, &e)),
+                Err(_) => py.check_signals()?,
+            }
+        }
+    }
+
+    /// Starts a request whose answer arrives through `next_batch` as `(6, token, resp, exc)`.
+    #[pyo3(signature = (token, uuid, msg, timeout=None))]
+    fn request_async(
+        &self,
+        py: Python<'_>,
+        token: u64,
+        uuid: Option<String>,
+        msg: &str,
+        timeout: Option<f64>,
+    ) -> PyResult<()> {
+        let m = Self::message(py, msg)?;
+        let limit = timeout.map(|t| duration_from_secs(py, t)).transpose()?;
+        let obj = self.obj.clone();
+        let tx = self.done_tx.clone();
+        // The lock is held across spawn and insert, so a fast answer cannot remove the entry
+        // (in next_batch) before it exists.
+        let mut tasks = lock(&self.tasks);
+        let task = self.rt.spawn(async move {
+            let r = request_with_limit(&obj, uuid.as_deref(), &m, limit).await;
+            let _ = tx.send((token, r));
+        });
+        tasks.insert(token, task.abort_handle());
+        Ok(())
+    }
+
+    /// Abandons a `request_async` request (its answer, if any, is ignored).
+    fn cancel(&self, token: u64) -> bool {
+        match lock(&self.tasks).remove(&token) {
+            Some(h) => {
+                h.abort();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Connected peers.
+    fn peers(&self) -> Vec<PyPeer> {
+        self.obj
+            .peers()
+            .into_iter()
+            .map(|peer| PyPeer { peer })
+            .collect()
+    }
+
+    /// True while any stream is authenticated and up.
+    fn is_connected(&self) -> bool {
+        self.obj.is_connected()
+    }
+
+    /// Blocks until a stream is up (True) or `timeout` seconds pass (False); Ctrl-C works.
+    fn wait_connected(&self, py: Python<'_>, timeout: f64) -> PyResult<bool> {
+        let deadline = Instant::now() + duration_from_secs(py, timeout)?;
+        let mut last_check = Instant::now();
+        loop {
+            if self.obj.is_connected() {
+                return Ok(true);
+            }
+            if self.closed.load(Ordering::SeqCst) {
+                return Err(error_to_py(py, &Error::Closed));
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(false);
+            }
+            if now.duration_since(last_check) >= SIGNAL_CHECK {
+                py.check_signals()?;
+                last_check = now;
+            }
+            let step = (deadline - now).min(Duration::from_millis(5));
+            py.detach(|| std::thread::sleep(step));
+        }
+    }
+
+    /// Sends `{"op":"ping","data":..}` to every stream now.
+    fn ping(&self, py: Python<'_>) -> PyResult<usize> {
+        self.obj.ping().map_err(|e| error_to_py(py, &e))
+    }
+
+    /// Sets the `data` of ping messages (JSON text, or None to leave it out).
+    #[pyo3(signature = (data_json=None))]
+    fn set_ping_data(&self, py: Python<'_>, data_json: Option<&str>) -> PyResult<()> {
+        let data = data_json
+            .map(serde_json::from_str::<serde_json::Value>)
+            .transpose()
+            .map_err(|e| config_error(py, format!("ping data is not valid JSON: {e}")))?;
+        self.obj.set_ping_data(data);
+        Ok(())
+    }
+
+    /// True once close() has been called.
+    #[getter]
+    fn closed(&self) -> bool {
+        self.closed.load(Ordering::SeqCst)
+    }
+
+    /// Closes everything (blocking, GIL released): streams end, pending requests settle with
+    /// ClosedError, and `next_batch` returns None once drained. Safe to call twice.
+    fn close(&self, py: Python<'_>) {
+        if self.closed.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let obj = self.obj.clone();
+        let rt = self.rt.clone();
+        let (tx, rx) = std_mpsc::sync_channel(1);
+        rt.spawn(async move {
+            obj.close().await;
+            let _ = tx.send(());
+        });
+        // Not interruptible: the core bounds close() itself (a few seconds at most).
+        py.detach(move || {
+            let _ = rx.recv();
+        });
+    }
+}
+
+/// A fresh self-signed key and certificate for `names`, as `(key_pem, cert_pem)`.
+#[pyfunction]
+#[pyo3(signature = (names=None))]
+fn self_signed_pem(py: Python<'_>, names: Option<Vec<String>>) -> PyResult<(String, String)> {
+    let names = names.unwrap_or_else(|| {
+        vec![
+            "localhost".to_owned(),
+            "127.0.0.1".to_owned(),
+            "::1".to_owned(),
+        ]
+    });
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    iris_rpc::tls::self_signed_pem(&refs).map_err(|e| error_to_py(py, &e))
+}
+
+/// Sets the callable `(kind, message, value_json) -> exception` used for every error.
+#[pyfunction]
+fn set_error_factory(py: Python<'_>, factory: Py<PyAny>) -> PyResult<()> {
+    ERROR_FACTORY
+        .set(py, factory)
+        .map_err(|_| PyRuntimeError::new_err("the error factory is already set"))
+}
+
+/// Builds the exception for `kind` through the factory (used by the package's own checks).
+#[pyfunction]
+fn make_error(py: Python<'_>, kind: &str, message: &str, value_json: &str) -> Py<PyAny> {
+    error_parts_to_py(py, kind, message, value_json)
+        .into_value(py)
+        .into_any()
+}
+
+/// The native module.
+#[pymodule]
+fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add(
+        "EVENT_TAGS",
+        PyTuple::new(
+            m.py(),
+            [
+                EV_LISTEN,
+                EV_CONNECT,
+                EV_DISCONNECT,
+                EV_MESSAGE,
+                EV_REQUEST,
+                EV_ERROR,
+                EV_DONE,
+            ],
+        )?,
+    )?;
+    m.add_class::<Native>()?;
+    m.add_class::<PyPeer>()?;
+    m.add_class::<Responder>()?;
+    m.add_function(wrap_pyfunction!(self_signed_pem, m)?)?;
+    m.add_function(wrap_pyfunction!(set_error_factory, m)?)?;
+    m.add_function(wrap_pyfunction!(make_error, m)?)?;
+    Ok(())
+}
