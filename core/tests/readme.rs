@@ -34,3 +34,22 @@ fn readme_quick_start_is_the_example() {
 fn readme_quick_start_runs() {
     quickstart::run().expect("quick start");
 }
+
+#[test]
+fn readme_python_quick_start_is_the_tested_one() {
+    let block = |text: &str| {
+        let a = text
+            .find("<!-- quickstart:begin -->")
+            .expect("python quick start markers");
+        let b = text.find("<!-- quickstart:end -->").expect("end marker");
+        text[a..b].to_owned()
+    };
+    let top =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+    let py = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../bindings-python/README.md"
+    ))
+    .unwrap();
+    assert_eq!(block(&top), block(&py), "README's Python quick start differs from bindings-python/README.md, which the Python tests run");
+}
