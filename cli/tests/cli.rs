@@ -302,8 +302,15 @@ fn cert_writes_a_usable_pair() {
 #[test]
 fn bad_flags_are_refused() {
     let (code, _, err) = run(&["server", "--auth", "s"], "");
-    assert_ne!(code, 0);
+    assert_eq!(code, 2);
     assert!(err.contains("--port"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    let (code, _, err) = run(&["client", "--bogus"], "");
+    assert_eq!(code, 2);
+    assert!(
+        err.starts_with("iris-rpc: error: unexpected argument '--bogus'"),
+        "{err}"
+    );
 }
 
 #[test]
