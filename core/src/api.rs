@@ -153,6 +153,25 @@ macro_rules! shared_api {
                 self.engine().stats()
             }
 
+            /// Waits until at least one stream is authenticated, or `timeout` passes
+            /// ([`crate::Error::NotConnected`]).
+            pub async fn wait_connected(
+                &self,
+                timeout: std::time::Duration,
+            ) -> $crate::error::Result<()> {
+                let deadline = tokio::time::Instant::now() + timeout;
+                while !self.is_connected() {
+                    if self.engine().shutdown.is_triggered() {
+                        return Err($crate::error::Error::Closed);
+                    }
+                    if tokio::time::Instant::now() >= deadline {
+                        return Err($crate::error::Error::NotConnected { req: None });
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                }
+                Ok(())
+            }
+
             /// True while any stream is authenticated and up.
             pub fn is_connected(&self) -> bool {
                 self.engine().is_connected()

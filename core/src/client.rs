@@ -1,7 +1,6 @@
 //! [`Client`]: keeps one authenticated stream per address, reconnecting with backoff.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use rand::Rng;
 use tokio::net::TcpStream;
@@ -78,21 +77,6 @@ impl Client {
         let _guard = handle.enter();
         spawn_pinger(&engine);
         Ok((Client { engine }, events))
-    }
-
-    /// Waits until at least one stream is authenticated, or `timeout` passes.
-    pub async fn wait_connected(&self, timeout: Duration) -> Result<()> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        while !self.is_connected() {
-            if self.engine.shutdown.is_triggered() {
-                return Err(Error::Closed);
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return Err(Error::NotConnected { req: None });
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        Ok(())
     }
 }
 

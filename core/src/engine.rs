@@ -454,10 +454,15 @@ impl Engine {
         Events { rx }
     }
 
+    /// Queues an event for the receiver; waits while its queue is full (backpressure), but
+    /// never past close.
     pub(crate) async fn emit(&self, ev: Event) {
         let tx = self.events.lock().ok().and_then(|e| e.clone());
         if let Some(tx) = tx {
-            let _ = tx.send(ev).await;
+            tokio::select! {
+                _ = tx.send(ev) => {}
+                _ = self.shutdown.wait() => {}
+            }
         }
     }
 
