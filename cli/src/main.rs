@@ -1,5 +1,6 @@
 //! `iris-rpc`: run a demo, a server, a client, or make certificates.
 
+mod bench;
 mod demo;
 mod router;
 
@@ -45,6 +46,8 @@ enum Command {
     Client(ClientArgs),
     /// Relay a frontend port to a backend server (--to) or a second port (--backend-port).
     Router(router::RouterArgs),
+    /// Benchmarks: every pairing of implementations side by side (`bench all`).
+    Bench(bench::BenchArgs),
 }
 
 #[derive(Args)]
@@ -177,6 +180,7 @@ fn main() -> ExitCode {
             Command::Server(a) => server(a).await,
             Command::Client(a) => client(a).await,
             Command::Router(a) => router::run(a).await,
+            Command::Bench(a) => bench::run(a).await,
         }
     });
     match result {

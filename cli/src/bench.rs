@@ -1,0 +1,1225 @@
+//! `iris-rpc bench`: the Rust sides of the benchmark (`serve`, `client`) and the driver (`all`)
+//! that runs every pairing of the table in `bench/pairings.json` side by side.
+//!
+//! Every side, whatever its language, speaks the same small contract, so a pairing is one entry
+//! in the table (a command line for each side):
+//! - a server side takes `--port HOST:PORT --auth S --key F --cert F [--no-cipher]`, prints
+//!   `{"ready":true,"port":P,"pid":PID}` once listening, and serves until stdin ends. It counts
+//!   `bench.ev` events (acknowledging every `ack`-th with `bench.ack`, and answering `bench.end`
+//!   with `bench.done`), and answers `bench.echo` requests with `{"ok":true}`.
+//! - a client side takes `--address HOST:PORT --auth S --key F --cert F [--no-cipher]
+//!   --workload events|requests|openloop|idle` and the workload's parameters, and prints one
+//!   `{"result":{..}}` line (`idle` prints it once all are connected, then holds the
+//!   connections until stdin ends).
+
+use std::collections::VecDeque;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use clap::{Args, Subcommand, ValueEnum};
+use hdrhistogram::Histogram;
+use iris_rpc::{Certificates, Client, Error, Message, Options, Server};
+use serde_json::{json, Value};
+use tokio::io::AsyncReadExt;
+use tokio::sync::Notify;
+
+/// `iris-rpc bench ...`.
+#[derive(Args)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    command: BenchCommand,
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Run every workload for every pairing of the table and print the medians as tables.
+    All(AllArgs),
+    /// The Rust server side of a pairing (serves until stdin ends).
+    Serve(ServeArgs),
+    /// The Rust client side of a pairing (runs one workload, prints one JSON result line).
+    Client(ClientArgs),
+}
+
+#[derive(Args)]
+struct SideCommon {
+    /// The shared secret.
+    #[arg(long, default_value = "bench-secret")]
+    auth: String,
+    /// Turn the legacy line cipher off.
+    #[arg(long)]
+    no_cipher: bool,
+    /// Private key PEM file.
+    #[arg(long, requires = "cert")]
+    key: Option<PathBuf>,
+    /// Certificate PEM file.
+    #[arg(long, requires = "key")]
+    cert: Option<PathBuf>,
+}
+
+impl SideCommon {
+    fn options(&self) -> Options {
+        let mut o = Options::new(self.auth.clone()).cipher(!self.no_cipher);
+        if let (Some(k), Some(c)) = (&self.key, &self.cert) {
+            o = o.certificates(Certificates::new(
+                k.display().to_string(),
+                c.display().to_string(),
+            ));
+        }
+        o
+    }
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// host:port to listen on (port 0 picks a free one).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    port: String,
+    #[command(flatten)]
+    common: SideCommon,
+    /// The tokio runtime this side runs on.
+    #[arg(long, value_enum, default_value = "multi")]
+    runtime: Flavor,
+}
+
+/// Which tokio runtime a side runs on: the CLI's multi-thread runtime (one worker per CPU, what
+/// `#[tokio::main]` gives), or a current-thread runtime (no cross-thread wake-ups).
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Flavor {
+    /// Multi-thread runtime, one worker per CPU.
+    Multi,
+    /// Current-thread runtime on a thread of its own.
+    Current,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Workload {
+    /// One-way events of `--size` bytes for `--duration` seconds.
+    Events,
+    /// Requests, `--inflight` at a time, for `--duration` seconds.
+    Requests,
+    /// Requests at a fixed `--rate` per second for `--duration` seconds (open loop).
+    Openloop,
+    /// `--connections` idle authenticated connections, held until stdin ends.
+    Idle,
+}
+
+#[derive(Args)]
+struct ClientArgs {
+    /// Server address, host:port.
+    #[arg(long)]
+    address: String,
+    #[command(flatten)]
+    common: SideCommon,
+    /// What to measure.
+    #[arg(long, value_enum)]
+    workload: Workload,
+    /// Event body size in bytes (the JSON text without `_sig`).
+    #[arg(long, default_value_t = 64)]
+    size: usize,
+    /// Seconds to run for.
+    #[arg(long, default_value_t = 1.5)]
+    duration: f64,
+    /// Requests in flight (closed loop).
+    #[arg(long, default_value_t = 1)]
+    inflight: usize,
+    /// Requests per second (open loop).
+    #[arg(long, default_value_t = 1000.0)]
+    rate: f64,
+    /// Idle connections to open.
+    #[arg(long, default_value_t = 5000)]
+    connections: usize,
+    /// Idle connections being established at once.
+    #[arg(long, default_value_t = 256)]
+    concurrency: usize,
+    /// The tokio runtime this side runs on.
+    #[arg(long, value_enum, default_value = "multi")]
+    runtime: Flavor,
+}
+
+#[derive(Args)]
+struct AllArgs {
+    /// Runs of each measurement; the tables show medians.
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Seconds per throughput or latency run.
+    #[arg(long, default_value_t = 1.5)]
+    duration: f64,
+    /// Idle connections per server.
+    #[arg(long, default_value_t = 5000)]
+    connections: usize,
+    /// Only these pairings (comma-separated names, as in the table).
+    #[arg(long, value_delimiter = ',')]
+    pairings: Vec<String>,
+    /// Only these workloads (comma-separated: events, requests, idle).
+    #[arg(long, value_delimiter = ',')]
+    workloads: Vec<String>,
+    /// Event body sizes in bytes.
+    #[arg(long, value_delimiter = ',', default_values_t = [64usize, 1024, 65536])]
+    sizes: Vec<usize>,
+    /// Cipher settings to run: on, off.
+    #[arg(long, value_delimiter = ',', default_values = ["on", "off"])]
+    cipher: Vec<String>,
+    /// The pairing table (JSON); relative commands run from `--root`.
+    #[arg(long)]
+    table: Option<PathBuf>,
+    /// Repository root the table's commands run from.
+    #[arg(long)]
+    root: Option<PathBuf>,
+    /// Replace the text between `<!-- bench:begin -->` and `<!-- bench:end -->` in this file.
+    #[arg(long)]
+    update: Option<PathBuf>,
+    /// Also write every run's raw result here, as JSON.
+    #[arg(long)]
+    raw: Option<PathBuf>,
+}
+
+/// Runs `iris-rpc bench ...`.
+pub async fn run(a: BenchArgs) -> Result<(), Error> {
+    match a.command {
+        BenchCommand::Serve(s) if s.runtime == Flavor::Current => on_current_thread(serve(s)).await,
+        BenchCommand::Serve(s) => serve(s).await,
+        BenchCommand::Client(c) if c.runtime == Flavor::Current => {
+            on_current_thread(client(c)).await
+        }
+        BenchCommand::Client(c) => client(c).await,
+        BenchCommand::All(d) => tokio::task::spawn_blocking(move || drive(d))
+            .await
+            .map_err(|e| Error::Config(format!("benchmark driver failed: {e}")))?,
+    }
+}
+
+/// Runs `fut` on a current-thread runtime on a thread of its own.
+async fn on_current_thread<F>(fut: F) -> Result<(), Error>
+where
+    F: std::future::Future<Output = Result<(), Error>> + Send + 'static,
+{
+    tokio::task::spawn_blocking(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| bench_error(format!("cannot start a runtime: {e}")))?
+            .block_on(fut)
+    })
+    .await
+    .map_err(|e| bench_error(format!("runtime thread failed: {e}")))?
+}
+
+fn bench_error(what: impl std::fmt::Display) -> Error {
+    Error::Config(what.to_string())
+}
+
+fn print_line(v: &Value) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{v}");
+    let _ = out.flush();
+}
+
+/// A JSON object `{"op":op,"d":"xxx.."}` exactly `size` bytes long (or the shortest such
+/// object when `size` is smaller).
+fn padded_body(op: &str, size: usize) -> String {
+    let head = format!("{{\"op\":\"{op}\",\"d\":\"");
+    let fill = size.saturating_sub(head.len() + 2);
+    let mut s = String::with_capacity(head.len() + fill + 2);
+    s.push_str(&head);
+    s.extend(std::iter::repeat_n('x', fill));
+    s.push_str("\"}");
+    s
+}
+
+async fn stdin_closed() {
+    let mut buf = [0u8; 256];
+    let mut stdin = tokio::io::stdin();
+    while matches!(stdin.read(&mut buf).await, Ok(n) if n > 0) {}
+}
+
+// ---- server side -------------------------------------------------------------------------
+
+async fn serve(a: ServeArgs) -> Result<(), Error> {
+    let mut opts = a.common.options().port(a.port.as_str());
+    if opts.certificates.is_none() {
+        opts = opts.certificates(Certificates::self_signed()?);
+    }
+    let server = Arc::new(Server::bind(opts).await?);
+    let count = Arc::new(AtomicU64::new(0));
+    let ack_every = Arc::new(AtomicU64::new(u64::MAX));
+
+    let (c, k) = (count.clone(), ack_every.clone());
+    server.on("bench.start", move |msg, _, _| {
+        let ack = msg.value()["ack"].as_u64().unwrap_or(u64::MAX).max(1);
+        k.store(ack, Ordering::SeqCst);
+        c.store(0, Ordering::SeqCst);
+    });
+    let (c, k, s) = (count.clone(), ack_every.clone(), Arc::downgrade(&server));
+    server.on("bench.ev", move |_, _, peer| {
+        let n = c.fetch_add(1, Ordering::Relaxed) + 1;
+        if n % k.load(Ordering::Relaxed) == 0 {
+            if let Some(s) = s.upgrade() {
+                let _ = s.dispatch_to(peer.uuid(), json!({"op": "bench.ack", "n": n}));
+            }
+        }
+    });
+    let (c, s) = (count.clone(), Arc::downgrade(&server));
+    server.on("bench.end", move |_, _, peer| {
+        let n = c.load(Ordering::SeqCst);
+        if let Some(s) = s.upgrade() {
+            let _ = s.dispatch_to(peer.uuid(), json!({"op": "bench.done", "n": n}));
+        }
+    });
+    server.handle("bench.echo", |_req| async { Ok(json!({"ok": true})) });
+
+    print_line(&json!({
+        "ready": true,
+        "port": server.local_addr().port(),
+        "pid": std::process::id(),
+    }));
+    stdin_closed().await;
+    server.close().await;
+    Ok(())
+}
+
+// ---- client side -------------------------------------------------------------------------
+
+async fn client(a: ClientArgs) -> Result<(), Error> {
+    if a.workload == Workload::Idle {
+        return idle(&a).await;
+    }
+    let opts = a.common.options().address(a.address.clone());
+    let client = Arc::new(Client::connect(opts)?);
+    client.wait_connected(Duration::from_secs(10)).await?;
+    let duration = Duration::from_secs_f64(a.duration.clamp(0.01, 600.0));
+    let result = match a.workload {
+        Workload::Events => events(&client, a.size.max(16), duration).await,
+        Workload::Requests => requests(&client, a.inflight.max(1), duration).await,
+        _ => open_loop(&client, a.rate.max(1.0), duration).await,
+    };
+    client.close().await;
+    print_line(&json!({ "result": result? }));
+    Ok(())
+}
+
+#[derive(Default)]
+struct Flow {
+    acked: AtomicU64,
+    done: AtomicU64,
+    finished: AtomicU64,
+    notify: Notify,
+}
+
+async fn events(client: &Client, size: usize, duration: Duration) -> Result<Value, Error> {
+    // Credit-based flow: at most `window` events (about 4 MiB of bodies) are unacknowledged,
+    // so the sender measures the pipe, not how fast it can grow a queue.
+    let window = ((4usize << 20) / size).clamp(64, 65_536) as u64;
+    let ack = (window / 4).max(1);
+    let flow = Arc::new(Flow::default());
+    let f = flow.clone();
+    client.on("bench.ack", move |msg, _, _| {
+        if let Some(n) = msg.value()["n"].as_u64() {
+            f.acked.store(n, Ordering::SeqCst);
+            f.notify.notify_one();
+        }
+    });
+    let f = flow.clone();
+    client.on("bench.done", move |msg, _, _| {
+        f.done
+            .store(msg.value()["n"].as_u64().unwrap_or(0), Ordering::SeqCst);
+        f.finished.store(1, Ordering::SeqCst);
+        f.notify.notify_one();
+    });
+    let msg = Message::from_json(&padded_body("bench.ev", size))?;
+    client.dispatch(json!({"op": "bench.start", "ack": ack}))?;
+    let start = Instant::now();
+    let end = start + duration;
+    let mut sent = 0u64;
+    loop {
+        while sent.saturating_sub(flow.acked.load(Ordering::SeqCst)) >= window {
+            if tokio::time::timeout(Duration::from_secs(30), flow.notify.notified())
+                .await
+                .is_err()
+            {
+                return Err(bench_error("no acknowledgement from the server for 30 s"));
+            }
+        }
+        client.dispatch(&msg)?;
+        sent += 1;
+        if sent % 256 == 0 && Instant::now() >= end {
+            break;
+        }
+    }
+    client.dispatch(json!({"op": "bench.end", "sent": sent}))?;
+    let waited = Instant::now();
+    while flow.finished.load(Ordering::SeqCst) == 0 {
+        if waited.elapsed() > Duration::from_secs(60) {
+            return Err(bench_error("no bench.done from the server within 60 s"));
+        }
+        let _ = tokio::time::timeout(Duration::from_millis(100), flow.notify.notified()).await;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let count = flow.done.load(Ordering::SeqCst);
+    Ok(json!({
+        "sent": sent,
+        "count": count,
+        "secs": secs,
+        "size": size,
+        "msgs_per_s": count as f64 / secs,
+        "mb_per_s": (count as f64 * size as f64) / secs / 1e6,
+    }))
+}
+
+fn histogram() -> Result<Histogram<u64>, Error> {
+    // Nanoseconds, 1 ns to 1 hour, three significant digits.
+    Histogram::new_with_bounds(1, 3_600_000_000_000, 3)
+        .map_err(|e| bench_error(format!("histogram: {e}")))
+}
+
+fn record(h: &mut Histogram<u64>, d: Duration) {
+    let ns = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX).max(1);
+    h.saturating_record(ns);
+}
+
+fn latency_json(h: &Histogram<u64>) -> Value {
+    let us = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+    json!({
+        "p50_us": us(0.5),
+        "p99_us": us(0.99),
+        "p999_us": us(0.999),
+        "max_us": h.max() as f64 / 1000.0,
+    })
+}
+
+fn merge(into: &mut Value, extra: Value) {
+    if let (Some(a), Value::Object(b)) = (into.as_object_mut(), extra) {
+        a.extend(b);
+    }
+}
+
+fn request_message() -> Result<Message, Error> {
+    Message::from_json(&padded_body("bench.echo", 64))
+}
+
+async fn requests(
+    client: &Arc<Client>,
+    inflight: usize,
+    duration: Duration,
+) -> Result<Value, Error> {
+    let msg = request_message()?;
+    let start = Instant::now();
+    let end = start + duration;
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..inflight {
+        let (c, m) = (client.clone(), msg.clone());
+        let mut h = histogram()?;
+        workers.spawn(async move {
+            let (mut ok, mut errors) = (0u64, 0u64);
+            while Instant::now() < end {
+                let t = Instant::now();
+                match c.request_raw(None, &m).await {
+                    Ok(_) => {
+                        record(&mut h, t.elapsed());
+                        ok += 1;
+                    }
+                    Err(_) => {
+                        errors += 1;
+                        break;
+                    }
+                }
+            }
+            (ok, errors, h)
+        });
+    }
+    let (mut ok, mut errors, mut all) = (0u64, 0u64, histogram()?);
+    while let Some(r) = workers.join_next().await {
+        let (o, e, h) = r.map_err(|e| bench_error(format!("request worker: {e}")))?;
+        ok += o;
+        errors += e;
+        let _ = all.add(&h);
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let mut v = json!({
+        "count": ok,
+        "errors": errors,
+        "secs": secs,
+        "inflight": inflight,
+        "req_per_s": ok as f64 / secs,
+    });
+    merge(&mut v, latency_json(&all));
+    Ok(v)
+}
+
+async fn open_loop(client: &Arc<Client>, rate: f64, duration: Duration) -> Result<Value, Error> {
+    let msg = request_message()?;
+    let total = (rate * duration.as_secs_f64()).round().max(1.0) as u64;
+    let hist = Arc::new(Mutex::new(histogram()?));
+    let settled = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let all_settled = Arc::new(Notify::new());
+    let handle = tokio::runtime::Handle::current();
+    let interval = 1e9 / rate;
+    let (c, h, s, e, n) = (
+        client.clone(),
+        hist.clone(),
+        settled.clone(),
+        errors.clone(),
+        all_settled.clone(),
+    );
+    // The pacer is a thread of its own: tokio's timer has millisecond resolution, and latency
+    // is measured from each request's intended send time, so a late pacer shows up in it
+    // (no coordinated omission).
+    let pacer = std::thread::spawn(move || {
+        let start = Instant::now();
+        let mut i = 0u64;
+        while i < total {
+            let due = start + Duration::from_nanos((i as f64 * interval) as u64);
+            let now = Instant::now();
+            if due > now {
+                std::thread::sleep(due - now);
+            }
+            let now = Instant::now();
+            while i < total {
+                let due = start + Duration::from_nanos((i as f64 * interval) as u64);
+                if due > now {
+                    break;
+                }
+                i += 1;
+                let (c, m, h, s, e, n) = (
+                    c.clone(),
+                    msg.clone(),
+                    h.clone(),
+                    s.clone(),
+                    e.clone(),
+                    n.clone(),
+                );
+                handle.spawn(async move {
+                    let r = c.request_raw(None, &m).await;
+                    let took = due.elapsed();
+                    match r {
+                        Ok(_) => {
+                            if let Ok(mut h) = h.lock() {
+                                record(&mut h, took);
+                            }
+                        }
+                        Err(_) => {
+                            e.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    if s.fetch_add(1, Ordering::SeqCst) + 1 == total {
+                        n.notify_one();
+                    }
+                });
+            }
+        }
+        start
+    });
+    let limit = duration + Duration::from_secs(60);
+    if tokio::time::timeout(limit, all_settled.notified())
+        .await
+        .is_err()
+    {
+        return Err(bench_error("open-loop requests did not settle in time"));
+    }
+    let start = tokio::task::spawn_blocking(move || pacer.join())
+        .await
+        .map_err(|e| bench_error(format!("pacer: {e}")))?
+        .map_err(|_| bench_error("pacer thread panicked"))?;
+    let secs = start.elapsed().as_secs_f64();
+    let errors = errors.load(Ordering::SeqCst);
+    let mut v = json!({
+        "count": total - errors,
+        "errors": errors,
+        "secs": secs,
+        "rate": rate,
+    });
+    let h = hist
+        .lock()
+        .map_err(|_| bench_error("histogram lock poisoned"))?;
+    merge(&mut v, latency_json(&h));
+    Ok(v)
+}
+
+async fn idle(a: &ClientArgs) -> Result<(), Error> {
+    let start = Instant::now();
+    let mut pending = tokio::task::JoinSet::new();
+    let mut clients = Vec::with_capacity(a.connections);
+    let mut failed = 0usize;
+    let mut collect = |r: Option<Result<Result<Client, Error>, tokio::task::JoinError>>| match r {
+        Some(Ok(Ok(c))) => clients.push(c),
+        Some(_) => failed += 1,
+        None => {}
+    };
+    for _ in 0..a.connections {
+        while pending.len() >= a.concurrency.max(1) {
+            collect(pending.join_next().await);
+        }
+        let opts = a.common.options().address(a.address.clone());
+        pending.spawn(async move {
+            let c = Client::connect(opts)?;
+            c.wait_connected(Duration::from_secs(60)).await?;
+            Ok::<_, Error>(c)
+        });
+    }
+    while let Some(r) = pending.join_next().await {
+        collect(Some(r));
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let connected = clients.len();
+    print_line(&json!({"result": {
+        "connected": connected,
+        "failed": failed,
+        "secs": secs,
+        "handshakes_per_s": connected as f64 / secs,
+    }}));
+    stdin_closed().await;
+    // Exiting drops the connections; closing 5,000 clients one by one would only add time.
+    Ok(())
+}
+
+// ---- driver ------------------------------------------------------------------------------
+
+const BEGIN: &str = "<!-- bench:begin -->";
+const END: &str = "<!-- bench:end -->";
+
+/// One entry of the pairing table.
+struct Pairing {
+    name: String,
+    client: Vec<String>,
+    server: Vec<String>,
+    pending: Option<String>,
+}
+
+fn load_table(path: Option<&Path>, iris: &str) -> Result<Vec<Pairing>, Error> {
+    let text = match path {
+        Some(p) => std::fs::read_to_string(p)
+            .map_err(|e| bench_error(format!("cannot read {}: {e}", p.display())))?,
+        None => include_str!("../../bench/pairings.json").to_owned(),
+    };
+    let v: Value =
+        serde_json::from_str(&text).map_err(|e| bench_error(format!("pairing table: {e}")))?;
+    let list = v["pairings"]
+        .as_array()
+        .ok_or_else(|| bench_error("pairing table: no \"pairings\" array"))?;
+    let argv = |x: &Value| -> Vec<String> {
+        x.as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(Value::as_str)
+                    .map(|s| s.replace("{iris}", iris))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let mut out = Vec::new();
+    for p in list {
+        let name = p["name"].as_str().unwrap_or("?").to_owned();
+        let (client, server) = (argv(&p["client"]), argv(&p["server"]));
+        let pending = p["pending"].as_str().map(str::to_owned);
+        if pending.is_none() && (client.is_empty() || server.is_empty()) {
+            return Err(bench_error(format!(
+                "pairing {name}: needs \"client\" and \"server\" command lines"
+            )));
+        }
+        out.push(Pairing {
+            name,
+            client,
+            server,
+            pending,
+        });
+    }
+    Ok(out)
+}
+
+/// A child process whose stdout lines arrive on a channel.
+struct Proc {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    lines: mpsc::Receiver<String>,
+    stderr: Arc<Mutex<VecDeque<String>>>,
+    what: String,
+}
+
+impl Proc {
+    fn spawn(argv: &[String], extra: &[String], root: &Path) -> Result<Proc, Error> {
+        let (prog, args) = argv
+            .split_first()
+            .ok_or_else(|| bench_error("empty command line"))?;
+        let what = format!("{} {}", argv.join(" "), extra.join(" "));
+        let mut child = Command::new(prog)
+            .args(args)
+            .args(extra)
+            .current_dir(root)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| bench_error(format!("cannot start {what}: {e}")))?;
+        let (tx, lines) = mpsc::channel();
+        if let Some(out) = child.stdout.take() {
+            std::thread::spawn(move || {
+                for line in BufReader::new(out).lines() {
+                    let Ok(line) = line else { break };
+                    if tx.send(line).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        let stderr = Arc::new(Mutex::new(VecDeque::new()));
+        if let Some(err) = child.stderr.take() {
+            let tail = stderr.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(err).lines() {
+                    let Ok(line) = line else { break };
+                    if let Ok(mut t) = tail.lock() {
+                        if t.len() >= 20 {
+                            t.pop_front();
+                        }
+                        t.push_back(line);
+                    }
+                }
+            });
+        }
+        let stdin = child.stdin.take();
+        Ok(Proc {
+            child,
+            stdin,
+            lines,
+            stderr,
+            what,
+        })
+    }
+
+    /// The first stdout line that is a JSON object with `key`.
+    fn wait_for(&mut self, key: &str, timeout: Duration) -> Result<Value, Error> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                        if v.get(key).is_some() {
+                            return Ok(v);
+                        }
+                    }
+                }
+                Err(e) => {
+                    let tail = self
+                        .stderr
+                        .lock()
+                        .map(|t| t.iter().cloned().collect::<Vec<_>>().join("\n"))
+                        .unwrap_or_default();
+                    let why = match e {
+                        mpsc::RecvTimeoutError::Timeout => "timed out",
+                        mpsc::RecvTimeoutError::Disconnected => "exited",
+                    };
+                    return Err(bench_error(format!(
+                        "{} {why} before printing {key:?}; stderr:\n{tail}",
+                        self.what
+                    )));
+                }
+            }
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Closes stdin, waits briefly for a clean exit, then kills.
+    fn stop(mut self) {
+        drop(self.stdin.take());
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn vm_rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|| "?".into())
+}
+
+fn median(mut v: Vec<f64>) -> Option<f64> {
+    v.retain(|x| x.is_finite());
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    Some(if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    })
+}
+
+fn field_median(runs: &[Value], key: &str) -> Option<f64> {
+    median(runs.iter().filter_map(|r| r[key].as_f64()).collect())
+}
+
+fn thousands(x: f64) -> String {
+    let n = x.round().max(0.0) as u64;
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, ch) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(ch);
+    }
+    out
+}
+
+fn fmt_opt(x: Option<f64>, f: impl Fn(f64) -> String) -> String {
+    x.map_or_else(|| "n/a".into(), f)
+}
+
+fn size_label(size: usize) -> String {
+    if size >= 1024 && size % 1024 == 0 {
+        format!("{} KiB", size / 1024)
+    } else {
+        format!("{size} B")
+    }
+}
+
+struct Ctx {
+    root: PathBuf,
+    key: String,
+    cert: String,
+    runs: usize,
+    duration: f64,
+    raw: Vec<Value>,
+}
+
+impl Ctx {
+    fn tls_args(&self, cipher: bool) -> Vec<String> {
+        let mut v = vec![
+            "--auth".to_owned(),
+            "bench-secret".to_owned(),
+            "--key".to_owned(),
+            self.key.clone(),
+            "--cert".to_owned(),
+            self.cert.clone(),
+        ];
+        if !cipher {
+            v.push("--no-cipher".into());
+        }
+        v
+    }
+
+    fn start_server(&self, p: &Pairing, cipher: bool) -> Result<(Proc, u16), Error> {
+        let mut args = vec!["--port".to_owned(), "127.0.0.1:0".to_owned()];
+        args.extend(self.tls_args(cipher));
+        let mut server = Proc::spawn(&p.server, &args, &self.root)?;
+        let ready = server.wait_for("ready", Duration::from_secs(30))?;
+        let port = ready["port"]
+            .as_u64()
+            .and_then(|p| u16::try_from(p).ok())
+            .ok_or_else(|| bench_error(format!("{}: ready line without port", p.name)))?;
+        Ok((server, port))
+    }
+
+    /// Runs one client to completion and returns its result object.
+    fn client_run(
+        &mut self,
+        p: &Pairing,
+        port: u16,
+        cipher: bool,
+        workload: &[String],
+        label: &str,
+    ) -> Result<Value, Error> {
+        let mut args = vec!["--address".to_owned(), format!("127.0.0.1:{port}")];
+        args.extend(self.tls_args(cipher));
+        args.extend(workload.iter().cloned());
+        let mut c = Proc::spawn(&p.client, &args, &self.root)?;
+        let limit = Duration::from_secs_f64(self.duration * 4.0 + 60.0);
+        let v = c.wait_for("result", limit)?;
+        c.stop();
+        let result = v["result"].clone();
+        self.raw.push(json!({
+            "pairing": p.name, "cipher": cipher, "workload": label, "result": result,
+            "load": loadavg(),
+        }));
+        Ok(result)
+    }
+
+    fn runs_of(
+        &mut self,
+        p: &Pairing,
+        port: u16,
+        cipher: bool,
+        workload: &[String],
+        label: &str,
+    ) -> Vec<Value> {
+        let mut out = Vec::new();
+        for i in 0..self.runs {
+            match self.client_run(p, port, cipher, workload, label) {
+                Ok(v) => {
+                    eprintln!("  {label} run {}: {v}", i + 1);
+                    out.push(v);
+                }
+                Err(e) => eprintln!("  {label} run {} failed: {e}", i + 1),
+            }
+        }
+        out
+    }
+}
+
+#[derive(Default)]
+struct Tables {
+    events: Vec<String>,
+    requests: Vec<String>,
+    idle: Vec<String>,
+}
+
+fn drive(a: AllArgs) -> Result<(), Error> {
+    let iris = std::env::current_exe()
+        .map_err(|e| bench_error(format!("cannot find this executable: {e}")))?
+        .display()
+        .to_string();
+    let root = a.root.clone().unwrap_or_else(|| {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."))
+    });
+    let table = load_table(a.table.as_deref(), &iris)?;
+    let dir = std::env::temp_dir().join(format!("iris-rpc-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| bench_error(format!("cannot create {}: {e}", dir.display())))?;
+    let (key, cert) = iris_rpc::tls::self_signed_pem(&["localhost", "127.0.0.1"])?;
+    let (key_path, cert_path) = (dir.join("key.pem"), dir.join("cert.pem"));
+    for (path, text) in [(&key_path, key), (&cert_path, cert)] {
+        std::fs::write(path, text)
+            .map_err(|e| bench_error(format!("cannot write {}: {e}", path.display())))?;
+    }
+    let mut ctx = Ctx {
+        root,
+        key: key_path.display().to_string(),
+        cert: cert_path.display().to_string(),
+        runs: a.runs.max(1),
+        duration: a.duration.clamp(0.05, 120.0),
+        raw: Vec::new(),
+    };
+    let wants = |w: &str| a.workloads.is_empty() || a.workloads.iter().any(|x| x == w);
+    let ciphers: Vec<bool> = a.cipher.iter().map(|c| c != "off").collect();
+    let started = Instant::now();
+    let load_start = loadavg();
+    let mut t = Tables::default();
+    let mut pending = Vec::new();
+    for p in &table {
+        if !a.pairings.is_empty() && !a.pairings.iter().any(|n| n == &p.name) {
+            continue;
+        }
+        if let Some(why) = &p.pending {
+            pending.push(format!("| {} | pending: {why} |", p.name));
+            continue;
+        }
+        for &cipher in &ciphers {
+            if !(wants("events") || wants("requests")) {
+                break;
+            }
+            let c_label = if cipher { "on" } else { "off" };
+            eprintln!("== {} cipher {c_label} (load {})", p.name, loadavg());
+            let (server, port) = match ctx.start_server(p, cipher) {
+                Ok(x) => x,
+                Err(e) => {
+                    eprintln!("  server failed: {e}");
+                    continue;
+                }
+            };
+            if wants("events") {
+                let mut cells = Vec::new();
+                for &size in &a.sizes {
+                    let w = [
+                        "--workload".into(),
+                        "events".into(),
+                        "--size".into(),
+                        size.to_string(),
+                        "--duration".into(),
+                        ctx.duration.to_string(),
+                    ];
+                    let runs = ctx.runs_of(p, port, cipher, &w, &format!("events {size}"));
+                    cells.push(fmt_opt(field_median(&runs, "msgs_per_s"), thousands));
+                    cells.push(fmt_opt(field_median(&runs, "mb_per_s"), |x| {
+                        format!("{x:.1}")
+                    }));
+                }
+                t.events.push(format!(
+                    "| {} | {c_label} | {} | {} |",
+                    p.name,
+                    cells.join(" | "),
+                    loadavg()
+                ));
+            }
+            if wants("requests") {
+                let closed = |n: usize| {
+                    vec![
+                        "--workload".to_owned(),
+                        "requests".to_owned(),
+                        "--inflight".to_owned(),
+                        n.to_string(),
+                        "--duration".to_owned(),
+                        ctx.duration.to_string(),
+                    ]
+                };
+                let (w1, w256) = (closed(1), closed(256));
+                let one = ctx.runs_of(p, port, cipher, &w1, "requests 1");
+                let many = ctx.runs_of(p, port, cipher, &w256, "requests 256");
+                let max = field_median(&many, "req_per_s");
+                let mut open = Vec::new();
+                let rate = max.map(|m| (m * 0.5).max(1.0));
+                if let Some(rate) = rate {
+                    let w = [
+                        "--workload".into(),
+                        "openloop".into(),
+                        "--rate".into(),
+                        format!("{rate:.0}"),
+                        "--duration".into(),
+                        (ctx.duration * 2.0).to_string(),
+                    ];
+                    open = ctx.runs_of(p, port, cipher, &w, "openloop");
+                }
+                let us = |x: f64| format!("{x:.0}");
+                t.requests.push(format!(
+                    "| {} | {c_label} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                    p.name,
+                    fmt_opt(field_median(&one, "req_per_s"), thousands),
+                    fmt_opt(field_median(&one, "p50_us"), us),
+                    fmt_opt(max, thousands),
+                    fmt_opt(rate, thousands),
+                    fmt_opt(field_median(&open, "p50_us"), us),
+                    fmt_opt(field_median(&open, "p99_us"), us),
+                    fmt_opt(field_median(&open, "p999_us"), us),
+                    loadavg()
+                ));
+            }
+            server.stop();
+        }
+        if wants("idle") {
+            eprintln!("== {} idle connections (load {})", p.name, loadavg());
+            let mut runs = Vec::new();
+            for i in 0..ctx.runs {
+                match idle_run(&mut ctx, p, a.connections) {
+                    Ok(v) => {
+                        eprintln!("  idle run {}: {v}", i + 1);
+                        runs.push(v);
+                    }
+                    Err(e) => eprintln!("  idle run {} failed: {e}", i + 1),
+                }
+            }
+            t.idle.push(format!(
+                "| {} | {} | {} | {} | {} | {} | {} |",
+                p.name,
+                fmt_opt(field_median(&runs, "connected"), thousands),
+                fmt_opt(field_median(&runs, "rss_before_kib"), |x| format!(
+                    "{:.1}",
+                    x / 1024.0
+                )),
+                fmt_opt(field_median(&runs, "rss_after_kib"), |x| format!(
+                    "{:.1}",
+                    x / 1024.0
+                )),
+                fmt_opt(field_median(&runs, "kib_per_conn"), |x| format!("{x:.1}")),
+                fmt_opt(field_median(&runs, "secs"), |x| format!("{x:.2}")),
+                fmt_opt(field_median(&runs, "handshakes_per_s"), thousands),
+            ));
+        }
+    }
+    let report = render(&a, &ctx, &t, &pending, &load_start, started.elapsed());
+    println!("{report}");
+    if let Some(path) = &a.update {
+        update_file(path, &report)?;
+        eprintln!("updated {}", path.display());
+    }
+    if let Some(path) = &a.raw {
+        let text = serde_json::to_string_pretty(&ctx.raw).unwrap_or_default();
+        std::fs::write(path, text)
+            .map_err(|e| bench_error(format!("cannot write {}: {e}", path.display())))?;
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+fn idle_run(ctx: &mut Ctx, p: &Pairing, connections: usize) -> Result<Value, Error> {
+    let (server, port) = ctx.start_server(p, true)?;
+    // Let the server settle (JIT, allocator) before the baseline.
+    std::thread::sleep(Duration::from_millis(500));
+    let before = vm_rss_kib(server.pid()).unwrap_or(0);
+    let mut args = vec!["--address".to_owned(), format!("127.0.0.1:{port}")];
+    args.extend(ctx.tls_args(true));
+    args.extend([
+        "--workload".into(),
+        "idle".into(),
+        "--connections".into(),
+        connections.to_string(),
+    ]);
+    let mut client = Proc::spawn(&p.client, &args, &ctx.root)?;
+    let v = client.wait_for("result", Duration::from_secs(180))?;
+    std::thread::sleep(Duration::from_millis(1000));
+    let after = vm_rss_kib(server.pid()).unwrap_or(0);
+    client.stop();
+    server.stop();
+    let mut r = v["result"].clone();
+    let connected = r["connected"].as_f64().unwrap_or(0.0);
+    let per = if connected > 0.0 {
+        (after as f64 - before as f64) / connected
+    } else {
+        f64::NAN
+    };
+    merge(
+        &mut r,
+        json!({"rss_before_kib": before, "rss_after_kib": after, "kib_per_conn": per}),
+    );
+    ctx.raw
+        .push(json!({"pairing": p.name, "workload": "idle", "result": r, "load": loadavg()}));
+    Ok(r)
+}
+
+fn machine() -> String {
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split(':').nth(1))
+        .map_or("unknown", str::trim)
+        .to_owned();
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let mem_gib = meminfo
+        .lines()
+        .find(|l| l.starts_with("MemTotal:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|k| k.parse::<f64>().ok())
+        .map_or(0.0, |k| k / 1024.0 / 1024.0);
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    format!(
+        "{cpus} CPUs ({model}), {mem_gib:.1} GiB memory, Linux {}",
+        kernel.trim()
+    )
+}
+
+fn render(
+    a: &AllArgs,
+    ctx: &Ctx,
+    t: &Tables,
+    pending: &[String],
+    load_start: &str,
+    took: Duration,
+) -> String {
+    let mut s = String::new();
+    let mut line = |x: String| {
+        s.push_str(&x);
+        s.push('\n');
+    };
+    line(format!(
+        "Machine: {}. Load average (1/5/15 min) at start {load_start}, at end {}. \
+         {} run(s) per cell, medians shown; {} s per run; whole run took {:.0} s.",
+        machine(),
+        loadavg(),
+        ctx.runs,
+        ctx.duration,
+        took.as_secs_f64()
+    ));
+    line(String::new());
+    if !t.events.is_empty() {
+        line("### One-way events, one connection (msg/s and MB/s of message bodies)".into());
+        line(String::new());
+        let mut head = "| pairing (client-server) | cipher |".to_owned();
+        let mut rule = "|---|---|".to_owned();
+        for &size in &a.sizes {
+            let l = size_label(size);
+            head.push_str(&format!(" {l} msg/s | {l} MB/s |"));
+            rule.push_str("---:|---:|");
+        }
+        line(format!("{head} load after |"));
+        line(format!("{rule}---|"));
+        for r in &t.events {
+            line(r.clone());
+        }
+        line(String::new());
+    }
+    if !t.requests.is_empty() {
+        line(
+            "### Requests, one connection (closed loop: 1 and 256 in flight; open loop at 50% \
+             of the 256-in-flight rate, latency from the intended send time, µs)"
+                .into(),
+        );
+        line(String::new());
+        line(
+            "| pairing (client-server) | cipher | 1 in flight req/s | ping-pong p50 µs | \
+             256 in flight req/s | open-loop rate/s | p50 µs | p99 µs | p99.9 µs | load after |"
+                .into(),
+        );
+        line("|---|---|---:|---:|---:|---:|---:|---:|---:|---|".into());
+        for r in &t.requests {
+            line(r.clone());
+        }
+        line(String::new());
+    }
+    if !t.idle.is_empty() {
+        line(format!(
+            "### {} idle authenticated connections on one server (cipher on)",
+            thousands(a.connections as f64)
+        ));
+        line(String::new());
+        line(
+            "| pairing (client-server) | connected | server RSS before MiB | after MiB | \
+             KiB per connection | time to connect all s | handshakes/s |"
+                .into(),
+        );
+        line("|---|---:|---:|---:|---:|---:|---:|".into());
+        for r in &t.idle {
+            line(r.clone());
+        }
+        line(String::new());
+    }
+    if !pending.is_empty() {
+        line("### Pending pairings (their adapters have not landed)".into());
+        line(String::new());
+        line("| pairing | status |".into());
+        line("|---|---|".into());
+        for r in pending {
+            line(r.clone());
+        }
+        line(String::new());
+    }
+    s
+}
+
+fn update_file(path: &Path, report: &str) -> Result<(), Error> {
+    let old = std::fs::read_to_string(path).unwrap_or_default();
+    let block = format!("{BEGIN}\n{report}{END}");
+    let new = match (old.find(BEGIN), old.find(END)) {
+        (Some(b), Some(e)) if b < e => {
+            format!("{}{block}{}", &old[..b], &old[e + END.len()..])
+        }
+        _ => format!("{old}\n{block}\n"),
+    };
+    std::fs::write(path, new)
+        .map_err(|e| bench_error(format!("cannot write {}: {e}", path.display())))
+}

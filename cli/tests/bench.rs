@@ -1,0 +1,46 @@
+//! A smoke run of `iris-rpc bench all` with tiny counts: the driver, both Rust sides and every
+//! workload work end to end. It asserts on shape only, never on time.
+
+use std::process::Command;
+
+const BIN: &str = env!("CARGO_BIN_EXE_iris-rpc");
+
+#[test]
+fn bench_all_smoke_rust_rust() {
+    let out = Command::new(BIN)
+        .args([
+            "bench",
+            "all",
+            "--pairings",
+            "rust-rust",
+            "--runs",
+            "1",
+            "--duration",
+            "0.1",
+            "--sizes",
+            "64",
+            "--cipher",
+            "on",
+            "--connections",
+            "20",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(!stderr.contains("failed: "), "stderr:\n{stderr}");
+    for heading in [
+        "One-way events",
+        "Requests",
+        "idle authenticated connections",
+    ] {
+        assert!(
+            stdout.contains(heading),
+            "missing {heading:?} in:\n{stdout}"
+        );
+    }
+    let rows = stdout.lines().filter(|l| l.starts_with("| rust-rust |"));
+    assert_eq!(rows.count(), 3, "{stdout}");
+    assert!(!stdout.contains("n/a"), "a cell has no value:\n{stdout}");
+}
