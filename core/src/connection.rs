@@ -20,7 +20,9 @@ use crate::protocol::{
 };
 use crate::shutdown::Shutdown;
 
-const READ_CHUNK: usize = 64 * 1024;
+/// Reads start small, so an idle connection holds little, and grow while reads come full.
+const READ_MIN: usize = 4 * 1024;
+const READ_MAX: usize = 64 * 1024;
 const WRITE_BATCH: usize = 1024;
 
 pub(crate) enum Handshake {
@@ -85,7 +87,7 @@ pub(crate) async fn handshake<IO: AsyncRead + AsyncWrite + Unpin>(
                 Ok(None) => {}
                 Err(e) => return Err(Error::LimitExceeded(e.to_string())),
             }
-            let n = match io.read(lines.read_buf(READ_CHUNK)).await {
+            let n = match io.read(lines.read_buf(READ_MIN)).await {
                 Ok(n) => n,
                 // A peer that drops TLS without close_notify has closed all the same.
                 Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => 0,
@@ -197,6 +199,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
 ) -> std::result::Result<(), String> {
     let peer = stream.peer.clone();
     let mut plain = Vec::new();
+    let mut room = READ_MIN;
     let dead_after = engine.opts.limits.dead_peer_timeout;
     let mut silence_check = dead_after.map(|t| {
         let every = (t / 4).max(std::time::Duration::from_millis(10));
@@ -243,9 +246,10 @@ async fn read_loop<R: AsyncRead + Unpin>(
                     e.settle_timeout();
                 }
             }
-            r = rd.read(lines.read_buf(READ_CHUNK)) => {
+            r = rd.read(lines.read_buf(room)) => {
                 let n = r.map_err(|e| format!("read error: {e}"))?;
                 lines.filled(n);
+                room = if n == room { (room * 2).min(READ_MAX) } else { room };
                 if n == 0 {
                     return Err("connection closed by peer".into());
                 }
@@ -305,8 +309,9 @@ async fn write_loop<W: AsyncWrite>(
     shutdown: Arc<Shutdown>,
 ) {
     tokio::pin!(wr);
-    let mut batch: Vec<Arc<str>> = Vec::with_capacity(WRITE_BATCH);
-    let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
+    // Both grow with the traffic; an idle stream keeps them empty.
+    let mut batch: Vec<Arc<str>> = Vec::new();
+    let mut buf: Vec<u8> = Vec::new();
     loop {
         let closing = tokio::select! {
             biased;

@@ -336,10 +336,16 @@ pub fn strip_sig(text: &str) -> Cow<'_, str> {
             let (head, sig) = body.split_at(cut);
             if !sig.contains(['"', '\\']) {
                 if let Some(rest) = head.strip_suffix(",\"_sig\":\"") {
-                    return Cow::Owned(format!("{rest}}}"));
+                    let mut out = String::with_capacity(rest.len() + 1);
+                    out.push_str(rest);
+                    out.push('}');
+                    return Cow::Owned(out);
                 }
                 if let Some(rest) = head.strip_suffix("{\"_sig\":\"") {
-                    return Cow::Owned(format!("{rest}{{}}"));
+                    let mut out = String::with_capacity(rest.len() + 2);
+                    out.push_str(rest);
+                    out.push_str("{}");
+                    return Cow::Owned(out);
                 }
             }
         }
