@@ -1,1 +1,66 @@
-//! iris-rpc-node (work in progress).
+//! The native half of the `iris-rpc` npm package: a napi-rs addon over the iris-rpc core.
+//!
+//! JavaScript never sees these items directly: the hand-written `index.js` wraps them in the
+//! legacy classes (`Client`, `Server`, ...). The addon only translates types and threads; all
+//! protocol behaviour lives in the core crate. Events cross into JavaScript in batches, one JSON
+//! text per call (see `batch.rs`), and message bodies cross as JSON text parsed by V8.
+
+#![deny(missing_docs)]
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod batch;
+mod native;
+
+use napi_derive::napi;
+
+pub use native::NativePeer;
+
+/// Sends the core's log (the `tracing` events it emits: refused connections, ended streams and
+/// why) to stderr when the environment variable `IRIS_RPC_LOG` holds a filter such as `debug`
+/// or `iris_rpc=info`. Off otherwise; set up once per process.
+pub(crate) fn init_logging() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let Ok(filter) = std::env::var("IRIS_RPC_LOG") else {
+            return;
+        };
+        let Ok(filter) = tracing_subscriber::EnvFilter::try_new(filter) else {
+            return;
+        };
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .with_ansi(false)
+            .try_init();
+    });
+}
+
+/// A PEM key and certificate pair.
+#[napi(object)]
+pub struct KeyAndCert {
+    /// The private key (PKCS#8 PEM).
+    pub key: String,
+    /// The certificate (PEM).
+    pub cert: String,
+}
+
+/// A fresh self-signed certificate for `names` (default `localhost`, `127.0.0.1`, `::1`), for
+/// demos and tests.
+#[napi(catch_unwind)]
+pub fn self_signed(names: Option<Vec<String>>) -> napi::Result<KeyAndCert> {
+    let names = names.unwrap_or_else(|| {
+        vec![
+            "localhost".to_owned(),
+            "127.0.0.1".to_owned(),
+            "::1".to_owned(),
+        ]
+    });
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let (key, cert) = iris_rpc::tls::self_signed_pem(&refs).map_err(|e| {
+        napi::Error::new(
+            napi::Status::GenericFailure,
+            format!("{}: {e}", e.kind().as_str()),
+        )
+    })?;
+    Ok(KeyAndCert { key, cert })
+}

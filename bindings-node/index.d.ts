@@ -1,0 +1,207 @@
+// Types of the iris-rpc package (a drop-in replacement for the legacy iris-rpc 0.2.20).
+
+import { EventEmitter } from 'events';
+
+/** Module-wide settings. `cipher = false` turns the legacy line cipher off for new instances. */
+export interface Config {
+  /** 0 = quiet; 1 = basic; 2 = full. */
+  verbose: number;
+  /** Default of the `cipher` option. */
+  cipher: boolean;
+  debug: boolean;
+}
+export const config: Config;
+
+/** PEM text (or Buffers holding it). */
+export type PemInput = string | Buffer;
+
+export interface CertificateSet {
+  key: PemInput;
+  cert?: PemInput;
+  /** Legacy spelling of `cert`. */
+  crt?: PemInput;
+  ca?: PemInput | PemInput[];
+}
+
+/** Any JSON object; `op` names it. */
+export interface Message {
+  op?: string;
+  [key: string]: unknown;
+}
+
+export interface CommonOptions {
+  /** The shared secret. */
+  auth?: string;
+  /** Legacy alias of `auth`. */
+  secret?: string;
+  /** This instance's uuid; generated when absent (legacy required it). */
+  uuid?: string;
+  designation?: string;
+  mac?: string;
+  certificates?: CertificateSet;
+  /** The legacy line cipher; default `config.cipher` (on). */
+  cipher?: boolean | 'aes-256-cbc';
+  signatures?: boolean;
+  /** Default request timeout in ms (60000); a message's `op_timeout` overrides it. */
+  timeout?: number;
+  /** Ping every `pingFreq` ms (default 3000) when `ping`, `pingFreq` or `pingDataObject` is set. */
+  ping?: boolean;
+  pingFreq?: number;
+  pingDataObject?: unknown;
+  rejectUnauthorized?: boolean;
+  /** Uuids announced as reachable through this instance. */
+  routes?: string[] | Record<string, unknown>;
+  /** Beyond legacy: first and longest reconnect delay in ms (1000, 30000). */
+  reconnectInitial?: number;
+  reconnectMax?: number;
+  /** Beyond legacy: limits (see the core's `Limits`). */
+  maxLine?: number;
+  authTimeout?: number;
+  maxUnauthenticated?: number;
+  maxConnections?: number;
+  maxPending?: number;
+  maxQueueBytes?: number;
+  eventQueue?: number;
+}
+
+export interface ClientOptions extends CommonOptions {
+  /** `host:port`, or several (one stream each). */
+  address: string | string[];
+}
+
+export interface ServerOptions extends CommonOptions {
+  /** A port number or `"host:port"`. */
+  port: number | string;
+  host?: string;
+  certificates: CertificateSet;
+}
+
+/** One authenticated peer's stream, as passed to listeners. */
+export interface Stream {
+  readonly uuid: string;
+  readonly address: string;
+  readonly designation?: string;
+  readonly mac?: string;
+  connected: boolean;
+  /** Closes this stream (a client reconnects a second later). */
+  end(): void;
+}
+
+/** Legacy request callback: `err` is null on success. */
+export type RequestCallback = (err: any, resp?: any) => void;
+/** Legacy request handler, registered with `on(op, handler)`: exactly one per op. */
+export type RequestHandler = (req: Message, callback: RequestCallback) => void;
+export type FilterNext = (err?: any, disallow?: any) => void;
+export type Filter = (msg: Message, stream: Stream, next: FilterNext) => void;
+export type Digest = (msg: Message, uuid: string, stream: Stream) => void;
+
+/** The Error a promise `request()` rejects with. */
+export class IrisError extends Error {
+  /**
+   * The core's stable error kind: `remote` (the peer answered with an error), `timeout`,
+   * `disconnected`, `closed`, `not_connected`, `limit_exceeded`, `config`, `auth`, `tls`,
+   * `io`, `protocol`.
+   */
+  code: string;
+  /** What a legacy callback would have received (an Error for a remote `_Error`). */
+  error: any;
+  /** For `remote`: the peer's own error value. */
+  remote?: any;
+  /** For a remote `_Error`: the rebuilt Error. */
+  cause?: unknown;
+}
+
+declare class Interface extends EventEmitter {
+  readonly uuid: string;
+  designation?: string;
+  mac?: string;
+  /** Connected streams by peer uuid. */
+  streams: Record<string, Stream>;
+  filters: Filter[];
+  timeout: number;
+  pingFreq: number;
+  pingDataObject: unknown;
+
+  on(event: 'connect', listener: (address: string, uuid: string, stream: Stream) => void): this;
+  on(event: 'disconnect', listener: (uuid: string, stream: Stream) => void): this;
+  on(event: 'rpc::error', listener: (err: unknown, msg?: Message) => void): this;
+  /** Beyond legacy: a connection failed or was refused (wrong secret, TLS, refused cipher...). */
+  on(event: 'rpc::stream::error', listener: (err: IrisError, address?: string) => void): this;
+  on(event: 'close', listener: () => void): this;
+  /** An event message with this `op` (msg, uuid, stream), or a request handler (req, callback). */
+  on(event: string, listener: ((msg: Message, uuid: string, stream: Stream) => void) | RequestHandler): this;
+
+  /** Sends to every connected stream; with a callback, a request to the only one. */
+  dispatch(msg: Message, callback?: RequestCallback): void;
+  /** Sends to the stream of peer `uuid`; with a callback, a request. */
+  dispatch(uuid: string, msg: Message, callback?: RequestCallback): void;
+  /** Beyond legacy: a request to the only connected stream. */
+  request<T = any>(msg: Message): Promise<T>;
+  /** Beyond legacy: a request to the stream of peer `uuid`. */
+  request<T = any>(uuid: string, msg: Message): Promise<T>;
+  filter(fn: Filter): void;
+  digest(fn: Digest): void;
+  registerListener(listener: EventEmitter): void;
+  emitToListeners(event: string, ...args: unknown[]): void;
+  setPingDataObject(o: unknown): void;
+  ping(): void;
+  isConnected(): boolean;
+  /** Beyond legacy: ends everything; the process may exit afterwards. */
+  close(): Promise<void>;
+}
+
+export class Client extends Interface {
+  constructor(options: ClientOptions);
+}
+
+export class Server extends Interface {
+  constructor(options: ServerOptions, initCallback?: (err?: Error) => void);
+  /** The bound `host:port`, once listening. */
+  localAddress?: string;
+  /** The bound port, once listening (useful with port 0). */
+  localPort?: number;
+  on(event: 'server::listen', listener: (err?: Error) => void): this;
+  on(event: 'connect', listener: (address: string, uuid: string, stream: Stream) => void): this;
+  on(event: 'disconnect', listener: (uuid: string, stream: Stream) => void): this;
+  on(event: string, listener: (...args: any[]) => void): this;
+}
+
+/** Several instances built from one config, used as one. */
+export class Multiplexer {
+  constructor(options: CommonOptions, config: Record<string, any>, rpcTitle?: string);
+  active: Record<string, Stream>;
+  links: Record<string, Client | Server>;
+  on(op: string, listener: (...args: any[]) => void): void;
+  registerListener(listener: EventEmitter): void;
+  dispatch(msg: Message, callback?: RequestCallback): void;
+  dispatch(uuid: string, msg: Message, callback?: RequestCallback): void;
+  /** Beyond legacy: closes every link. */
+  close(): Promise<void>;
+}
+
+/** Not available in this version yet: constructing it throws. */
+export class Router {
+  constructor(options: Record<string, unknown>);
+}
+
+/** `{title: Server | Client}` from a config (entries with `port` or `address`). */
+export function createFromConfig(
+  options: CommonOptions,
+  config: Record<string, any>,
+  rpcTitle?: string,
+): Record<string, Client | Server>;
+
+export interface CertificateData {
+  key: string;
+  cert: string;
+  ca: string[];
+}
+
+/** Loads certificate files: `name.key`, `name.crt`, optional `name.ca`. */
+export class Certificates {
+  constructor(certificates: string | { key: string; crt: string; ca?: string });
+  certificateData?: CertificateData;
+  initCertificates(callback?: () => void): void;
+  /** Beyond legacy: a fresh self-signed pair for demos and tests. */
+  static selfSigned(names?: string[]): { key: string; cert: string };
+}

@@ -1,0 +1,785 @@
+// iris-rpc on the Rust core: a drop-in replacement for the legacy `iris-rpc` 0.2.20 package.
+//
+// The exports are the legacy ones (Client, Server, Multiplexer, Router, createFromConfig,
+// config, Certificates), with the same constructor options, events and argument orders. The
+// protocol runs in the native addon; this file only maps the legacy API onto it:
+//
+// - Every native object calls back into JavaScript through one function, `onBatch(text)`, with
+//   one JSON array of entries per call (see bindings-node/src/batch.rs for the format). Message
+//   bodies inside are parsed by V8 with that single JSON.parse.
+// - Filters, digest, listeners and request handlers run here, with the legacy rules; requests
+//   are answered through `respond`.
+// - The native object keeps the process alive while it is open and lets it go after close().
+'use strict';
+
+const { EventEmitter } = require('events');
+const crypto = require('crypto');
+const fs = require('fs');
+const path = require('path');
+
+const native = loadNative();
+
+// Module-wide settings, as in legacy: `config.cipher = false` turns the cipher off for every
+// instance created afterwards that does not say otherwise.
+const config = {
+  verbose: 1, // 0 = suppress; 1 = basic; 2 = full
+  cipher: true,
+  debug: false,
+};
+
+// Entry kinds of a batch (bindings-node/src/batch.rs).
+const LISTEN = 0;
+const CONNECT = 1;
+const DISCONNECT = 2;
+const MESSAGE = 3;
+const REQUEST = 4;
+const CONN_ERROR = 5;
+const SETTLED = 6;
+const CLOSED = 7;
+
+// Standard constructors an `_Error` from a peer may name. Anything else becomes a plain Error
+// with that name: a peer never chooses which code runs here (legacy looked names up in
+// `global`).
+const ERROR_TYPES = {
+  Error,
+  TypeError,
+  RangeError,
+  SyntaxError,
+  ReferenceError,
+  EvalError,
+  URIError,
+};
+
+function loadNative() {
+  const file = path.join(__dirname, 'iris-rpc.node');
+  try {
+    return require(file);
+  } catch (e) {
+    const err = new Error(
+      `iris-rpc: cannot load the native addon ${file} (${e.message}); ` +
+        'build it with `npm run build` in the iris-rpc package directory',
+    );
+    err.code = 'config';
+    err.cause = e;
+    throw err;
+  }
+}
+
+const isObject = (v) => v !== null && (typeof v === 'object' || typeof v === 'function');
+
+function log(...args) {
+  if (config.verbose) console.log(...args);
+}
+
+function logError(...args) {
+  if (config.verbose) console.error(...args);
+}
+
+/** Rebuilds an Error sent by a peer as `{_Error, name, message, stack}`. */
+function rebuildError(v) {
+  const Ctor = Object.prototype.hasOwnProperty.call(ERROR_TYPES, v.name) ? ERROR_TYPES[v.name] : Error;
+  const err = new Ctor(typeof v.message === 'string' ? v.message : String(v.message));
+  if (typeof v.name === 'string' && err.name !== v.name) {
+    Object.defineProperty(err, 'name', { value: v.name, writable: true, configurable: true });
+  }
+  if (v.stack !== undefined) err.stack = v.stack;
+  return err;
+}
+
+/** An error value as it goes on the wire: Errors become `_Error` objects, as in legacy. */
+function wireError(err) {
+  if (err instanceof Error) {
+    return { _Error: true, name: err.name, message: err.message, stack: err.stack };
+  }
+  return err;
+}
+
+/** The value a legacy callback gets for a failed request. */
+function legacyError(e) {
+  const v = e.legacy;
+  if (e.code === 'remote' && isObject(v) && v._Error) return rebuildError(v);
+  return v;
+}
+
+/**
+ * The Error a promise-returning `request()` rejects with: `code` is the core's stable error
+ * kind (`timeout`, `disconnected`, `closed`, `not_connected`, `remote`, ...), `error` the value
+ * the legacy callback would have received, and for a remote error `remote` is the peer's own
+ * error value and `cause` the rebuilt Error when the peer sent one.
+ */
+class IrisError extends Error {
+  constructor(e) {
+    const v = e.legacy;
+    let message = e.message;
+    let cause;
+    if (e.code === 'remote') {
+      if (isObject(v) && v._Error) {
+        cause = rebuildError(v);
+        message = `${cause.name}: ${cause.message}`;
+      } else if (isObject(v) && typeof v.error === 'string') {
+        message = v.error;
+      } else {
+        message = `remote error: ${JSON.stringify(v)}`;
+      }
+    } else if (isObject(v) && typeof v.error === 'string') {
+      message = v.error;
+    }
+    super(message, cause ? { cause } : undefined);
+    this.name = 'IrisError';
+    this.code = e.code;
+    this.error = legacyError(e);
+    if (e.code === 'remote') this.remote = v;
+  }
+}
+
+/** An error thrown synchronously by the addon ("kind: text") as {code, message, legacy}. */
+function nativeThrow(ex) {
+  const m = /^([a-z_]+): /.exec(ex.message);
+  const code = m ? m[1] : 'config';
+  return { code, message: ex.message, legacy: { error: ex.message } };
+}
+
+const CLOSED_ERROR = { code: 'closed', message: 'closed', legacy: { error: 'Closed', closed: true } };
+
+function pemText(v) {
+  if (v === undefined || v === null) return undefined;
+  if (Buffer.isBuffer(v) || v instanceof Uint8Array) return Buffer.from(v).toString('utf8');
+  return String(v);
+}
+
+function nativeCertificates(c) {
+  const out = { key: pemText(c.key), cert: pemText(c.cert || c.crt) };
+  if (c.ca !== undefined && c.ca !== null) {
+    const list = (Array.isArray(c.ca) ? c.ca : [c.ca]).map(pemText).filter((x) => x);
+    if (list.length) out.ca = list;
+  }
+  return out;
+}
+
+// Options beyond legacy that are handed to the core unchanged (limits, reconnect backoff).
+const PASS_THROUGH = [
+  'reconnectInitial',
+  'reconnectMax',
+  'maxLine',
+  'authTimeout',
+  'maxUnauthenticated',
+  'maxConnections',
+  'maxPending',
+  'maxQueueBytes',
+  'eventQueue',
+];
+
+/** The stream of one authenticated peer, as legacy passes it to listeners. */
+class Stream {
+  constructor(iface, sid, uuid, address, designation, mac) {
+    Object.defineProperty(this, '_iface', { value: iface });
+    Object.defineProperty(this, '_sid', { value: sid });
+    this.uuid = uuid;
+    this.address = address;
+    this.designation = designation === null ? undefined : designation;
+    this.mac = mac === null ? undefined : mac;
+    this.connected = true;
+  }
+
+  /** Closes this stream; a client reconnects after a second. */
+  end() {
+    this._iface._endStream(this._sid);
+  }
+}
+
+/** What Client and Server share (legacy `Interface`). */
+class Interface extends EventEmitter {
+  #native = null;
+  #byId = new Map();
+  #count = 0;
+  #calls = new Map();
+  #nextCall = 0;
+  #pingTimer = null;
+  #closePromise = null;
+  #resolveClosed = null;
+  #nativeClosed = false;
+
+  constructor(options) {
+    super();
+    if (!isObject(options)) throw new Error('iris-rpc options - missing options argument');
+    if (!options.auth && !options.secret) throw new Error("iris-rpc options - missing 'auth' argument");
+    // Legacy required a uuid; a random one is generated here when there is none.
+    this.uuid = options.uuid ? String(options.uuid) : crypto.randomUUID();
+    this.designation = options.designation;
+    this.mac = options.mac;
+    this.filters = [];
+    this.listeners_ = [this];
+    this.streams = {};
+    this.timeout = options.timeout || 60 * 1000;
+    this.pingFreq = options.pingFreq || 3 * 1000;
+    this.pingDataObject = options.pingDataObject;
+    this.rejectUnauthorized = options.rejectUnauthorized || false;
+    // Unlike legacy, `cipher: false` on the instance counts too (legacy only honoured the
+    // module-wide config.cipher).
+    this.cipher = options.cipher === undefined || options.cipher === null ? config.cipher : options.cipher;
+    this.routes = { local: options.routes || null, remote: {} };
+    this.digestCallback = null;
+  }
+
+  // ---- construction (used by Client and Server) ----------------------------------------
+
+  _nativeOptions(options) {
+    const o = {
+      auth: String(options.auth || options.secret),
+      uuid: this.uuid,
+      designation: this.designation ? String(this.designation) : '',
+      cipher: this.cipher !== false && this.cipher !== 0 && this.cipher !== '',
+    };
+    if (typeof this.cipher === 'string') o.cipher = this.cipher;
+    if (this.mac !== undefined && this.mac !== null) o.mac = String(this.mac);
+    if (options.certificates) o.certificates = nativeCertificates(options.certificates);
+    if (options.timeout) o.timeout = Number(options.timeout);
+    if (options.rejectUnauthorized) o.rejectUnauthorized = true;
+    if (options.signatures === false) o.signatures = false;
+    const routes = options.routes;
+    if (Array.isArray(routes)) o.routes = routes.map(String);
+    else if (isObject(routes)) o.routes = Object.keys(routes);
+    for (const k of PASS_THROUGH) if (options[k] !== undefined) o[k] = options[k];
+    return o;
+  }
+
+  _open(kind, nativeOptions) {
+    const onBatch = (text) => this.#onBatch(text);
+    this.#native = native.NativePeer[kind](JSON.stringify(nativeOptions), onBatch);
+  }
+
+  _startPing(options) {
+    if (!(options.ping || options.pingFreq || options.pingDataObject)) return;
+    const tick = () => {
+      this.#pingTimer = null;
+      if (this.#closePromise) return;
+      this.ping();
+      this.#pingTimer = setTimeout(tick, this.pingFreq);
+    };
+    this.#pingTimer = setTimeout(tick, 0);
+  }
+
+  // ---- the legacy API -------------------------------------------------------------------
+
+  /**
+   * Sends `msg` to every connected stream, or `dispatch(uuid, msg)` to one. With a callback it
+   * is a request: `callback(err, resp)`.
+   */
+  dispatch(uuid, msg, callback) {
+    if (isObject(uuid)) {
+      callback = msg;
+      msg = uuid;
+      if (callback) {
+        if (!this.#count) {
+          return callback({ error: 'RPC stream is not connected', disconnected: true, req: msg });
+        }
+        if (this.#count > 1) {
+          return callback({ error: 'Multiple streams connected (not supported by RPC)', req: msg });
+        }
+        this.#request(null, msg, legacyDone(callback));
+        return;
+      }
+      if (this.#native) this.#native.dispatch(JSON.stringify(msg));
+      return;
+    }
+    const stream = this.streams[uuid];
+    if (!stream) {
+      logError('iris-rpc: no such stream present:', uuid);
+      if (callback) callback(new Error('iris-rpc: no such stream present'));
+      return;
+    }
+    if (!msg) {
+      logError('iris-rpc: dispatch() got empty message');
+      if (callback) callback(new Error('iris-rpc: no such stream present'));
+      return;
+    }
+    if (callback) this.#request(String(uuid), msg, legacyDone(callback));
+    else this.#native.dispatchTo(String(uuid), JSON.stringify(msg));
+  }
+
+  /**
+   * `await rpc.request(msg)` or `await rpc.request(uuid, msg)`: the response, or a rejection
+   * with an IrisError carrying the peer's error (see IrisError).
+   */
+  request(uuid, msg) {
+    if (isObject(uuid)) {
+      msg = uuid;
+      uuid = null;
+    } else {
+      uuid = String(uuid);
+    }
+    return new Promise((resolve, reject) => {
+      this.#request(uuid, msg, (ok, payload) => (ok ? resolve(payload) : reject(new IrisError(payload))));
+    });
+  }
+
+  /** Adds `fn(msg, stream, next(err, disallow))`, run in order before delivery. */
+  filter(callback) {
+    this.filters.push(callback);
+  }
+
+  /** Sets the callback that sees every event message: `fn(msg, uuid, stream)`. */
+  digest(callback) {
+    this.digestCallback = callback;
+  }
+
+  /** Also emits events (connect, disconnect, ops, ...) on `listener`. */
+  registerListener(listener) {
+    this.listeners_.push(listener);
+  }
+
+  /** Sets the `data` of ping messages (kept by reference, as in legacy). */
+  setPingDataObject(o) {
+    this.pingDataObject = o;
+  }
+
+  /** Sends `{op: 'ping', data: pingDataObject}` to every stream now. */
+  ping() {
+    this.dispatch({ op: 'ping', data: this.pingDataObject });
+  }
+
+  /** True while any stream is authenticated and up. */
+  isConnected() {
+    return this.#native ? this.#native.isConnected() : false;
+  }
+
+  /**
+   * Ends every stream and stops listening or reconnecting; pending requests settle with a
+   * `closed` error. Resolves when everything is done; the process can exit afterwards.
+   */
+  close() {
+    if (!this.#closePromise) {
+      this.#closePromise = new Promise((resolve) => {
+        this.#resolveClosed = resolve;
+      });
+      if (this.#pingTimer) clearTimeout(this.#pingTimer);
+      this.#pingTimer = null;
+      if (this.#nativeClosed || !this.#native) this.#closed();
+      else this.#native.close();
+    }
+    return this.#closePromise;
+  }
+
+  /** Emits on this object and on every registered listener (legacy `emitToListeners`). */
+  emitToListeners(...args) {
+    for (const listener of this.listeners_) {
+      try {
+        listener.emit(...args);
+      } catch (ex) {
+        if (args[0] === 'rpc::error') {
+          // An 'rpc::error' listener that throws would loop forever: let it surface instead.
+          process.nextTick(() => {
+            throw ex;
+          });
+        } else {
+          logError('iris-rpc: error while processing message');
+          logError(ex && ex.stack);
+          this.emitToListeners('rpc::error', ex);
+        }
+      }
+    }
+  }
+
+  // ---- internals ------------------------------------------------------------------------
+
+  _endStream(sid) {
+    if (this.#native) this.#native.endStream(sid);
+  }
+
+  #request(uuid, msg, done) {
+    if (this.#closePromise || this.#nativeClosed || !this.#native) {
+      process.nextTick(done, false, CLOSED_ERROR);
+      return;
+    }
+    let text;
+    try {
+      text = JSON.stringify(msg);
+    } catch (ex) {
+      process.nextTick(done, false, { code: 'config', message: ex.message, legacy: { error: ex.message } });
+      return;
+    }
+    this.#nextCall = (this.#nextCall + 1) >>> 0;
+    const id = this.#nextCall;
+    this.#calls.set(id, done);
+    try {
+      this.#native.request(id, uuid, text);
+    } catch (ex) {
+      this.#calls.delete(id);
+      process.nextTick(done, false, nativeThrow(ex));
+    }
+  }
+
+  #closed() {
+    this.#nativeClosed = true;
+    if (this.#pingTimer) clearTimeout(this.#pingTimer);
+    this.#pingTimer = null;
+    if (this.#resolveClosed) {
+      this.#resolveClosed();
+      this.#resolveClosed = null;
+      this.emit('close');
+    }
+  }
+
+  #onBatch(text) {
+    let entries;
+    try {
+      entries = JSON.parse(text);
+    } catch (ex) {
+      this.emitToListeners('rpc::error', ex);
+      return;
+    }
+    let failure = null;
+    for (let i = 0; i < entries.length; i++) {
+      try {
+        this.#entry(entries[i]);
+      } catch (ex) {
+        failure = failure || ex;
+      }
+    }
+    if (failure) {
+      // The native caller cannot do anything with it: surface it as Node would.
+      process.nextTick(() => {
+        throw failure;
+      });
+    }
+  }
+
+  #entry(e) {
+    switch (e[0]) {
+      case MESSAGE: {
+        const stream = this.#byId.get(e[1]);
+        this.#incoming(e[3], stream, e[2], null);
+        break;
+      }
+      case SETTLED: {
+        const done = this.#calls.get(e[1]);
+        if (!done) break;
+        this.#calls.delete(e[1]);
+        done(e[2] === 1, e[3]);
+        break;
+      }
+      case REQUEST: {
+        const stream = this.#byId.get(e[1]);
+        this.#incoming(e[4], stream, e[3], e[2]);
+        break;
+      }
+      case CONNECT: {
+        const stream = new Stream(this, e[1], e[2], e[3], e[4], e[5]);
+        this.#byId.set(e[1], stream);
+        if (!this.streams[stream.uuid]) this.#count++;
+        this.streams[stream.uuid] = stream;
+        this.emitToListeners('connect', stream.address, stream.uuid, stream);
+        break;
+      }
+      case DISCONNECT: {
+        const stream = this.#byId.get(e[1]);
+        if (!stream) break;
+        this.#byId.delete(e[1]);
+        stream.connected = false;
+        if (this.streams[stream.uuid] === stream) {
+          delete this.streams[stream.uuid];
+          this.#count--;
+        }
+        this.emitToListeners('disconnect', stream.uuid, stream);
+        break;
+      }
+      case LISTEN:
+        this._listened(e[1] ? legacyListenError(e[1]) : undefined, e[2]);
+        if (e[1]) this.#nativeClosed = true;
+        break;
+      case CONN_ERROR: {
+        const err = e[1];
+        if (config.verbose > 1 || (config.verbose && err.code !== 'io')) {
+          console.log('iris-rpc tls stream error:', err.message, ' | ', `${this.designation}@${e[2]}`);
+        }
+        this.emit('rpc::stream::error', new IrisError(err), e[2]);
+        break;
+      }
+      case CLOSED:
+        this.#closed();
+        break;
+      default:
+        break;
+    }
+  }
+
+  #incoming(msg, stream, uuid, rid) {
+    if (!this.filters.length) {
+      this.#digest(msg, stream, uuid, rid);
+      return;
+    }
+    const filters = this.filters.slice();
+    const fail = (err) => {
+      if (rid !== null) this.#respond(rid, err, undefined);
+    };
+    const next = () => {
+      const filter = filters.shift();
+      if (!filter) {
+        this.#digest(msg, stream, uuid, rid);
+        return;
+      }
+      filter.call(this, msg, stream, (err, disallow) => {
+        if (err) return fail(err);
+        if (disallow) return fail(disallow);
+        next();
+      });
+    };
+    next();
+  }
+
+  #digest(msg, stream, uuid, rid) {
+    if (rid === null) {
+      try {
+        if (this.digestCallback) this.digestCallback(msg, uuid, stream);
+        if (msg.op) this.emitToListeners(msg.op, msg, uuid, stream);
+      } catch (ex) {
+        logError('iris-rpc: error while processing message');
+        logError(ex && ex.stack);
+        this.emitToListeners('rpc::error', ex, msg);
+      }
+      return;
+    }
+    const listeners = this.listeners(msg.op);
+    if (listeners.length === 1) {
+      try {
+        listeners[0].call(this, msg, (err, resp) => this.#respond(rid, err, resp));
+      } catch (ex) {
+        logError('iris-rpc: responding with error', ex);
+        this.#respond(rid, ex, undefined);
+      }
+    } else if (listeners.length) {
+      this.#respond(rid, { error: `Too many handlers for '${msg.op}'` }, undefined);
+    } else {
+      this.#respond(rid, { error: `No such handler '${msg.op}'` }, undefined);
+    }
+  }
+
+  #respond(rid, err, resp) {
+    if (!this.#native) return;
+    const errText = err === undefined ? undefined : JSON.stringify(wireError(err));
+    const respText = resp === undefined ? undefined : JSON.stringify(resp);
+    this.#native.respond(rid, errText === undefined ? null : errText, respText === undefined ? null : respText);
+  }
+
+  _listened() {}
+}
+
+function legacyListenError(e) {
+  const err = new Error(e.message);
+  err.code = e.code;
+  return err;
+}
+
+/** Adapts a legacy `callback(err, resp)` to the internal settle function. */
+function legacyDone(callback) {
+  return (ok, payload) => {
+    if (ok) callback(null, payload);
+    else callback(legacyError(payload));
+  };
+}
+
+/** An iris-rpc client: `new Client({address, auth, certificates, uuid, ...})`. */
+class Client extends Interface {
+  constructor(options) {
+    super(options);
+    if (!options.address) throw new Error('iris-rpc::Client requires address argument');
+    const o = this._nativeOptions(options);
+    o.address = Array.isArray(options.address) ? options.address.map(String) : String(options.address);
+    this._open('client', o);
+    this._startPing(options);
+  }
+}
+
+/** An iris-rpc server: `new Server({port, auth, certificates, ...}, initCallback(err))`. */
+class Server extends Interface {
+  constructor(options, initCallback) {
+    super(options);
+    if (!options.port) throw new Error('iris-rpc::Server requires port argument');
+    if (!options.certificates) throw new Error("iris-rpc options - missing 'certificates' argument");
+    this.initCallback = initCallback;
+    this.localAddress = undefined;
+    this.localPort = undefined;
+    const o = this._nativeOptions(options);
+    o.port = typeof options.port === 'string' ? options.port : Number(options.port);
+    if (options.host) o.host = String(options.host);
+    this._open('server', o);
+    this._startPing(options);
+  }
+
+  _listened(err, address) {
+    if (err) {
+      logError(`iris-rpc server listen error on ${this.localAddress || ''}`, err.message);
+    } else {
+      this.localAddress = address;
+      this.localPort = Number(address.slice(address.lastIndexOf(':') + 1));
+    }
+    this.emitToListeners('server::listen', err);
+    if (this.initCallback) this.initCallback(err);
+  }
+}
+
+/** Several Clients and Servers built from one config, used as one (legacy `Multiplexer`). */
+function Multiplexer(options, config, rpcTitle) {
+  const self = this;
+  self.active = {};
+  self.links = createFromConfig(options, config, rpcTitle);
+  const links = () => Object.values(self.links);
+
+  self.on = function (op, callback) {
+    for (const rpc of links()) rpc.on(op, callback);
+  };
+
+  self.on('connect', (address, uuid, stream) => {
+    self.active[uuid] = stream;
+  });
+
+  self.on('disconnect', (uuid) => {
+    delete self.active[uuid];
+  });
+
+  self.registerListener = function (listener) {
+    for (const rpc of links()) rpc.registerListener(listener);
+  };
+
+  self.dispatch = function (uuid, msg, callback) {
+    const args = arguments;
+    if (isObject(uuid)) {
+      for (const rpc of links()) rpc.dispatch(...args);
+      return;
+    }
+    const rpc = links().find((s) => !!s.streams[uuid]);
+    if (!rpc) {
+      logError('iris-rpc: no such stream present:', uuid);
+      if (callback) callback(new Error('iris-rpc: no such stream present'));
+      return;
+    }
+    rpc.dispatch(...args);
+  };
+
+  /** Closes every link. */
+  self.close = function () {
+    return Promise.all(links().map((rpc) => rpc.close())).then(() => undefined);
+  };
+}
+
+/** Router is not available in this version yet (legacy's could not be constructed either). */
+function Router() {
+  throw new Error('iris-rpc: Router is not available in this version yet');
+}
+
+/**
+ * Builds Servers (entries with `port`) and Clients (entries with `address`) from a config: one
+ * entry `{port|address, ...}`, or an object of named entries. Returns `{title: instance}`.
+ */
+function createFromConfig(options, config, rpcTitle) {
+  function createInstance(options, config, rpcTitle) {
+    const rpcConfig = Object.assign({}, options, config);
+    if (!rpcConfig.port && !rpcConfig.address) {
+      logError('Error:', rpcConfig);
+      throw new Error('port or address required in rpc config');
+    }
+    if (rpcConfig.port && rpcConfig.address) {
+      logError('Error:', rpcConfig);
+      throw new Error('both port and address present in rpc config');
+    }
+    if (rpcConfig.port) {
+      return new Server(rpcConfig, (err) => {
+        if (!err) log(`${String(rpcTitle).toUpperCase()} RPC server listening on`, String(rpcConfig.port));
+      });
+    }
+    return new Client(rpcConfig);
+  }
+
+  if (config.address || config.port) {
+    const ret = {};
+    ret[rpcTitle] = createInstance(options, config, rpcTitle || options.designation);
+    return ret;
+  }
+  const ret = {};
+  for (const title of Object.keys(config)) ret[title] = createInstance(options, config[title], title);
+  return ret;
+}
+
+/**
+ * Loads certificate files (legacy `Certificates`): `new Certificates('path/name')` reads
+ * `name.key`, `name.crt` and optionally `name.ca`; `new Certificates({key, crt, ca})` names the
+ * files. `initCertificates(cb)` fills `certificateData` with `{key, cert, ca}`.
+ */
+function Certificates(certificates) {
+  const self = this;
+
+  function locateCertificateFile(filename, ignore) {
+    const file = filename;
+    const parts = file.split('.');
+    parts.splice(parts.length - 1, 0, 'local');
+    const local = parts.join('.');
+    if (fs.existsSync(local)) return local;
+    if (!ignore && !fs.existsSync(file)) {
+      console.log('Unable to locate certificate file:', file);
+      throw new Error('Unable to locate certificate file');
+    } else if (ignore && !fs.existsSync(file)) {
+      return null;
+    }
+    return file;
+  }
+
+  self.initCertificates = function (callback) {
+    if (self.verbose) console.log('iris-app: loading certificates from ', certificates);
+    if (self.certificateData) {
+      console.error('Warning! initCertificates() is called twice!');
+      if (callback) callback();
+      return;
+    }
+    let caChain;
+    if (typeof certificates === 'string') {
+      self.certificateData = {
+        key: fs.readFileSync(locateCertificateFile(certificates + '.key')).toString(),
+        cert: fs.readFileSync(locateCertificateFile(certificates + '.crt')).toString(),
+        ca: [],
+      };
+      caChain = certificates + '.ca';
+    } else {
+      self.certificateData = {
+        key: fs.readFileSync(locateCertificateFile(certificates.key)).toString(),
+        cert: fs.readFileSync(locateCertificateFile(certificates.crt)).toString(),
+        ca: [],
+      };
+      caChain = certificates.ca;
+    }
+    if (caChain) {
+      const file = locateCertificateFile(caChain, true);
+      if (file) {
+        let cert = [];
+        for (const line of fs.readFileSync(file).toString().split('\n')) {
+          cert.push(line);
+          if (/-END CERTIFICATE-/.test(line)) {
+            self.certificateData.ca.push(cert.join('\n'));
+            cert = [];
+          }
+        }
+      }
+    }
+    if (callback) callback();
+  };
+}
+
+/**
+ * A fresh self-signed `{key, cert}` (PEM) for `names` (default localhost, 127.0.0.1, ::1), for
+ * demos and tests.
+ */
+Certificates.selfSigned = function (names) {
+  return native.selfSigned(names);
+};
+
+module.exports = {
+  Client,
+  Server,
+  Multiplexer,
+  Router,
+  createFromConfig,
+  config,
+  Certificates,
+};
+
+// Beyond legacy, not enumerable so the exports keep the legacy names exactly.
+Object.defineProperty(module.exports, 'IrisError', { value: IrisError, enumerable: false });
