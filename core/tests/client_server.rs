@@ -1,13 +1,14 @@
 //! Our Client with our Server on loopback, cipher on and off: the legacy semantics end to end.
 
+mod common;
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::{next_matching, WAIT};
 use iris_rpc::{error_object, Certificates, Client, Error, Event, Events, Options, Server};
 use serde_json::json;
-
-const WAIT: Duration = Duration::from_secs(10);
 
 async fn server(secret: &str, cipher: bool) -> Server {
     Server::bind(
@@ -30,19 +31,6 @@ fn client_opts(secret: &str, server: &Server, cipher: bool) -> Options {
         .cipher(cipher);
     o.reconnect_initial = Duration::from_millis(50);
     o
-}
-
-async fn next_matching(events: &mut Events, f: impl Fn(&Event) -> bool) -> Event {
-    tokio::time::timeout(WAIT, async {
-        loop {
-            let ev = events.next().await.expect("events closed");
-            if f(&ev) {
-                return ev;
-            }
-        }
-    })
-    .await
-    .expect("event did not arrive in time")
 }
 
 async fn pair(cipher: bool) -> (Server, Events, Client, Events) {

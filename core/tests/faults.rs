@@ -9,24 +9,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
-use iris_rpc::{Client, Error, Event, Events, Limits, Options, Server};
+use iris_rpc::{Client, Error, Event, Limits, Options, Server};
 use serde_json::json;
 use tokio::io::AsyncWriteExt;
-
-const WAIT: Duration = Duration::from_secs(15);
-
-async fn next_matching(events: &mut Events, f: impl Fn(&Event) -> bool) -> Event {
-    tokio::time::timeout(WAIT, async {
-        loop {
-            let ev = events.next().await.expect("events closed");
-            if f(&ev) {
-                return ev;
-            }
-        }
-    })
-    .await
-    .expect("event did not arrive in time")
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_that_stops_reading_is_disconnected_and_its_requests_settle() {

@@ -8,8 +8,6 @@ use common::*;
 use iris_rpc::{Client, Error, Multiplexer, Options};
 use serde_json::json;
 
-const WAIT: Duration = Duration::from_secs(15);
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn links_from_config_fan_out_and_find_uuids() {
     let upstream = server(server_options().uuid("upstream")).await;

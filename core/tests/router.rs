@@ -11,8 +11,6 @@ use common::*;
 use iris_rpc::{Backend, Client, Event, Events, Options, Router, RouterEvent, Server, Side};
 use serde_json::{json, Value};
 
-const WAIT: Duration = Duration::from_secs(15);
-
 fn client_opts(addr: &str, uuid: &str) -> Options {
     let mut o = Options::new(SECRET)
         .address(addr)
@@ -33,16 +31,6 @@ async fn router_to(backend_addr: &str, port: &str) -> Router {
     )
     .await
     .unwrap()
-}
-
-async fn until<F: Fn() -> bool>(what: &str, f: F) {
-    tokio::time::timeout(WAIT, async {
-        while !f() {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("timed out waiting for {what}"));
 }
 
 async fn next_message(events: &mut Events) -> (Value, String) {

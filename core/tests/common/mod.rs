@@ -19,6 +19,37 @@ use tokio_rustls::TlsConnector;
 
 pub const SECRET: &str = "secret";
 
+/// How long any single expectation waits.
+pub const WAIT: Duration = Duration::from_secs(15);
+
+/// The next event that satisfies `f`, skipping others.
+pub async fn next_matching(
+    events: &mut iris_rpc::Events,
+    f: impl Fn(&iris_rpc::Event) -> bool,
+) -> iris_rpc::Event {
+    tokio::time::timeout(WAIT, async {
+        loop {
+            let ev = events.next().await.expect("events closed");
+            if f(&ev) {
+                return ev;
+            }
+        }
+    })
+    .await
+    .expect("event did not arrive in time")
+}
+
+/// Waits until `f` holds.
+pub async fn until<F: Fn() -> bool>(what: &str, f: F) {
+    tokio::time::timeout(WAIT, async {
+        while !f() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("timed out waiting for {what}"));
+}
+
 pub fn server_options() -> Options {
     Options::new(SECRET)
         .port("127.0.0.1:0")
