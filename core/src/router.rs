@@ -135,17 +135,24 @@ impl Router {
     pub async fn start(frontend: Options, backend: Backend) -> Result<Router> {
         let (frontend, fev) = Server::bind_with_events(frontend).await?;
         let fe = frontend.engine().clone();
-        let backend: (Link, crate::event::Events) = match backend {
+        let backend_is_server = matches!(backend, Backend::Server(_));
+        let started = match backend {
             Backend::Client(mut o) => {
                 if o.designation.is_empty() {
                     o.designation = "router".into();
                 }
-                let (c, ev) = Client::connect_with_events(o)?;
-                (Link::Client(c), ev)
+                Client::connect_with_events(o).map(|(c, ev)| (Link::Client(c), ev))
             }
-            Backend::Server(o) => {
-                let (s, ev) = Server::bind_with_events(o).await?;
-                (Link::Server(s), ev)
+            Backend::Server(o) => Server::bind_with_events(o)
+                .await
+                .map(|(s, ev)| (Link::Server(s), ev)),
+        };
+        let backend: (Link, crate::event::Events) = match started {
+            Ok(b) => b,
+            Err(e) => {
+                // Do not leave the frontend listening behind a failed start.
+                frontend.close().await;
+                return Err(e);
             }
         };
         let (backend, bev) = backend;
@@ -160,9 +167,17 @@ impl Router {
                 fe.clone(),
                 be.clone(),
                 Side::Frontend,
+                true,
                 tx.clone(),
             )),
-            tokio::spawn(relay(bev, be.clone(), fe.clone(), Side::Backend, tx)),
+            tokio::spawn(relay(
+                bev,
+                be.clone(),
+                fe.clone(),
+                Side::Backend,
+                backend_is_server,
+                tx,
+            )),
         ];
         Ok(Router {
             frontend,
@@ -183,6 +198,11 @@ impl Router {
             Link::Server(s) => Some(s.local_addr()),
             Link::Client(_) => None,
         }
+    }
+
+    /// This router's uuid on one side.
+    pub fn uuid(&self, side: Side) -> &str {
+        &self.engine(side).identity.uuid
     }
 
     /// Peers on one side.
@@ -231,6 +251,7 @@ async fn relay(
     from: Arc<Engine>,
     to: Arc<Engine>,
     side: Side,
+    tag_sender: bool,
     report: tokio::sync::mpsc::UnboundedSender<RouterEvent>,
 ) {
     let frontend = side == Side::Frontend;
@@ -274,10 +295,10 @@ async fn relay(
                 announce(&to, "rpc::online", &online);
                 announce(&to, "rpc::offline", &offline);
             }
-            Event::Message { msg, uuid, peer } => forward_event(&to, msg, &uuid, &peer, frontend),
+            Event::Message { msg, uuid, peer } => forward_event(&to, msg, &uuid, &peer, tag_sender),
             Event::Request(req) => {
                 let to = to.clone();
-                tokio::spawn(forward_request(to, req, frontend));
+                tokio::spawn(forward_request(to, req, frontend, tag_sender));
             }
             Event::Error { error, address } => {
                 tracing::debug!(%error, ?address, frontend, "router: connection error");
@@ -297,25 +318,26 @@ fn holds(engine: &Engine, uuid: &str) -> bool {
     engine.stream(uuid).is_some() || engine.route_table().iter().any(|(u, _)| u == uuid)
 }
 
-/// The body to send on: `_uuid` removed, `_r` set to the original sender when coming from the
-/// frontend (kept as is when it already names a routed sender).
+/// The body to send on: `_uuid` removed, `_r` set to the original sender when `tag_sender`
+/// (messages from the frontend, and from the backend when it is a server of clients), kept as
+/// is when it already names a routed sender.
 fn relayed_body(
     text: &str,
     uuid: &str,
     peer: &Peer,
-    frontend: bool,
+    tag_sender: bool,
 ) -> Result<(String, Option<String>)> {
     let meta = body_meta(text).map_err(|e| Error::Protocol(e.to_string()))?;
     let target = meta.target.map(|t| t.into_owned());
-    let tag = (frontend && uuid == peer.uuid())
+    let tag = (tag_sender && uuid == peer.uuid())
         .then(|| json!({ "uuid": uuid, "designation": peer.designation().unwrap_or("") }));
     let set: Vec<(&str, Value)> = tag.into_iter().map(|t| ("_r", t)).collect();
     let body = rewrite(text, &["_uuid"], &set).map_err(|e| Error::Protocol(e.to_string()))?;
     Ok((body, target))
 }
 
-fn forward_event(to: &Engine, msg: Message, uuid: &str, peer: &Peer, frontend: bool) {
-    let (body, target) = match relayed_body(msg.as_str(), uuid, peer, frontend) {
+fn forward_event(to: &Engine, msg: Message, uuid: &str, peer: &Peer, tag_sender: bool) {
+    let (body, target) = match relayed_body(msg.as_str(), uuid, peer, tag_sender) {
         Ok(x) => x,
         Err(e) => {
             tracing::warn!(error = %e, "router: message not relayed");
@@ -334,9 +356,9 @@ fn forward_event(to: &Engine, msg: Message, uuid: &str, peer: &Peer, frontend: b
     }
 }
 
-async fn forward_request(to: Arc<Engine>, req: IncomingRequest, frontend: bool) {
+async fn forward_request(to: Arc<Engine>, req: IncomingRequest, frontend: bool, tag_sender: bool) {
     let (msg, uuid, peer, responder) = req.into_parts();
-    let (body, target) = match relayed_body(msg.as_str(), &uuid, &peer, frontend) {
+    let (body, target) = match relayed_body(msg.as_str(), &uuid, &peer, tag_sender) {
         Ok(x) => x,
         Err(e) => return responder.respond(Err(json!({ "error": e.to_string() }))),
     };

@@ -208,6 +208,10 @@ async fn clients_on_both_sides_meet_in_the_middle() {
     )
     .await
     .unwrap();
+    assert_eq!(
+        (router.uuid(Side::Frontend), router.uuid(Side::Backend)),
+        ("front", "back")
+    );
     let front = router.local_addr().to_string();
     let back = router.backend_addr().unwrap().to_string();
     let x = Client::connect(client_opts(&front, "X")).unwrap();
@@ -223,7 +227,10 @@ async fn clients_on_both_sides_meet_in_the_middle() {
     let (m, from) = next_message(&mut yev).await;
     assert_eq!((m["op"].clone(), from.as_str()), (json!("hi-y"), "X"));
     y.dispatch_to("X", json!({"op": "hi-x"})).unwrap();
-    assert_eq!(next_message(&mut xev).await.0, json!({"op": "hi-x"}));
+    // X sees Y, not the router, as the sender.
+    let (m, from) = next_message(&mut xev).await;
+    assert_eq!((m["op"].clone(), from.as_str()), (json!("hi-x"), "Y"));
+    assert_eq!(m["_r"]["uuid"], "Y");
     let r = x.request_to("Y", json!({"op": "ping-y"})).await.unwrap();
     assert_eq!(r, json!({"pong": "X"}));
     x.close().await;
@@ -311,4 +318,23 @@ async fn two_hundred_clients_through_one_router() {
     until("routes gone", || server.routes().is_empty()).await;
     router.close().await;
     server.close().await;
+}
+
+#[tokio::test]
+async fn a_failed_start_leaves_nothing_listening() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken_addr = taken.local_addr().unwrap().to_string();
+    let front = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let front_addr = front.local_addr().unwrap().to_string();
+    drop(front);
+    let err = Router::start(
+        server_options().port(front_addr.as_str()),
+        Backend::Server(server_options().port(taken_addr.as_str())),
+    )
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains("cannot listen"), "{err}");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The frontend port is free again.
+    assert!(std::net::TcpListener::bind(front_addr.as_str()).is_ok());
 }
