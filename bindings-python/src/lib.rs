@@ -12,11 +12,14 @@ use std::sync::mpsc as std_mpsc;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use iris_rpc::{Client, Error, Event, Events, Message, Options, Peer, Response, Server};
+use iris_rpc::{
+    Backend, Client, Error, Event, Events, Message, Options, Peer, Response, Router, RouterEvent,
+    Server, Side,
+};
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::PyTuple;
+use pyo3::types::{PyDict, PyTuple};
 use pyo3::IntoPyObjectExt;
 use tokio::runtime::Runtime;
 use tokio::sync::mpsc;
@@ -33,6 +36,12 @@ const EV_MESSAGE: u8 = 3;
 const EV_REQUEST: u8 = 4;
 const EV_ERROR: u8 = 5;
 const EV_DONE: u8 = 6;
+
+/// Item tags of [`NativeRouter::next_batch`]; mirrored in `python/iris_rpc/_native.pyi`.
+const RT_CONNECT: u8 = 0;
+const RT_DISCONNECT: u8 = 1;
+const RT_REFUSED: u8 = 2;
+const RT_ERROR: u8 = 3;
 
 /// The Python callable `(kind, message, value_json) -> exception` set by the package.
 static ERROR_FACTORY: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
@@ -646,6 +655,247 @@ impl Native {
     }
 }
 
+/// The Python name of a router side.
+fn side_name(side: Side) -> &'static str {
+    match side {
+        Side::Frontend => "frontend",
+        Side::Backend => "backend",
+    }
+}
+
+fn parse_side(py: Python<'_>, side: &str) -> PyResult<Side> {
+    match side {
+        "frontend" => Ok(Side::Frontend),
+        "backend" => Ok(Side::Backend),
+        other => Err(config_error(
+            py,
+            format!("side must be 'frontend' or 'backend', not {other:?}"),
+        )),
+    }
+}
+
+/// One core `Router` (a frontend server relaying to a backend client or server) on the shared
+/// runtime. Its events (peers coming and going, refusals, errors) are pulled in batches by one
+/// Python thread through `next_batch`, as with [`Native`].
+#[pyclass(module = "iris_rpc._native", frozen)]
+pub struct NativeRouter {
+    rt: Arc<Runtime>,
+    router: Arc<Router>,
+    events: Mutex<Option<mpsc::UnboundedReceiver<RouterEvent>>>,
+    local_addr: String,
+    backend_addr: Option<String>,
+    closed: AtomicBool,
+}
+
+impl NativeRouter {
+    fn event_to_py(py: Python<'_>, ev: RouterEvent) -> PyResult<Option<Py<PyAny>>> {
+        let peer = |p: Peer| PyPeer { peer: p };
+        let item = match ev {
+            RouterEvent::Connect { side, peer: p } => {
+                (RT_CONNECT, side_name(side), peer(p)).into_py_any(py)?
+            }
+            RouterEvent::Disconnect {
+                side,
+                peer: p,
+                reason,
+            } => (RT_DISCONNECT, side_name(side), peer(p), reason).into_py_any(py)?,
+            RouterEvent::Refused { peer: p } => (RT_REFUSED, peer(p)).into_py_any(py)?,
+            RouterEvent::Error {
+                side,
+                error,
+                address,
+            } => {
+                let exc = error_to_py(py, &error).into_value(py);
+                (RT_ERROR, side_name(side), exc, address).into_py_any(py)?
+            }
+            _ => return Ok(None),
+        };
+        Ok(Some(item))
+    }
+}
+
+impl Drop for NativeRouter {
+    fn drop(&mut self) {
+        // Forgotten without close(): close in the background so sockets and tasks end.
+        if !self.closed.swap(true, Ordering::SeqCst) {
+            let router = self.router.clone();
+            self.rt.spawn(async move { router.close().await });
+        }
+    }
+}
+
+#[pymethods]
+impl NativeRouter {
+    /// Starts a router from legacy option JSON: `frontend_json` for the frontend server,
+    /// `backend_json` for the backend, a server when `backend_server` is true (options with
+    /// `port`), else a client (options with `address`). Blocks (GIL released) until both
+    /// listeners are bound; a backend client connects in the background.
+    #[staticmethod]
+    fn start(
+        py: Python<'_>,
+        frontend_json: &str,
+        backend_json: &str,
+        backend_server: bool,
+    ) -> PyResult<NativeRouter> {
+        let frontend = Native::options(py, frontend_json)?;
+        let backend = Native::options(py, backend_json)?;
+        // Checked here because a backend the core refuses after binding the frontend would
+        // leave the frontend listening.
+        if frontend.certificates.is_none() || (backend_server && backend.certificates.is_none()) {
+            return Err(config_error(
+                py,
+                "a router needs 'certificates' for its server side".into(),
+            ));
+        }
+        if frontend.port.is_none() {
+            return Err(config_error(py, "a router needs 'port'".into()));
+        }
+        let backend = if backend_server {
+            if backend.port.is_none() {
+                return Err(config_error(py, "the router's server needs 'port'".into()));
+            }
+            Backend::Server(backend)
+        } else {
+            if backend.address.is_empty() {
+                return Err(config_error(
+                    py,
+                    "the router's client needs 'address'".into(),
+                ));
+            }
+            Backend::Client(backend)
+        };
+        let rt = iris_rpc::runtime::get().map_err(|e| error_to_py(py, &e))?;
+        let rt2 = rt.clone();
+        let router = py
+            .detach(move || rt2.block_on(Router::start(frontend, backend)))
+            .map_err(|e| error_to_py(py, &e))?;
+        let events = router.events();
+        let local_addr = router.local_addr().to_string();
+        let backend_addr = router.backend_addr().map(|a| a.to_string());
+        Ok(NativeRouter {
+            rt,
+            router: Arc::new(router),
+            events: Mutex::new(events),
+            local_addr,
+            backend_addr,
+            closed: AtomicBool::new(false),
+        })
+    }
+
+    /// The frontend's bound address, `host:port`.
+    #[getter]
+    fn local_addr(&self) -> &str {
+        &self.local_addr
+    }
+
+    /// The backend server's bound address, None when the backend is a client.
+    #[getter]
+    fn backend_addr(&self) -> Option<&str> {
+        self.backend_addr.as_deref()
+    }
+
+    /// Up to `max` items, waiting up to `timeout` seconds for the first one. Returns None once
+    /// the router is closed and nothing is left; an empty list when the wait timed out.
+    fn next_batch(
+        &self,
+        py: Python<'_>,
+        max: usize,
+        timeout: f64,
+    ) -> PyResult<Option<Vec<Py<PyAny>>>> {
+        let max = max.max(1);
+        let wait = duration_from_secs(py, timeout)?;
+        let rt = self.rt.clone();
+        let (events, open) = py.detach(|| {
+            let mut guard = lock(&self.events);
+            let Some(rx) = guard.as_mut() else {
+                return (Vec::new(), false);
+            };
+            let mut events = Vec::new();
+            let got = rt.block_on(async {
+                tokio::select! {
+                    n = rx.recv_many(&mut events, max) => Some(n),
+                    _ = tokio::time::sleep(wait) => None,
+                }
+            });
+            if got == Some(0) {
+                *guard = None;
+                return (events, false);
+            }
+            while events.len() < max {
+                match rx.try_recv() {
+                    Ok(e) => events.push(e),
+                    Err(_) => break,
+                }
+            }
+            (events, true)
+        });
+        if !open && events.is_empty() {
+            return Ok(None);
+        }
+        let mut out = Vec::with_capacity(events.len());
+        for ev in events {
+            if let Some(item) = Self::event_to_py(py, ev)? {
+                out.push(item);
+            }
+        }
+        Ok(Some(out))
+    }
+
+    /// Peers on `side` (`"frontend"` or `"backend"`).
+    fn peers(&self, py: Python<'_>, side: &str) -> PyResult<Vec<PyPeer>> {
+        let side = parse_side(py, side)?;
+        Ok(self
+            .router
+            .peers(side)
+            .into_iter()
+            .map(|peer| PyPeer { peer })
+            .collect())
+    }
+
+    /// Routes known on `side`: `(uuid, uuid of the peer that reaches it)`.
+    fn routes(&self, py: Python<'_>, side: &str) -> PyResult<Vec<(String, String)>> {
+        let side = parse_side(py, side)?;
+        Ok(self.router.routes(side))
+    }
+
+    /// Resources on `side`, as a dict of counts.
+    fn stats<'py>(&self, py: Python<'py>, side: &str) -> PyResult<Bound<'py, PyDict>> {
+        let s = self.router.stats(parse_side(py, side)?);
+        let d = PyDict::new(py);
+        d.set_item("connections", s.connections)?;
+        d.set_item("unauthenticated", s.unauthenticated)?;
+        d.set_item("streams", s.streams)?;
+        d.set_item("pending", s.pending)?;
+        d.set_item("queued_bytes", s.queued_bytes)?;
+        d.set_item("tasks", s.tasks)?;
+        Ok(d)
+    }
+
+    /// True once close() has been called.
+    #[getter]
+    fn closed(&self) -> bool {
+        self.closed.load(Ordering::SeqCst)
+    }
+
+    /// Stops both sides (blocking, GIL released); `next_batch` returns None once drained.
+    /// Safe to call twice.
+    fn close(&self, py: Python<'_>) {
+        if self.closed.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let router = self.router.clone();
+        let (tx, rx) = std_mpsc::sync_channel(1);
+        self.rt.spawn(async move {
+            router.close().await;
+            let _ = tx.send(());
+        });
+        // Not interruptible: the core bounds close() itself (a few seconds at most).
+        py.detach(move || {
+            let _ = rx.recv();
+        });
+    }
+}
+
 /// A fresh self-signed key and certificate for `names`, as `(key_pem, cert_pem)`.
 #[pyfunction]
 #[pyo3(signature = (names=None))]
@@ -696,7 +946,12 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
             ],
         )?,
     )?;
+    m.add(
+        "ROUTER_TAGS",
+        PyTuple::new(m.py(), [RT_CONNECT, RT_DISCONNECT, RT_REFUSED, RT_ERROR])?,
+    )?;
     m.add_class::<Native>()?;
+    m.add_class::<NativeRouter>()?;
     m.add_class::<PyPeer>()?;
     m.add_class::<Responder>()?;
     m.add_function(wrap_pyfunction!(self_signed_pem, m)?)?;

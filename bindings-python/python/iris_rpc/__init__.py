@@ -32,11 +32,13 @@ from ._errors import (
 )
 from ._multiplexer import Multiplexer, create_from_config
 from ._native import __version__
+from ._router import Router
 from ._rpc import Certificates, Client, Peer, Server, self_signed
 
 __all__ = [
     "Client",
     "Server",
+    "Router",
     "Multiplexer",
     "create_from_config",
     "Certificates",

@@ -1,12 +1,16 @@
 """Type stubs of the native module built from bindings-python/src/lib.rs."""
 
-from typing import Any, Callable, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 __version__: str
 
 # Tags of the items returned by Native.next_batch, in this order:
 # listen, connect, disconnect, message, request, error, done.
 EVENT_TAGS: Tuple[int, int, int, int, int, int, int]
+
+# Tags of the items returned by NativeRouter.next_batch, in this order:
+# connect, disconnect, refused, error.
+ROUTER_TAGS: Tuple[int, int, int, int]
 
 class Peer:
     """The other end of one authenticated stream (legacy ``stream``)."""
@@ -62,6 +66,27 @@ class Native:
     def wait_connected(self, timeout: float) -> bool: ...
     def ping(self) -> int: ...
     def set_ping_data(self, data_json: Optional[str] = None) -> None: ...
+    def close(self) -> None: ...
+
+class NativeRouter:
+    """One core Router (frontend server, backend client or server) on the shared runtime."""
+
+    @staticmethod
+    def start(frontend_json: str, backend_json: str, backend_server: bool) -> "NativeRouter": ...
+    @property
+    def local_addr(self) -> str: ...
+    @property
+    def backend_addr(self) -> Optional[str]: ...
+    @property
+    def closed(self) -> bool: ...
+    def next_batch(self, max: int, timeout: float) -> Optional[List[Tuple[Any, ...]]]:
+        """Items, with side "frontend" or "backend":
+        (0, side, Peer) connect; (1, side, Peer, reason) disconnect; (2, Peer) refused;
+        (3, side, exception, address | None) error. None once closed and drained; [] when the
+        wait timed out."""
+    def peers(self, side: str) -> List[Peer]: ...
+    def routes(self, side: str) -> List[Tuple[str, str]]: ...
+    def stats(self, side: str) -> Dict[str, int]: ...
     def close(self) -> None: ...
 
 def self_signed_pem(names: Optional[List[str]] = None) -> Tuple[str, str]: ...
