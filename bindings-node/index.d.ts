@@ -133,7 +133,7 @@ declare class Interface extends EventEmitter {
 
   /** Sends to every connected stream; with a callback, a request to the only one. */
   dispatch(msg: Message, callback?: RequestCallback): void;
-  /** Sends to the stream of peer `uuid`; with a callback, a request. */
+  /** Sends to the stream of peer `uuid` (or a peer routed through a Router); with a callback, a request. */
   dispatch(uuid: string, msg: Message, callback?: RequestCallback): void;
   /** Beyond legacy: a request to the only connected stream. */
   request<T = any>(msg: Message): Promise<T>;
@@ -179,9 +179,96 @@ export class Multiplexer {
   close(): Promise<void>;
 }
 
-/** Not available in this version yet: constructing it throws. */
-export class Router {
-  constructor(options: Record<string, unknown>);
+/** Options shared by a router's two sides (the backend's own values take precedence). */
+export interface RouterSideOptions {
+  auth?: string;
+  secret?: string;
+  certificates?: CertificateSet;
+  designation?: string;
+  cipher?: boolean | 'aes-256-cbc';
+  signatures?: boolean;
+  timeout?: number;
+  rejectUnauthorized?: boolean;
+  reconnectInitial?: number;
+  reconnectMax?: number;
+  maxLine?: number;
+  authTimeout?: number;
+  maxUnauthenticated?: number;
+  maxConnections?: number;
+  maxPending?: number;
+  maxQueueBytes?: number;
+  eventQueue?: number;
+}
+
+/** The legacy Router options: a frontend `port` and exactly one of `client` or `server`. */
+export interface RouterOptions extends RouterSideOptions {
+  /** The frontend's port number or `"host:port"`. */
+  port: number | string;
+  host?: string;
+  certificates: CertificateSet;
+  /** The uuid the backend sees the router as (generated when absent). */
+  uuid?: string;
+  /** Relay to a server at `address` (a router in front of a server). */
+  client?: RouterSideOptions & { address: string | string[]; uuid?: string };
+  /** Listen on a second port for more clients (clients on both sides meet in the middle). */
+  server?: RouterSideOptions & { port: number | string; host?: string; uuid?: string };
+}
+
+export type RouterSide = 'frontend' | 'backend';
+
+export interface RouterPeer {
+  uuid: string;
+  address: string;
+  designation?: string;
+}
+
+export interface RouterStats {
+  connections: number;
+  unauthenticated: number;
+  streams: number;
+  pending: number;
+  queuedBytes: number;
+}
+
+/**
+ * A router (legacy's could not even be constructed): a frontend server relaying to a backend
+ * client or server. Frontend events reach the backend with `_r: {uuid, designation}`; backend
+ * messages with `_uuid` go to that frontend peer only (our Server's `dispatch(uuid, msg)` adds
+ * it), others to every frontend peer; requests relay both ways.
+ */
+export class Router extends EventEmitter {
+  constructor(options: RouterOptions, initCallback?: (err?: Error) => void);
+  /** The uuid the backend sees the router as. */
+  readonly uuid: string;
+  designation: string;
+  /** True between 'listen' (without error) and close(). */
+  listening: boolean;
+  /** The frontend's bound `host:port` and port, once listening (useful with port 0). */
+  localAddress?: string;
+  localPort?: number;
+  /** The backend server's bound `host:port` and port (server mode), once listening. */
+  backendAddress?: string;
+  backendPort?: number;
+
+  /** Peers connected on a side (default 'frontend'). */
+  peers(side?: RouterSide): RouterPeer[];
+  /** Uuids reachable through peers of a side, each mapped to the uuid of the peer that reaches it. */
+  routes(side?: RouterSide): Record<string, string>;
+  /** Resources on a side; null when not running. */
+  stats(side?: RouterSide): RouterStats | null;
+  /** Stops both sides; resolves when done. The process can exit afterwards. */
+  close(): Promise<void>;
+
+  /** Listening on both sides, or the start failed (`err`). */
+  on(event: 'listen', listener: (err?: Error) => void): this;
+  on(event: 'connect', listener: (side: RouterSide, uuid: string, address: string, designation?: string) => void): this;
+  on(event: 'disconnect', listener: (side: RouterSide, uuid: string, reason: string) => void): this;
+  /** A frontend peer claimed a uuid held on the backend and was disconnected. */
+  on(event: 'refused', listener: (uuid: string, address: string) => void): this;
+  /** A connection failed on a side (emitted only while someone listens for it). */
+  on(event: 'error', listener: (side: RouterSide, err: IrisError, address?: string) => void): this;
+  on(event: 'close', listener: () => void): this;
+  on(event: string | symbol, listener: (...args: any[]) => void): this;
 }
 
 /** `{title: Server | Client}` from a config (entries with `port` or `address`). */

@@ -282,8 +282,9 @@ class Interface extends EventEmitter {
       if (this.#native) this.#native.dispatch(JSON.stringify(msg));
       return;
     }
+    // Beyond legacy: a uuid routed through a peer (a router) is reached too.
     const stream = this.streams[uuid];
-    if (!stream) {
+    if (!stream && !(this.#native && this.#native.reaches(String(uuid)))) {
       logError('iris-rpc: no such stream present:', uuid);
       if (callback) callback(new Error('iris-rpc: no such stream present'));
       return;
@@ -662,9 +663,225 @@ function Multiplexer(options, config, rpcTitle) {
   };
 }
 
-/** Router is not available in this version yet (legacy's could not be constructed either). */
-function Router() {
-  throw new Error('iris-rpc: Router is not available in this version yet');
+// Entry kinds of a router batch (bindings-node/src/router.rs).
+const R_LISTEN = 0;
+const R_CONNECT = 1;
+const R_DISCONNECT = 2;
+const R_REFUSED = 3;
+const R_CONN_ERROR = 5;
+const R_CLOSED = 7;
+const SIDES = ['frontend', 'backend'];
+
+function portOf(address) {
+  return Number(address.slice(address.lastIndexOf(':') + 1));
+}
+
+function sideName(side) {
+  if (side === undefined || side === null) return 'frontend';
+  const s = String(side);
+  if (s !== 'frontend' && s !== 'backend') throw new Error("iris-rpc::Router side must be 'frontend' or 'backend'");
+  return s;
+}
+
+/**
+ * A router (legacy constructor shape): a frontend server on `port` relaying to a backend
+ * client (`client: {address, auth?, certificates?}`, a router in front of a server) or a
+ * backend server (`server: {port, auth?, certificates?}`, clients on both sides meet in the
+ * middle). The backend's secret and certificates default to the frontend's.
+ *
+ * Events: 'listen'(err), 'connect'(side, uuid, address, designation), 'disconnect'(side, uuid,
+ * reason), 'refused'(uuid, address), 'error'(side, err, address) (only when listened to),
+ * 'close'. Legacy's Router could not be constructed at all.
+ */
+class Router extends EventEmitter {
+  #native = null;
+  #closePromise = null;
+  #resolveClosed = null;
+  #nativeClosed = false;
+
+  constructor(options, initCallback) {
+    super();
+    if (!isObject(options)) throw new Error('iris-rpc options - missing options argument');
+    if (!options.auth && !options.secret) throw new Error("iris-rpc options - missing 'auth' argument");
+    if (!options.port) throw new Error('iris-rpc::Router requires port argument');
+    if (!options.certificates) throw new Error("iris-rpc options - missing 'certificates' argument");
+    const back = options.client || options.server;
+    if (!isObject(back)) throw new Error('iris-rpc::Router() requires client or server');
+    const backendIsServer = !options.client;
+    if (backendIsServer && !back.port) throw new Error('iris-rpc::Router requires server.port');
+    if (!backendIsServer && !back.address) throw new Error('iris-rpc::Router requires client.address');
+
+    this.initCallback = initCallback;
+    // The uuid the backend sees the router as; the frontend gets a uuid of its own.
+    this.uuid = back.uuid ? String(back.uuid) : options.uuid ? String(options.uuid) : crypto.randomUUID();
+    this.designation = options.designation ? String(options.designation) : 'router';
+    this.localAddress = undefined;
+    this.localPort = undefined;
+    this.backendAddress = undefined;
+    this.backendPort = undefined;
+    this.listening = false;
+
+    const front = this.#sideOptions(options, {});
+    front.uuid = crypto.randomUUID();
+    front.port = typeof options.port === 'string' ? options.port : Number(options.port);
+    if (options.host) front.host = String(options.host);
+
+    const backend = this.#sideOptions(options, back);
+    backend.uuid = this.uuid;
+    if (backendIsServer) {
+      backend.port = typeof back.port === 'string' ? back.port : Number(back.port);
+      if (back.host) backend.host = String(back.host);
+    } else {
+      backend.address = Array.isArray(back.address) ? back.address.map(String) : String(back.address);
+    }
+
+    const onBatch = (text) => this.#onBatch(text);
+    this.#native = native.NativeRouter.start(JSON.stringify(front), JSON.stringify(backend), backendIsServer, onBatch);
+  }
+
+  /** Core options of one side: the side's own values first, then the router's. */
+  #sideOptions(top, side) {
+    const pick = (k) => (side[k] !== undefined && side[k] !== null ? side[k] : top[k]);
+    const cipherOpt = pick('cipher');
+    const cipher = cipherOpt === undefined || cipherOpt === null ? config.cipher : cipherOpt;
+    const o = {
+      auth: String(side.auth || side.secret || top.auth || top.secret),
+      designation: side.designation ? String(side.designation) : this.designation,
+      cipher: typeof cipher === 'string' ? cipher : cipher !== false && cipher !== 0 && cipher !== '',
+    };
+    const certificates = side.certificates || top.certificates;
+    if (certificates) o.certificates = nativeCertificates(certificates);
+    const timeout = pick('timeout');
+    if (timeout) o.timeout = Number(timeout);
+    if (pick('rejectUnauthorized')) o.rejectUnauthorized = true;
+    if (pick('signatures') === false) o.signatures = false;
+    for (const k of PASS_THROUGH) if (pick(k) !== undefined) o[k] = pick(k);
+    return o;
+  }
+
+  /** Peers connected on `side` ('frontend', the default, or 'backend'): `[{uuid, address, designation}]`. */
+  peers(side) {
+    const s = sideName(side);
+    if (!this.#native || this.#nativeClosed) return [];
+    return this.#native.peers(s).map((p) => ({
+      uuid: p.uuid,
+      address: p.address,
+      designation: p.designation === null ? undefined : p.designation,
+    }));
+  }
+
+  /** Uuids reachable through peers of `side`, each mapped to the peer's uuid that reaches it. */
+  routes(side) {
+    const s = sideName(side);
+    const out = {};
+    if (!this.#native || this.#nativeClosed) return out;
+    for (const r of this.#native.routes(s)) out[r.uuid] = r.via;
+    return out;
+  }
+
+  /** Resources on `side` (connections, streams, pending requests, ...), or null when not running. */
+  stats(side) {
+    const s = sideName(side);
+    if (!this.#native || this.#nativeClosed) return null;
+    return this.#native.stats(s);
+  }
+
+  /** Stops both sides. Resolves when everything is closed; the process can exit afterwards. */
+  close() {
+    if (!this.#closePromise) {
+      this.#closePromise = new Promise((resolve) => {
+        this.#resolveClosed = resolve;
+      });
+      if (this.#nativeClosed || !this.#native) this.#closed();
+      else this.#native.close();
+    }
+    return this.#closePromise;
+  }
+
+  #closed() {
+    this.#nativeClosed = true;
+    this.listening = false;
+    if (this.#resolveClosed) {
+      this.#resolveClosed();
+      this.#resolveClosed = null;
+      this.emit('close');
+    }
+  }
+
+  #onBatch(text) {
+    let entries;
+    try {
+      entries = JSON.parse(text);
+    } catch (ex) {
+      process.nextTick(() => {
+        throw ex;
+      });
+      return;
+    }
+    let failure = null;
+    for (let i = 0; i < entries.length; i++) {
+      try {
+        this.#entry(entries[i]);
+      } catch (ex) {
+        failure = failure || ex;
+      }
+    }
+    if (failure) {
+      // The native caller cannot do anything with it: surface it as Node would.
+      process.nextTick(() => {
+        throw failure;
+      });
+    }
+  }
+
+  #entry(e) {
+    switch (e[0]) {
+      case R_LISTEN: {
+        let err;
+        if (e[1]) {
+          err = legacyListenError(e[1]);
+          this.#nativeClosed = true;
+          logError('iris-rpc router listen error:', err.message);
+        } else {
+          this.localAddress = e[2];
+          this.localPort = portOf(e[2]);
+          if (e[3]) {
+            this.backendAddress = e[3];
+            this.backendPort = portOf(e[3]);
+          }
+          this.listening = true;
+        }
+        this.emit('listen', err);
+        if (this.initCallback) this.initCallback(err);
+        break;
+      }
+      case R_CONNECT:
+        this.emit('connect', SIDES[e[1]], e[2], e[3], e[4] === null ? undefined : e[4]);
+        break;
+      case R_DISCONNECT:
+        this.emit('disconnect', SIDES[e[1]], e[2], e[3]);
+        break;
+      case R_REFUSED:
+        if (config.verbose) logError('iris-rpc router: refused a peer claiming a uuid held on the other side:', e[1]);
+        this.emit('refused', e[1], e[2]);
+        break;
+      case R_CONN_ERROR: {
+        const err = new IrisError(e[2]);
+        if (config.verbose > 1 || (config.verbose && e[2].code !== 'io')) {
+          console.log('iris-rpc router stream error:', SIDES[e[1]], e[2].message, ' | ', e[3]);
+        }
+        // Connection errors are routine (a backend restarting): an unhandled 'error' event
+        // must not bring the process down.
+        if (this.listenerCount('error')) this.emit('error', SIDES[e[1]], err, e[3] === null ? undefined : e[3]);
+        break;
+      }
+      case R_CLOSED:
+        this.#closed();
+        break;
+      default:
+        break;
+    }
+  }
 }
 
 /**

@@ -10,10 +10,12 @@
 
 mod batch;
 mod native;
+mod router;
 
 use napi_derive::napi;
 
 pub use native::NativePeer;
+pub use router::NativeRouter;
 
 /// Sends the core's log (the `tracing` events it emits: refused connections, ended streams and
 /// why) to stderr when the environment variable `IRIS_RPC_LOG` holds a filter such as `debug`

@@ -29,7 +29,8 @@ const MAX_BATCH: usize = 1024;
 /// which in turn pauses reading from peers instead of buffering without bound.
 const IN_FLIGHT: usize = 4;
 
-type BatchFn = ThreadsafeFunction<String, UnknownReturnValue, String, Status, false, false, 0>;
+pub(crate) type BatchFn =
+    ThreadsafeFunction<String, UnknownReturnValue, String, Status, false, false, 0>;
 
 enum Role {
     Client(Client),
@@ -123,23 +124,23 @@ struct Shared {
     closing: AtomicBool,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn js_error(e: &Error) -> napi::Error {
+pub(crate) fn js_error(e: &Error) -> napi::Error {
     napi::Error::new(
         Status::GenericFailure,
         format!("{}: {e}", e.kind().as_str()),
     )
 }
 
-fn runtime() -> napi::Result<Arc<tokio::runtime::Runtime>> {
+pub(crate) fn runtime() -> napi::Result<Arc<tokio::runtime::Runtime>> {
     crate::init_logging();
     iris_rpc::runtime::get().map_err(|e| js_error(&e))
 }
 
-fn parse_options(json: &str) -> napi::Result<Options> {
+pub(crate) fn parse_options(json: &str) -> napi::Result<Options> {
     let v: serde_json::Value = serde_json::from_str(json).map_err(|e| {
         napi::Error::new(
             Status::InvalidArg,
@@ -153,7 +154,9 @@ fn message(json: &str) -> napi::Result<Message> {
     Message::from_json(json).map_err(|e| js_error(&e))
 }
 
-fn batch_fn(on_batch: &Function<'_, String, UnknownReturnValue>) -> napi::Result<BatchFn> {
+pub(crate) fn batch_fn(
+    on_batch: &Function<'_, String, UnknownReturnValue>,
+) -> napi::Result<BatchFn> {
     on_batch
         .build_threadsafe_function::<String>()
         .callee_handled::<false>()
@@ -243,6 +246,18 @@ impl NativePeer {
             Err(Error::NoSuchStream(_)) | Err(Error::NotConnected { .. }) => Ok(false),
             Err(e) => Err(js_error(&e)),
         }
+    }
+
+    /// True when peer `uuid` is reachable: a stream of its own or a route through a peer (a
+    /// router).
+    #[napi(catch_unwind)]
+    pub fn reaches(&self, uuid: String) -> bool {
+        with_api!(
+            &self.shared.role,
+            |x| x.peers().iter().any(|p| p.uuid() == uuid)
+                || x.routes().iter().any(|(u, _)| *u == uuid),
+            false
+        )
     }
 
     /// Sends a request; its outcome arrives as a settled entry carrying `call`.

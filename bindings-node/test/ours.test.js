@@ -54,8 +54,11 @@ describe('exports', () => {
     assert.equal(typeof iris.IrisError, 'function');
   });
 
-  test('Router says it is not available yet', () => {
-    assert.throws(() => new iris.Router({}), /Router is not available/);
+  test('Router constructor errors (legacy shape)', () => {
+    assert.throws(() => new iris.Router({ port: 1, certificates }), /missing 'auth'/);
+    assert.throws(() => new iris.Router({ auth: 's', port: 1, certificates }), /requires client or server/);
+    assert.throws(() => new iris.Router({ auth: 's', certificates, client: { address: 'x:1' } }), /requires port/);
+    assert.throws(() => new iris.Router({ auth: 's', port: 1, certificates, client: {} }), /requires client.address/);
   });
 
   test('constructor errors as in legacy', () => {
