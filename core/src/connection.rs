@@ -329,23 +329,28 @@ async fn write_loop<W: AsyncWrite>(
             sealer.seal(&text, &mut buf);
         }
         if !buf.is_empty() {
+            let flush_now = closing || rx.is_empty();
             let write = async {
                 wr.write_all(&buf).await?;
-                if closing || rx.is_empty() {
+                if flush_now {
                     wr.flush().await?;
                 }
                 std::io::Result::Ok(())
             };
+            tokio::pin!(write);
+            // A write in progress when the stream closes still gets a short grace, so answers
+            // queued just before a close reach the peer; a peer that stops reading cannot
+            // hold the writer longer than that.
+            let grace = std::time::Duration::from_secs(2);
             let ok = if closing {
-                // Give a closing stream a short grace to flush what was queued.
-                matches!(
-                    tokio::time::timeout(std::time::Duration::from_secs(2), write).await,
-                    Ok(Ok(()))
-                )
+                matches!(tokio::time::timeout(grace, &mut write).await, Ok(Ok(())))
             } else {
                 tokio::select! {
-                    r = write => r.is_ok(),
-                    _ = shutdown.wait() => false,
+                    r = &mut write => r.is_ok(),
+                    // The next turn drains what was queued behind it, then stops.
+                    _ = shutdown.wait() => {
+                        matches!(tokio::time::timeout(grace, &mut write).await, Ok(Ok(())))
+                    }
                 }
             };
             buf.clear();
