@@ -65,6 +65,17 @@ typedef enum iris_result {
     IRIS_ERR_OTHER = 199,
 } iris_result;
 
+// Which side of an `iris_router` an event happened on (`iris_event_side`). The numbers are
+// stable.
+typedef enum iris_side {
+    // Not a router event.
+    IRIS_SIDE_NONE = 0,
+    // The router's frontend server.
+    IRIS_SIDE_FRONTEND = 1,
+    // The router's backend client or server.
+    IRIS_SIDE_BACKEND = 2,
+} iris_side;
+
 // What an [`iris_event`] reports. The numbers are stable.
 typedef enum iris_event_kind {
     // A peer authenticated and its stream is up: uuid, address, designation.
@@ -81,6 +92,9 @@ typedef enum iris_event_kind {
     IRIS_EVENT_ERROR = 5,
     // The server is listening: `address` is the bound `host:port`.
     IRIS_EVENT_LISTEN = 6,
+    // Routers only: a frontend peer was refused because it claimed a uuid held on the other
+    // side; `uuid`, `address`, `designation` of the refused peer.
+    IRIS_EVENT_REFUSED = 7,
 } iris_event_kind;
 
 // A client (legacy `Client`): one stream per address in its options, reconnecting with
@@ -91,6 +105,9 @@ typedef struct iris_client iris_client;
 // from `iris_*_next_event` the caller owns it and frees it with `iris_event_free`. Strings
 // read from it live as long as the event.
 typedef struct iris_event iris_event;
+
+// A multiplexer (legacy `Multiplexer` from `createFromConfig`).
+typedef struct iris_multiplexer iris_multiplexer;
 
 // Options of a client or server: the legacy option names (`auth`/`secret`, `uuid`,
 // `designation`, `mac`, `certificates`, `cipher`, `signatures`, `ping`, `pingFreq`,
@@ -104,6 +121,11 @@ typedef struct iris_options iris_options;
 // with the error `{"error":"No such handler 'OP'"}`; never answering leaves the peer to its
 // own timeout.
 typedef struct iris_request iris_request;
+
+// A router (legacy routing through a `Server` frontend): clients connect to its frontend; its
+// backend is a client of a server, or a second server where more clients connect. Events and
+// requests relay both ways, with the original sender's uuid.
+typedef struct iris_router iris_router;
 
 // A server (legacy `Server`).
 typedef struct iris_server iris_server;
@@ -255,7 +277,15 @@ const char *iris_event_designation(const struct iris_event *event);
 // `_sig`); its length in bytes goes to `len_out` when not NULL. NULL for other kinds.
 const char *iris_event_json(const struct iris_event *event, size_t *len_out);
 
-// The error text of an error event, or the reason of a disconnect event; NULL otherwise.
+// The side of a router event (`IRIS_SIDE_FRONTEND` or `IRIS_SIDE_BACKEND`);
+// `IRIS_SIDE_NONE` for client and server events, or when `event` is NULL.
+enum iris_side iris_event_side(const struct iris_event *event);
+
+// The name of the multiplexer link the event happened on; NULL for other objects' events.
+const char *iris_event_link(const struct iris_event *event);
+
+// The error text of an error event, the reason of a disconnect event, or why a peer was
+// refused (router); NULL otherwise.
 const char *iris_event_error_message(const struct iris_event *event);
 
 // The error code of an error event (`IRIS_ERR_AUTH` for a wrong secret, ...); `IRIS_OK` for
@@ -303,6 +333,93 @@ enum iris_result iris_request_respond(struct iris_request *request,
 // Frees a request; if it was not answered, the peer gets a "No such handler" error. NULL
 // does nothing.
 void iris_request_free(struct iris_request *request);
+
+// Builds a multiplexer like legacy `createFromConfig(common, config, title)`, and waits until
+// its servers listen. `config_json` is a JSON object: when it has `port` or `address` it is
+// one link named `title` (else the `designation` of `common_json`, else `"rpc"`); otherwise
+// each of its entries is a link named by its key. Each entry is legacy options (`auth`,
+// `uuid`, `certificates: {key, cert}` as PEM text or paths, ...) with `port` for a server or
+// `address` for a client; `common_json` (NULL: none) is merged under every entry. `title`
+// may be NULL.
+//
+// Events of every link (connect, disconnect, message, request, error, listen), each with the
+// name of its link (`iris_event_link`), go to `callback(user_data, event)` on the
+// multiplexer's callback thread, or with a NULL `callback` to `iris_multiplexer_next_event`.
+// `destroy` is called exactly once, as for `iris_client_connect`.
+enum iris_result iris_multiplexer_from_config(const char *common_json,
+                                              const char *config_json,
+                                              const char *title,
+                                              iris_event_callback callback,
+                                              void *user_data,
+                                              iris_destroy_callback destroy,
+                                              struct iris_multiplexer **multiplexer_out);
+
+// The port the link `name` listens on; 0 when it is a client, unknown, or an argument is
+// NULL.
+uint16_t iris_multiplexer_link_port(const struct iris_multiplexer *multiplexer, const char *name);
+
+// The peers connected across links as a JSON array text, `[{"uuid":..,"link":..}]` (legacy
+// `active`). Free it with `iris_string_free`.
+enum iris_result iris_multiplexer_active(const struct iris_multiplexer *multiplexer,
+                                         char **json_out);
+
+// Sends the event message `json` (a JSON object: `len` bytes, or NUL-terminated when `len`
+// is 0) to every stream of every link; the count goes to `sent_out` when not NULL.
+// `IRIS_ERR_NOT_CONNECTED` when no stream is up.
+enum iris_result iris_multiplexer_dispatch(const struct iris_multiplexer *multiplexer,
+                                           const char *json,
+                                           size_t len,
+                                           size_t *sent_out);
+
+// Sends the event message `json` to peer `uuid` on the link that holds it (directly or
+// through a router); `IRIS_ERR_NOT_CONNECTED` when no link does.
+enum iris_result iris_multiplexer_dispatch_to(const struct iris_multiplexer *multiplexer,
+                                              const char *uuid,
+                                              const char *json,
+                                              size_t len);
+
+// Sends the request `json` to peer `uuid` on the link that holds it and returns at once;
+// `callback(user_data, result, json, len)` is then called exactly once on the multiplexer's
+// callback thread, as for `iris_client_request`. Its id goes to `id_out` when not NULL. An
+// error return means the callback will not be called.
+enum iris_result iris_multiplexer_request(const struct iris_multiplexer *multiplexer,
+                                          const char *uuid,
+                                          const char *json,
+                                          size_t len,
+                                          iris_response_callback callback,
+                                          void *user_data,
+                                          uint64_t *id_out);
+
+// Withdraws interest in request `id`, as `iris_client_request_cancel`.
+enum iris_result iris_multiplexer_request_cancel(const struct iris_multiplexer *multiplexer,
+                                                 uint64_t id);
+
+// Sends a request like `iris_multiplexer_request` and waits for its outcome, as
+// `iris_client_request_wait`: the response value's JSON text in `resp_out` (free it with
+// `iris_string_free`), its length in `resp_len_out` when not NULL; on failure
+// `iris_last_error_message()` is the error object as JSON text. Not from this multiplexer's
+// callback (`IRIS_ERR_INVALID_STATE`).
+enum iris_result iris_multiplexer_request_wait(const struct iris_multiplexer *multiplexer,
+                                               const char *uuid,
+                                               const char *json,
+                                               size_t len,
+                                               char **resp_out,
+                                               size_t *resp_len_out);
+
+// Pull model (created with a NULL callback): as `iris_server_next_event`.
+enum iris_result iris_multiplexer_next_event(const struct iris_multiplexer *multiplexer,
+                                             uint32_t timeout_ms,
+                                             struct iris_event **event_out);
+
+// Closes every link; pending requests settle with `IRIS_ERR_CLOSED`, then event delivery
+// ends. Waits, except when called from this multiplexer's own callback. The handle stays
+// valid until `iris_multiplexer_free`.
+enum iris_result iris_multiplexer_close(struct iris_multiplexer *multiplexer);
+
+// Frees the multiplexer, closing it first if needed. Every request callback still due is
+// called, then the destroy callback; unless called from this multiplexer's own callback, this
+// returns after both. NULL does nothing.
+void iris_multiplexer_free(struct iris_multiplexer *multiplexer);
 
 // Creates options holding only the shared secret (`auth`). Free with `iris_options_free`.
 enum iris_result iris_options_new(const char *secret, struct iris_options **options_out);
@@ -364,6 +481,66 @@ const char *iris_result_text(uint32_t result);
 // text a request callback receives. The pointer stays valid until the next failing call on
 // this thread; copy it to keep it. Never NULL; do not free.
 const char *iris_last_error_message(void);
+
+// Starts a router and waits until its frontend (and a backend server) is listening.
+//
+// `frontend` are the options of the frontend server, where clients connect (`auth`, `port`,
+// `certificates`; port 0 picks a free one, see `iris_router_port`). `backend` are the options
+// of the other side: with `backend_is_server` false, a client that connects to the server at
+// its `address` (designation `"router"` unless set); with `backend_is_server` true, a second
+// server listening on its `port` (see `iris_router_backend_port`). Both options are copied.
+//
+// Router events (`IRIS_EVENT_CONNECT`, `IRIS_EVENT_DISCONNECT`, `IRIS_EVENT_REFUSED`,
+// `IRIS_EVENT_ERROR`, each with its `iris_event_side`) go to `callback(user_data, event)` on
+// the router's callback thread, or with a NULL `callback` to `iris_router_next_event`.
+// Messages and requests are relayed, never reported. `destroy` is called exactly once, as for
+// `iris_client_connect`.
+enum iris_result iris_router_start(const struct iris_options *frontend,
+                                   const struct iris_options *backend,
+                                   bool backend_is_server,
+                                   iris_event_callback callback,
+                                   void *user_data,
+                                   iris_destroy_callback destroy,
+                                   struct iris_router **router_out);
+
+// The TCP port the frontend listens on (0 if `router` is NULL).
+uint16_t iris_router_port(const struct iris_router *router);
+
+// The TCP port the backend server listens on; 0 when the backend is a client (or `router` is
+// NULL).
+uint16_t iris_router_backend_port(const struct iris_router *router);
+
+// The peers connected on one side (`IRIS_SIDE_FRONTEND` or `IRIS_SIDE_BACKEND`) as a JSON
+// array text, in the form of `iris_server_peers`. Free it with `iris_string_free`.
+enum iris_result iris_router_peers(const struct iris_router *router,
+                                   enum iris_side side,
+                                   char **json_out);
+
+// The routes known on one side as a JSON object text, `{"uuid": "uuid of the peer that
+// reaches it", ...}`. Free it with `iris_string_free`.
+enum iris_result iris_router_routes(const struct iris_router *router,
+                                    enum iris_side side,
+                                    char **json_out);
+
+// Pull model (the router was started with a NULL callback): waits up to `timeout_ms` (0: do
+// not wait) for the next router event and hands it over in `event_out`; free it with
+// `iris_event_free`. `IRIS_ERR_TIMEOUT` when none came, `IRIS_ERR_CLOSED` once the router is
+// closed and every event has been taken, `IRIS_ERR_INVALID_STATE` in callback mode or from
+// the router's own callback. One thread at a time; others wait their turn.
+enum iris_result iris_router_next_event(const struct iris_router *router,
+                                        uint32_t timeout_ms,
+                                        struct iris_event **event_out);
+
+// Closes the router: both sides stop listening or connecting, every stream ends, relayed
+// requests settle for their senders, then event delivery ends (`iris_router_next_event`
+// returns `IRIS_ERR_CLOSED`). Waits for the close, except when called from this router's own
+// callback, where it only starts it. The frontend's port is free again afterwards, so a new
+// router may listen on it. The handle stays valid until `iris_router_free`.
+enum iris_result iris_router_close(struct iris_router *router);
+
+// Frees the router, closing it first if needed, then calls the destroy callback; unless
+// called from this router's own callback, this returns after both. NULL does nothing.
+void iris_router_free(struct iris_router *router);
 
 // Creates a server from `options` (which need `auth`, `port` and `certificates`) and waits
 // until it is listening; `port` 0 (e.g. `"127.0.0.1:0"`) picks a free port, see

@@ -68,7 +68,7 @@ macro_rules! on_core {
     };
 }
 
-enum Job {
+pub(crate) enum Job {
     Event(Box<iris_event>),
     Response {
         callback: unsafe extern "C" fn(*mut c_void, iris_result, *const c_char, usize),
@@ -127,7 +127,7 @@ fn ignore_sigpipe() {
 }
 
 /// Blocking here would stall a runtime worker, or panic inside tokio.
-fn not_in_runtime(what: &str) -> FfiResult<()> {
+pub(crate) fn not_in_runtime(what: &str) -> FfiResult<()> {
     if tokio::runtime::Handle::try_current().is_ok() {
         return Err(FfiError::state(format!(
             "{what} blocks and cannot be called on a runtime thread"
@@ -327,20 +327,7 @@ impl Endpoint {
     }
 
     pub(crate) fn peers_json(&self) -> String {
-        let peers = on_core!(&*self.core, c => c.peers());
-        let list: Vec<Value> = peers
-            .iter()
-            .map(|p| {
-                json!({
-                    "uuid": p.uuid(),
-                    "address": p.address(),
-                    "designation": p.designation(),
-                    "mac": p.mac(),
-                    "cipher": p.cipher(),
-                })
-            })
-            .collect();
-        Value::Array(list).to_string()
+        peers_json(&on_core!(&*self.core, c => c.peers()))
     }
 
     /// Starts a request whose outcome goes to `callback` on the callback thread.
@@ -417,26 +404,7 @@ impl Endpoint {
             ));
         };
         self.no_wait_here("next_event")?;
-        let mut guard = lock(pull);
-        let rx = guard
-            .as_mut()
-            .ok_or_else(|| FfiError::from(iris::Error::Closed))?;
-        if timeout_ms == 0 {
-            return match rx.try_recv() {
-                Ok(e) => Ok(Some(e)),
-                Err(mpsc::error::TryRecvError::Empty) => Ok(None),
-                Err(mpsc::error::TryRecvError::Disconnected) => Err(iris::Error::Closed.into()),
-            };
-        }
-        let wait = Duration::from_millis(u64::from(timeout_ms));
-        match self
-            .runtime
-            .block_on(async { tokio::time::timeout(wait, rx.recv()).await })
-        {
-            Ok(Some(e)) => Ok(Some(e)),
-            Ok(None) => Err(iris::Error::Closed.into()),
-            Err(_) => Ok(None),
-        }
+        pull_event(&self.runtime, pull, timeout_ms)
     }
 
     /// Closes the core object: waits for it, except where waiting could deadlock.
@@ -471,13 +439,56 @@ impl Endpoint {
     }
 }
 
-enum EventSink {
+/// The next event from a pull queue: `Ok(None)` on timeout, `IRIS_ERR_CLOSED` once it is
+/// closed and drained. The caller has checked that waiting is allowed on this thread.
+fn pull_event(
+    runtime: &Runtime,
+    pull: &PullQueue,
+    timeout_ms: u32,
+) -> FfiResult<Option<Box<iris_event>>> {
+    let mut guard = lock(pull);
+    let rx = guard
+        .as_mut()
+        .ok_or_else(|| FfiError::from(iris::Error::Closed))?;
+    if timeout_ms == 0 {
+        return match rx.try_recv() {
+            Ok(e) => Ok(Some(e)),
+            Err(mpsc::error::TryRecvError::Empty) => Ok(None),
+            Err(mpsc::error::TryRecvError::Disconnected) => Err(iris::Error::Closed.into()),
+        };
+    }
+    let wait = Duration::from_millis(u64::from(timeout_ms));
+    match runtime.block_on(async { tokio::time::timeout(wait, rx.recv()).await }) {
+        Ok(Some(e)) => Ok(Some(e)),
+        Ok(None) => Err(iris::Error::Closed.into()),
+        Err(_) => Ok(None),
+    }
+}
+
+/// Peers as the JSON array text of `iris_*_peers`.
+pub(crate) fn peers_json(peers: &[iris::Peer]) -> String {
+    let list: Vec<Value> = peers
+        .iter()
+        .map(|p| {
+            json!({
+                "uuid": p.uuid(),
+                "address": p.address(),
+                "designation": p.designation(),
+                "mac": p.mac(),
+                "cipher": p.cipher(),
+            })
+        })
+        .collect();
+    Value::Array(list).to_string()
+}
+
+pub(crate) enum EventSink {
     Jobs(mpsc::Sender<Job>),
     Pull(mpsc::Sender<Box<iris_event>>),
 }
 
 impl EventSink {
-    async fn send(&self, e: Box<iris_event>) {
+    pub(crate) async fn send(&self, e: Box<iris_event>) {
         // A failed send means the consumer is gone; the event (and any request in it) drops.
         let _ = match self {
             EventSink::Jobs(tx) => tx.send(Job::Event(e)).await.map_err(|_| ()),
@@ -487,11 +498,14 @@ impl EventSink {
 }
 
 fn settle(outcome: Option<iris::Result<iris::Response>>) -> (iris_result, CString) {
+    settle_text(outcome.map(|r| r.map(|resp| resp.raw().unwrap_or("null").to_owned())))
+}
+
+/// A request's outcome as the callback takes it: the response JSON text, the error object,
+/// or the cancel object (`None`).
+fn settle_text(outcome: Option<iris::Result<String>>) -> (iris_result, CString) {
     match outcome {
-        Some(Ok(resp)) => (
-            iris_result::IRIS_OK,
-            c_string_lossy(resp.raw().unwrap_or("null")),
-        ),
+        Some(Ok(text)) => (iris_result::IRIS_OK, c_string_lossy(&text)),
         Some(Err(e)) => (
             iris_result::of_kind(e.kind()),
             c_string_lossy(&e.to_legacy_value().to_string()),
@@ -550,6 +564,164 @@ fn spawn_callback_thread(
             format!("cannot start the callback thread: {e}"),
         )
     })
+}
+
+/// Event delivery and request callbacks for the objects that are not an [`Endpoint`] (router,
+/// multiplexer): the callback thread, the pull queue, the waiting rules and close/free, the
+/// same as a client's or server's.
+pub(crate) struct Delivery {
+    pub(crate) runtime: Arc<Runtime>,
+    jobs: Mutex<Option<mpsc::Sender<Job>>>,
+    pull: Option<PullQueue>,
+    callback_thread: Mutex<Option<JoinHandle<()>>>,
+    callback_thread_id: ThreadId,
+    requests: Arc<Mutex<HashMap<u64, oneshot::Sender<()>>>>,
+    next_request: AtomicU64,
+}
+
+impl Delivery {
+    /// Starts the callback thread, then makes the object with `make` on the runtime; on
+    /// failure the thread ends (calling `destroy`) before this returns. The sink is where the
+    /// object's events go.
+    pub(crate) fn start<T>(
+        callback: iris_event_callback,
+        user_data: UserData,
+        destroy: iris_destroy_callback,
+        make: impl FnOnce(&Arc<Runtime>) -> FfiResult<T>,
+    ) -> FfiResult<(Delivery, T, EventSink)> {
+        let (jobs_tx, jobs_rx) = mpsc::channel::<Job>(JOB_QUEUE);
+        let thread = spawn_callback_thread(jobs_rx, callback, user_data, destroy)?;
+        let made = runtime().and_then(|rt| make(&rt).map(|m| (rt, m)));
+        let (runtime, made) = match made {
+            Ok(m) => m,
+            Err(e) => {
+                drop(jobs_tx);
+                let _ = thread.join();
+                return Err(e);
+            }
+        };
+        let (sink, pull) = match callback {
+            Some(_) => (EventSink::Jobs(jobs_tx.clone()), None),
+            None => {
+                let (tx, rx) = mpsc::channel(JOB_QUEUE);
+                (EventSink::Pull(tx), Some(Mutex::new(Some(rx))))
+            }
+        };
+        let callback_thread_id = thread.thread().id();
+        let delivery = Delivery {
+            runtime,
+            jobs: Mutex::new(Some(jobs_tx)),
+            pull,
+            callback_thread: Mutex::new(Some(thread)),
+            callback_thread_id,
+            requests: Arc::new(Mutex::new(HashMap::new())),
+            next_request: AtomicU64::new(1),
+        };
+        Ok((delivery, made, sink))
+    }
+
+    pub(crate) fn on_callback_thread(&self) -> bool {
+        std::thread::current().id() == self.callback_thread_id
+    }
+
+    /// Refuses to wait on this object's callback thread or on a runtime thread.
+    pub(crate) fn no_wait_here(&self, what: &str) -> FfiResult<()> {
+        if self.on_callback_thread() {
+            return Err(FfiError::state(format!(
+                "{what} would wait for this object's own callback thread; \
+                 use the non-blocking form from a callback"
+            )));
+        }
+        not_in_runtime(what)
+    }
+
+    /// The next pulled event; `IRIS_ERR_TIMEOUT` when none came in time.
+    pub(crate) fn next_event(&self, timeout_ms: u32) -> FfiResult<Box<iris_event>> {
+        let Some(pull) = &self.pull else {
+            return Err(FfiError::state(
+                "events go to the callback given at creation; next_event needs a NULL callback",
+            ));
+        };
+        self.no_wait_here("next_event")?;
+        pull_event(&self.runtime, pull, timeout_ms)?.ok_or_else(|| {
+            FfiError::new(
+                iris_result::IRIS_ERR_TIMEOUT,
+                format!("no event within {timeout_ms} ms"),
+            )
+        })
+    }
+
+    /// Runs `close` to its end, or only starts it where waiting could deadlock.
+    pub(crate) fn close(&self, close: impl std::future::Future<Output = ()> + Send + 'static) {
+        if self.on_callback_thread() || tokio::runtime::Handle::try_current().is_ok() {
+            self.runtime.spawn(close);
+        } else {
+            self.runtime.block_on(close);
+        }
+    }
+
+    /// Starts a request whose outcome (from `fut`) goes to `callback` on the callback thread.
+    pub(crate) fn request(
+        &self,
+        fut: impl std::future::Future<Output = iris::Result<String>> + Send + 'static,
+        callback: unsafe extern "C" fn(*mut c_void, iris_result, *const c_char, usize),
+        user_data: UserData,
+    ) -> FfiResult<u64> {
+        let jobs = lock(&self.jobs)
+            .clone()
+            .ok_or_else(|| FfiError::from(iris::Error::Closed))?;
+        let id = self.next_request.fetch_add(1, Ordering::Relaxed);
+        let (cancel_tx, cancel_rx) = oneshot::channel::<()>();
+        lock(&self.requests).insert(id, cancel_tx);
+        let requests = self.requests.clone();
+        self.runtime.spawn(async move {
+            let outcome = tokio::select! {
+                r = fut => Some(r),
+                _ = cancel_rx => None,
+            };
+            lock(&requests).remove(&id);
+            let (result, json) = settle_text(outcome);
+            let _ = jobs
+                .send(Job::Response {
+                    callback,
+                    user_data,
+                    result,
+                    json,
+                })
+                .await;
+        });
+        Ok(id)
+    }
+
+    /// Withdraws interest in a request (see [`Endpoint::cancel`]).
+    pub(crate) fn cancel(&self, id: u64) -> FfiResult<()> {
+        let tx = lock(&self.requests).remove(&id).ok_or_else(|| {
+            FfiError::new(
+                iris_result::IRIS_ERR_NOT_FOUND,
+                format!("no pending request {id}"),
+            )
+        })?;
+        let _ = tx.send(());
+        Ok(())
+    }
+
+    /// Drops unpulled events, runs `close`, lets every pending callback run, calls the destroy
+    /// callback, and waits for the callback thread unless called from it.
+    pub(crate) fn shutdown(&self, close: impl std::future::Future<Output = ()> + Send + 'static) {
+        if let Some(pull) = &self.pull {
+            lock(pull).take();
+        }
+        self.close(close);
+        lock(&self.jobs).take();
+        let thread = lock(&self.callback_thread).take();
+        if !self.on_callback_thread() {
+            if let Some(t) = thread {
+                if t.join().is_err() {
+                    set_last_error("the callback thread panicked");
+                }
+            }
+        }
+    }
 }
 
 /// The argument handling shared by the client and server functions.

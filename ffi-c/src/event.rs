@@ -4,7 +4,7 @@ use std::ffi::{c_char, CString};
 use std::ptr;
 use std::sync::Mutex;
 
-use iris::{Event, Responder};
+use iris::{Event, Responder, RouterEvent};
 
 use crate::result::{guard, guard_value, iris_result, FfiError};
 use crate::strings::{arg_opt_str, c_string_lossy, check_json, need_out};
@@ -27,6 +27,31 @@ pub enum iris_event_kind {
     IRIS_EVENT_ERROR = 5,
     /// The server is listening: `address` is the bound `host:port`.
     IRIS_EVENT_LISTEN = 6,
+    /// Routers only: a frontend peer was refused because it claimed a uuid held on the other
+    /// side; `uuid`, `address`, `designation` of the refused peer.
+    IRIS_EVENT_REFUSED = 7,
+}
+
+/// Which side of an `iris_router` an event happened on (`iris_event_side`). The numbers are
+/// stable.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum iris_side {
+    /// Not a router event.
+    IRIS_SIDE_NONE = 0,
+    /// The router's frontend server.
+    IRIS_SIDE_FRONTEND = 1,
+    /// The router's backend client or server.
+    IRIS_SIDE_BACKEND = 2,
+}
+
+impl From<iris::Side> for iris_side {
+    fn from(side: iris::Side) -> Self {
+        match side {
+            iris::Side::Frontend => iris_side::IRIS_SIDE_FRONTEND,
+            iris::Side::Backend => iris_side::IRIS_SIDE_BACKEND,
+        }
+    }
 }
 
 /// One event. In callback mode the library owns it and it lives until the callback returns;
@@ -40,6 +65,8 @@ pub struct iris_event {
     json: Option<CString>,
     error_message: Option<CString>,
     error_code: iris_result,
+    side: iris_side,
+    link: Option<CString>,
     request: Mutex<Option<Box<iris_request>>>,
 }
 
@@ -65,6 +92,8 @@ impl iris_event {
             json: None,
             error_message: None,
             error_code: iris_result::IRIS_OK,
+            side: iris_side::IRIS_SIDE_NONE,
+            link: None,
             request: Mutex::new(None),
         }
     }
@@ -129,6 +158,53 @@ impl iris_event {
     }
 }
 
+impl iris_event {
+    /// The event tagged with the name of the multiplexer link it happened on.
+    pub(crate) fn with_link(mut self, name: &str) -> Self {
+        self.link = Some(c_string_lossy(name));
+        self
+    }
+
+    /// Converts a router event; `None` for kinds the C API does not know.
+    pub(crate) fn from_router(ev: RouterEvent) -> Option<Self> {
+        use iris_event_kind::*;
+        let mut e = match ev {
+            RouterEvent::Connect { side, peer } => {
+                let mut e = Self::with_peer(IRIS_EVENT_CONNECT, &peer);
+                e.side = side.into();
+                e
+            }
+            RouterEvent::Disconnect { side, peer, reason } => {
+                let mut e = Self::with_peer(IRIS_EVENT_DISCONNECT, &peer);
+                e.side = side.into();
+                e.error_message = Some(c_string_lossy(&reason));
+                e
+            }
+            RouterEvent::Refused { peer } => {
+                let mut e = Self::with_peer(IRIS_EVENT_REFUSED, &peer);
+                e.side = iris_side::IRIS_SIDE_FRONTEND;
+                e
+            }
+            RouterEvent::Error {
+                side,
+                error,
+                address,
+            } => {
+                let mut e = Self::from_core(Event::Error { error, address })?;
+                e.side = side.into();
+                e
+            }
+            _ => return None,
+        };
+        if e.kind == IRIS_EVENT_REFUSED {
+            e.error_message = Some(c_string_lossy(
+                "refused: the peer claimed a uuid held on the other side",
+            ));
+        }
+        Some(e)
+    }
+}
+
 fn opt_ptr(s: &Option<CString>) -> *const c_char {
     s.as_ref().map_or(ptr::null(), |s| s.as_ptr())
 }
@@ -185,7 +261,25 @@ pub unsafe extern "C" fn iris_event_json(
     })
 }
 
-/// The error text of an error event, or the reason of a disconnect event; NULL otherwise.
+/// The side of a router event (`IRIS_SIDE_FRONTEND` or `IRIS_SIDE_BACKEND`);
+/// `IRIS_SIDE_NONE` for client and server events, or when `event` is NULL.
+#[no_mangle]
+pub unsafe extern "C" fn iris_event_side(event: *const iris_event) -> iris_side {
+    guard_value(iris_side::IRIS_SIDE_NONE, || {
+        event.as_ref().map_or(iris_side::IRIS_SIDE_NONE, |e| e.side)
+    })
+}
+
+/// The name of the multiplexer link the event happened on; NULL for other objects' events.
+#[no_mangle]
+pub unsafe extern "C" fn iris_event_link(event: *const iris_event) -> *const c_char {
+    guard_value(ptr::null(), || {
+        event.as_ref().map_or(ptr::null(), |e| opt_ptr(&e.link))
+    })
+}
+
+/// The error text of an error event, the reason of a disconnect event, or why a peer was
+/// refused (router); NULL otherwise.
 #[no_mangle]
 pub unsafe extern "C" fn iris_event_error_message(event: *const iris_event) -> *const c_char {
     guard_value(ptr::null(), || {

@@ -25,15 +25,19 @@
 mod client;
 mod endpoint;
 mod event;
+mod multiplexer;
 mod options;
 mod result;
+mod router;
 mod server;
 mod strings;
 
 pub use client::*;
 pub use event::*;
+pub use multiplexer::*;
 pub use options::*;
 pub use result::*;
+pub use router::*;
 pub use server::*;
 pub use strings::*;
 
@@ -82,6 +86,11 @@ mod header {
             "iris_options_new(",
             "iris_client_connect(",
             "iris_server_bind(",
+            "iris_router_start(",
+            "iris_router_next_event(",
+            "iris_event_side(",
+            "iris_multiplexer_from_config(",
+            "iris_event_link(",
             "iris_client_request(",
             "iris_client_request_cancel(",
             "iris_server_next_event(",

@@ -97,6 +97,7 @@ typedef struct {
     char *json;
     char *error_message;
     iris_result error_code;
+    iris_side side; /* routers: which side */
     iris_request *request; /* taken in the callback when the collector is asked to */
 } event_copy;
 
@@ -144,6 +145,7 @@ static void collect_event(void *user_data, const iris_event *ev) {
     e.json = dup_or_null(iris_event_json(ev, NULL));
     e.error_message = dup_or_null(iris_event_error_message(ev));
     e.error_code = iris_event_error_code(ev);
+    e.side = iris_event_side(ev);
     pthread_mutex_lock(&c->mu);
     int take = c->take_requests;
     pthread_mutex_unlock(&c->mu);
