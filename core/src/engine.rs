@@ -454,6 +454,10 @@ impl Engine {
         Events { rx }
     }
 
+    fn has_receiver(&self) -> bool {
+        self.events.lock().ok().is_some_and(|e| e.is_some())
+    }
+
     /// Queues an event for the receiver; waits while its queue is full (backpressure), but
     /// never past close.
     pub(crate) async fn emit(&self, ev: Event) {
@@ -814,6 +818,9 @@ impl Engine {
                 l(&msg, &uuid, peer);
             }
         }
+        if !self.has_receiver() {
+            return;
+        }
         self.emit(Event::Message {
             msg,
             uuid,
@@ -855,8 +862,7 @@ impl Engine {
                 responder.send(Some(&err.to_string()), None);
             }
             _ => {
-                let has_sink = self.events.lock().ok().is_some_and(|e| e.is_some());
-                if has_sink {
+                if self.has_receiver() {
                     self.emit(Event::Request(IncomingRequest {
                         msg,
                         uuid,

@@ -311,6 +311,30 @@ pub fn rewrite(
     remove: &[&str],
     set: &[(&str, serde_json::Value)],
 ) -> Result<String, BadMessage> {
+    // Fast path: none of the keys occurs anywhere in the text (not even inside a string), so
+    // nothing needs removing and the new members can be appended before the closing brace.
+    let mentions = |k: &str| memchr::memmem::find(text.as_bytes(), format!("\"{k}\"").as_bytes());
+    let trimmed = text.trim_end();
+    if let Some(body) = trimmed.strip_suffix('}') {
+        let untouched = remove.iter().all(|k| mentions(k).is_none())
+            && set.iter().all(|(k, _)| mentions(k).is_none());
+        if untouched && trimmed.trim_start().starts_with('{') {
+            let mut out = String::with_capacity(text.len() + 64);
+            out.push_str(body);
+            let mut empty = body.trim_end().ends_with('{');
+            for (k, v) in set {
+                if !empty {
+                    out.push(',');
+                }
+                empty = false;
+                out.push_str(&serde_json::to_string(k).map_err(|e| BadMessage(e.to_string()))?);
+                out.push(':');
+                out.push_str(&serde_json::to_string(v).map_err(|e| BadMessage(e.to_string()))?);
+            }
+            out.push('}');
+            return Ok(out);
+        }
+    }
     let mut map: serde_json::Map<String, serde_json::Value> =
         serde_json::from_str(text).map_err(|e| BadMessage(format!("invalid JSON: {e}")))?;
     for k in remove {
@@ -426,6 +450,28 @@ mod tests {
         let parsed = parse(s).unwrap();
         assert!(parsed.sig.is_some());
         assert_eq!(strip_sig(s), r#"{"op":"a"}"#);
+    }
+
+    #[test]
+    fn rewrite_appends_or_rebuilds() {
+        let v = serde_json::json!({"uuid": "a"});
+        // Fast path: appended at the end, other members untouched.
+        assert_eq!(
+            rewrite(r#"{"op":"x","n":1.50}"#, &["_uuid"], &[("_r", v.clone())]).unwrap(),
+            r#"{"op":"x","n":1.50,"_r":{"uuid":"a"}}"#
+        );
+        assert_eq!(
+            rewrite("{ }", &[], &[("_r", v.clone())]).unwrap(),
+            r#"{ "_r":{"uuid":"a"}}"#
+        );
+        // A spoofed _r is replaced and _uuid removed (slow path).
+        let out = rewrite(
+            r#"{"_r":{"uuid":"evil"},"op":"x","_uuid":"t"}"#,
+            &["_uuid"],
+            &[("_r", v)],
+        )
+        .unwrap();
+        assert_eq!(out, r#"{"op":"x","_r":{"uuid":"a"}}"#);
     }
 
     #[test]
