@@ -666,19 +666,18 @@ impl Engine {
 
     /// Sends to every stream; `Err(NotConnected)` when there is none.
     pub(crate) fn dispatch(&self, msg: &Message) -> Result<usize> {
-        let streams = self.all_streams();
+        // Sending only queues (it never waits), so it runs under the read lock: no Vec of
+        // streams per message.
+        let streams = self.streams();
         if streams.is_empty() {
             return Err(Error::NotConnected {
                 req: Some(msg.text().clone()),
             });
         }
-        let mut sent = 0;
-        for s in &streams {
-            if s.send(msg.text().clone()).is_ok() {
-                sent += 1;
-            }
-        }
-        Ok(sent)
+        Ok(streams
+            .values()
+            .filter(|s| s.send(msg.text().clone()).is_ok())
+            .count())
     }
 
     /// Sends to the peer `uuid`, directly or through the router that reaches it (adding

@@ -38,21 +38,18 @@ impl Message {
     pub fn new<T: Serialize + ?Sized>(value: &T) -> Result<Self> {
         let text = serde_json::to_string(value)
             .map_err(|e| Error::Config(format!("message does not serialize: {e}")))?;
-        Self::checked(text, false)
+        Self::checked(text)
     }
 
     /// A message from JSON text, validated; it must be an object.
     pub fn from_json(text: &str) -> Result<Self> {
-        Self::checked(text.to_owned(), true)
+        Self::checked(text.to_owned())
     }
 
-    fn checked(text: String, validate: bool) -> Result<Self> {
+    /// One parse per message: reading `op` also validates the whole text.
+    fn checked(text: String) -> Result<Self> {
         if !text.trim_start().starts_with('{') {
             return Err(Error::Config("a message must be a JSON object".into()));
-        }
-        if validate {
-            serde_json::from_str::<serde::de::IgnoredAny>(&text)
-                .map_err(|e| Error::Config(format!("message is not valid JSON: {e}")))?;
         }
         // `_sig` is the protocol's; a caller's own is dropped, as it would be overwritten.
         let text = if memchr::memmem::find(text.as_bytes(), b"\"_sig\"").is_some() {
@@ -61,7 +58,7 @@ impl Message {
             text
         };
         let op = crate::protocol::message::op_of(&text)
-            .map_err(|e| Error::Config(e.to_string()))?
+            .map_err(|e| Error::Config(format!("message is not valid JSON: {e}")))?
             .map(|o| Arc::from(o.as_ref()));
         Ok(Message {
             text: Arc::from(text),
@@ -183,5 +180,20 @@ impl Response {
     pub fn parse<T: DeserializeOwned>(&self) -> Result<T> {
         serde_json::from_str(self.raw().unwrap_or("null"))
             .map_err(|e| Error::Protocol(format!("unexpected response shape: {e}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn from_json_refuses_what_is_not_one_json_object() {
+        for bad in ["{\"op\":", "{\"op\":1} x", "[1]", "\"s\"", "{\"a\":tru}"] {
+            let err = Message::from_json(bad).unwrap_err();
+            assert_eq!(err.kind(), crate::ErrorKind::Config, "{bad}");
+        }
+        let m = Message::from_json(r#"{"op":"x","_sig":"0123456789abcdef"}"#).unwrap();
+        assert_eq!((m.as_str(), m.op()), (r#"{"op":"x"}"#, Some("x")));
     }
 }
