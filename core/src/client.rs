@@ -152,7 +152,8 @@ async fn connect_once(
             .connect(name, tcp)
             .await
             .map_err(|e| Error::Tls(e.to_string()))?;
-        let est = handshake(&mut tls, &mut lines, Handshake::client(engine)).await?;
+        let cb = crate::connection::channel_binding(&**tls.get_ref().1);
+        let est = handshake(&mut tls, &mut lines, Handshake::client(engine, cb)).await?;
         Ok::<_, Error>((tls, est))
     };
     let (tls, est) = tokio::time::timeout(engine.opts.limits.auth_timeout, auth)

@@ -31,28 +31,40 @@ pub(crate) enum Handshake {
 }
 
 impl Handshake {
-    pub(crate) fn client(engine: &Engine) -> Self {
-        Handshake::Client(ClientHandshake::new(
+    /// The client role; `channel_binding` is the connection's TLS exporter value (v2 needs it).
+    pub(crate) fn client(engine: &Engine, channel_binding: Option<[u8; 32]>) -> Self {
+        let mut h = ClientHandshake::new(
             engine.keys.clone(),
             ClientConfig {
                 identity: engine.identity.clone(),
                 cipher: engine.opts.cipher,
                 signatures: engine.opts.signatures,
                 routes: engine.local_routes(),
+                security: engine.opts.security,
             },
-        ))
+        );
+        if let Some(cb) = channel_binding {
+            h = h.with_channel_binding(cb);
+        }
+        Handshake::Client(h)
     }
 
-    pub(crate) fn server(engine: &Engine) -> Self {
-        Handshake::Server(ServerHandshake::new(
+    /// The server role; `channel_binding` as for [`Handshake::client`].
+    pub(crate) fn server(engine: &Engine, channel_binding: Option<[u8; 32]>) -> Self {
+        let mut h = ServerHandshake::new(
             engine.keys.clone(),
             ServerConfig {
                 identity: engine.identity.clone(),
                 require_cipher: engine.opts.cipher,
                 signatures: engine.opts.signatures,
                 routes: engine.local_routes(),
+                security: engine.opts.security,
             },
-        ))
+        );
+        if let Some(cb) = channel_binding {
+            h = h.with_channel_binding(cb);
+        }
+        Handshake::Server(h)
     }
 
     fn on_line(&mut self, line: &[u8]) -> std::result::Result<Step, HandshakeError> {
@@ -68,6 +80,18 @@ fn handshake_error(e: HandshakeError) -> Error {
         HandshakeError::Protocol(_) => Error::Protocol(e.to_string()),
         _ => Error::Auth(e.to_string()),
     }
+}
+
+/// The RFC 9266 `tls-exporter` channel binding of a TLS connection: 32 bytes exported with the
+/// label `EXPORTER-Channel-Binding` and an empty context. `None` if TLS cannot export (it can
+/// once the TLS handshake is complete); the v2 handshake then fails instead of running unbound.
+pub(crate) fn channel_binding<D>(conn: &rustls::ConnectionCommon<D>) -> Option<[u8; 32]> {
+    conn.export_keying_material(
+        [0u8; 32],
+        crate::protocol::v2::EXPORTER_LABEL.as_bytes(),
+        Some(&[]),
+    )
+    .ok()
 }
 
 /// Runs the handshake on an established TLS stream.
@@ -115,6 +139,11 @@ pub(crate) async fn handshake<IO: AsyncRead + AsyncWrite + Unpin>(
                 io.write_all(&out).await?;
                 io.flush().await?;
             }
+            Step::Refuse { send, error } => {
+                io.write_all(&send).await?;
+                io.flush().await?;
+                return Err(handshake_error(error));
+            }
             Step::Done { send, established } => {
                 if let Some(out) = send {
                     io.write_all(&out).await?;
@@ -147,9 +176,13 @@ where
         designation: est.peer.designation.clone(),
         mac: est.peer.mac.clone(),
         cipher: est.cipher,
+        mode: est.mode,
         shutdown: shutdown.clone(),
     }));
     let stream = Arc::new(Stream::new(peer.clone(), tx, queued.clone(), &engine.opts));
+    if est.mode == crate::protocol::Mode::Legacy && engine.opts.security.speaks_v2() {
+        engine.warn_legacy_peer(&peer);
+    }
     engine.register(stream.clone());
     let writer = tokio::spawn(write_loop(wr, rx, est.sealer, queued, shutdown.clone()));
     engine.emit(Event::Connect { peer: peer.clone() }).await;
@@ -324,9 +357,18 @@ async fn write_loop<W: AsyncWrite>(
             }
         };
         let mut bytes = 0;
+        let mut exhausted = false;
         for text in batch.drain(..) {
             bytes += text.len() + 1;
-            sealer.seal(&text, &mut buf);
+            if sealer.seal(&text, &mut buf).is_err() {
+                // 2^64 - 1 records one way: end the session rather than reuse a nonce.
+                tracing::warn!("record sequence exhausted; closing the stream");
+                exhausted = true;
+                break;
+            }
+        }
+        if exhausted {
+            shutdown.trigger();
         }
         if !buf.is_empty() {
             let flush_now = closing || rx.is_empty();

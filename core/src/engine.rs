@@ -344,7 +344,12 @@ pub(crate) struct Engine {
     pub(crate) unauthenticated: AtomicUsize,
     pub(crate) connections: AtomicUsize,
     closed_events: AtomicBool,
+    /// Legacy peers already warned about (bounded by [`LEGACY_WARNED_MAX`]).
+    legacy_warned: Mutex<std::collections::HashSet<String>>,
 }
+
+/// How many legacy peers' uuids are remembered so each is warned about once.
+const LEGACY_WARNED_MAX: usize = 4096;
 
 fn node_id() -> [u8; 6] {
     static NODE: std::sync::OnceLock<[u8; 6]> = std::sync::OnceLock::new();
@@ -390,6 +395,7 @@ impl Engine {
             unauthenticated: AtomicUsize::new(0),
             connections: AtomicUsize::new(0),
             closed_events: AtomicBool::new(false),
+            legacy_warned: Mutex::new(std::collections::HashSet::new()),
         }))
     }
 
@@ -488,6 +494,23 @@ impl Engine {
 
     fn streams(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Arc<Stream>>> {
         self.streams.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Logs once per peer uuid that it speaks only the legacy protocol (under `prefer-v2`).
+    pub(crate) fn warn_legacy_peer(&self, peer: &Peer) {
+        let first = match self.legacy_warned.lock() {
+            Ok(mut seen) if seen.len() < LEGACY_WARNED_MAX => seen.insert(peer.uuid().to_owned()),
+            Ok(seen) => !seen.contains(peer.uuid()),
+            Err(_) => true,
+        };
+        if first {
+            tracing::warn!(
+                peer = %peer.uuid(),
+                address = %peer.address(),
+                "peer speaks only the legacy iris-rpc protocol (no mutual or channel-bound \
+                 authentication, static-key cipher); upgrade it, then set security to require-v2"
+            );
+        }
     }
 
     /// Registers an authenticated stream; an older stream with the same uuid is closed.

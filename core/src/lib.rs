@@ -57,6 +57,7 @@ pub use message::{IntoMessage, Message, Response};
 pub use multiplexer::{Link, Multiplexer};
 pub use options::{Limits, Listen, Options, PortSpec};
 pub use peer::Peer;
+pub use protocol::{Mode, Security};
 pub use router::{Backend, Router, RouterEvent, Side};
 pub use server::Server;
 pub use tls::{Certificates, Pem};

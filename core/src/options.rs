@@ -6,6 +6,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::error::{Error, Result};
+use crate::protocol::Security;
 use crate::tls::{Certificates, Pem};
 
 /// Resource limits. Every one has a default and is enforced per connection or per instance.
@@ -148,8 +149,13 @@ pub struct Options {
     pub certificates: Option<Certificates>,
     /// The legacy line cipher (default on). On a server, on means clients must use it.
     pub cipher: bool,
-    /// Sign messages and require signatures (default on).
+    /// Sign messages and require signatures (default on; legacy mode only: v2 records are
+    /// authenticated as a whole).
     pub signatures: bool,
+    /// Which session modes to speak (default [`Security::PreferV2`]): v2 with new peers and
+    /// the legacy protocol with old ones, `Legacy` to behave exactly as 0.2.20, `RequireV2` to
+    /// refuse legacy peers.
+    pub security: Security,
     /// Send `{"op":"ping","data":ping_data}` to every stream every `ping_freq`.
     pub ping: bool,
     /// Ping interval (default 3 s).
@@ -185,6 +191,7 @@ impl Options {
             certificates: None,
             cipher: true,
             signatures: true,
+            security: Security::default(),
             ping: false,
             ping_freq: Duration::from_secs(3),
             ping_data: None,
@@ -235,6 +242,12 @@ impl Options {
         self
     }
 
+    /// Sets `security`.
+    pub fn security(mut self, s: Security) -> Self {
+        self.security = s;
+        self
+    }
+
     /// Turns pinging on with this interval.
     pub fn ping_freq(mut self, every: Duration) -> Self {
         self.ping = true;
@@ -279,7 +292,7 @@ impl Options {
     }
 
     /// Options from a legacy-style JSON object: the legacy names (`auth`/`secret`, `uuid`,
-    /// `designation`, `mac`, `certificates`, `cipher`, `signatures`, `ping`, `pingFreq`,
+    /// `designation`, `mac`, `certificates`, `cipher`, `signatures`, `security`, `ping`, `pingFreq`,
     /// `pingDataObject`, `timeout`, `rejectUnauthorized`, `address`, `port`, `routes`) in
     /// camelCase or snake_case, durations in milliseconds, and the limit names of [`Limits`].
     pub fn from_json(v: &Value) -> Result<Self> {
@@ -356,6 +369,7 @@ struct RawOptions {
     certificates: Option<RawCertificates>,
     cipher: Option<CipherValue>,
     signatures: Option<bool>,
+    security: Option<String>,
     ping: Option<bool>,
     #[serde(alias = "pingFreq")]
     ping_freq: Option<u64>,
@@ -427,6 +441,9 @@ impl RawOptions {
         }
         if let Some(s) = self.signatures {
             o.signatures = s;
+        }
+        if let Some(s) = self.security {
+            o.security = s.parse().map_err(Error::Config)?;
         }
         let ms = Duration::from_millis;
         if self.ping == Some(true) || self.ping_freq.is_some() || self.ping_data.is_some() {

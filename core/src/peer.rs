@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use crate::protocol::Mode;
 use crate::shutdown::Shutdown;
 
 /// The other end of one authenticated stream (legacy's `stream` object).
@@ -14,6 +15,7 @@ pub(crate) struct PeerInner {
     pub(crate) designation: Option<String>,
     pub(crate) mac: Option<String>,
     pub(crate) cipher: bool,
+    pub(crate) mode: Mode,
     pub(crate) shutdown: Arc<Shutdown>,
 }
 
@@ -23,6 +25,7 @@ impl std::fmt::Debug for Peer {
             .field("uuid", &self.0.uuid)
             .field("address", &self.0.address)
             .field("designation", &self.0.designation)
+            .field("mode", &self.0.mode)
             .finish()
     }
 }
@@ -48,9 +51,15 @@ impl Peer {
         self.0.mac.as_deref()
     }
 
-    /// Whether the legacy line cipher is on for this stream.
+    /// Whether lines are encrypted on this stream (the legacy cipher, or v2 AEAD records).
     pub fn cipher(&self) -> bool {
         self.0.cipher
+    }
+
+    /// The session mode negotiated with this peer: [`Mode::V2`] with new peers, or
+    /// [`Mode::Legacy`].
+    pub fn mode(&self) -> Mode {
+        self.0.mode
     }
 
     /// Closes this stream (legacy `stream.end()`); a client reconnects afterwards.

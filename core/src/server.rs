@@ -137,7 +137,8 @@ async fn connection(engine: &Arc<Engine>, tcp: TcpStream, addr: SocketAddr, acce
             .accept(tcp)
             .await
             .map_err(|e| Error::Tls(e.to_string()))?;
-        match handshake(&mut tls, &mut lines, Handshake::server(engine)).await {
+        let cb = crate::connection::channel_binding(&**tls.get_ref().1);
+        match handshake(&mut tls, &mut lines, Handshake::server(engine, cb)).await {
             Ok(est) => Ok((tls, est)),
             Err(e) => {
                 // Refuse cleanly (close_notify), telling the peer nothing more.

@@ -211,7 +211,8 @@ async fn a_vanished_client_leaves_nothing_behind() {
             let mut out = Vec::new();
             c.est
                 .sealer
-                .seal(r#"{"_req":"r1","req":{"op":"echo"}}"#, &mut out);
+                .seal(r#"{"_req":"r1","req":{"op":"echo"}}"#, &mut out)
+                .unwrap();
             let _ = c.io.write_all(&out).await;
         }
     }

@@ -183,7 +183,7 @@ async fn hostile_inputs_close_only_the_offender() {
         let mut out = Vec::new();
         for _ in 0..50_000 {
             out.push(b'\n');
-            raw.est.sealer.seal(r#"{"op":"tiny"}"#, &mut out);
+            raw.est.sealer.seal(r#"{"op":"tiny"}"#, &mut out).unwrap();
         }
         let start = Instant::now();
         raw.io.write_all(&out).await.unwrap();
@@ -224,7 +224,8 @@ async fn hostile_inputs_close_only_the_offender() {
         let mut out = Vec::new();
         raw.est
             .sealer
-            .seal(r#"{"op":"n","x":123456789012345678901234567890}"#, &mut out);
+            .seal(r#"{"op":"n","x":123456789012345678901234567890}"#, &mut out)
+            .unwrap();
         raw.io.write_all(&out).await.unwrap();
         let start = Instant::now();
         while huge.lock().unwrap().is_none() {
@@ -236,7 +237,10 @@ async fn hostile_inputs_close_only_the_offender() {
         // A number beyond f64 (JavaScript reads Infinity) is accepted and delivered as text.
         *huge.lock().unwrap() = None;
         let mut out = Vec::new();
-        raw.est.sealer.seal(r#"{"op":"n","x":1e999999}"#, &mut out);
+        raw.est
+            .sealer
+            .seal(r#"{"op":"n","x":1e999999}"#, &mut out)
+            .unwrap();
         raw.io.write_all(&out).await.unwrap();
         let start = Instant::now();
         while huge.lock().unwrap().is_none() {
@@ -306,7 +310,8 @@ async fn hostile_inputs_close_only_the_offender() {
         let mut out = Vec::new();
         raw.est
             .sealer
-            .seal(r#"{"op":"x","pad":"................"}"#, &mut out);
+            .seal(r#"{"op":"x","pad":"................"}"#, &mut out)
+            .unwrap();
         out[10] = if out[10] == b'0' { b'1' } else { b'0' };
         tokio::time::sleep(Duration::from_millis(20)).await;
         raw.io.write_all(&out).await.unwrap();
@@ -338,7 +343,7 @@ async fn hostile_inputs_close_only_the_offender() {
             .await
             .unwrap();
         let mut once = Vec::new();
-        raw.est.sealer.seal(r#"{"op":"tiny"}"#, &mut once);
+        raw.est.sealer.seal(r#"{"op":"tiny"}"#, &mut once).unwrap();
         let twice = [once.clone(), once].concat();
         tokio::time::sleep(Duration::from_millis(20)).await;
         raw.io.write_all(&twice).await.unwrap();

@@ -136,6 +136,7 @@ fn recorded_sessions_replay_as_server() {
                 require_cipher: rec.cipher,
                 signatures: true,
                 routes: vec![],
+                security: iris_rpc::Security::Legacy,
             },
         )
         .with_vector(challenge_vector(&rec));
@@ -178,6 +179,7 @@ fn recorded_sessions_replay_as_client() {
                 cipher: rec.cipher,
                 signatures: true,
                 routes: vec![],
+                security: iris_rpc::Security::Legacy,
             },
         );
         let l = &rec.lines;
@@ -221,7 +223,7 @@ fn replay_data_phase(rec: &Recorded, role: &str, mut est: protocol::Established)
         let plain = l.get("plain").and_then(Value::as_str).unwrap_or(wire);
         if s(l, "from") == role {
             let unsigned = protocol::message::strip_sig(plain);
-            let out = est.sealer.seal_to_vec(&unsigned);
+            let out = est.sealer.seal_to_vec(&unsigned).unwrap();
             assert_eq!(line(&out), wire);
         } else {
             let mut buf = Vec::new();
@@ -247,6 +249,7 @@ fn wrong_secret_is_refused_by_server() {
                 require_cipher: false,
                 signatures: true,
                 routes: vec![],
+                security: iris_rpc::Security::Legacy,
             },
         )
         .with_vector(challenge_vector(&rec));
@@ -270,6 +273,7 @@ fn wrong_secret_is_refused_by_client() {
                 cipher: rec.cipher,
                 signatures: true,
                 routes: vec![],
+                security: iris_rpc::Security::Legacy,
             },
         );
         hs.on_line(rec.lines[1].1.as_bytes()).unwrap();
@@ -292,6 +296,7 @@ fn unsupported_cipher_is_refused_clearly() {
             require_cipher: false,
             signatures: true,
             routes: vec![],
+            security: iris_rpc::Security::Legacy,
         },
     );
     hs.on_line(b"{\"op\":\"rpc::auth::request\"}").unwrap();
@@ -322,6 +327,7 @@ fn cipher_required_refuses_plain_offer() {
             require_cipher: true,
             signatures: true,
             routes: vec![],
+            security: iris_rpc::Security::Legacy,
         },
     )
     .with_vector(challenge_vector(&rec));

@@ -267,7 +267,8 @@ async fn a_frontend_peer_cannot_take_a_backend_uuid() {
     let mut out = Vec::new();
     raw.est
         .sealer
-        .seal(r#"{"op":"rpc::online","uuid":"honest"}"#, &mut out);
+        .seal(r#"{"op":"rpc::online","uuid":"honest"}"#, &mut out)
+        .unwrap();
     tokio::io::AsyncWriteExt::write_all(&mut raw.io, &out)
         .await
         .unwrap();

@@ -46,6 +46,7 @@ async fn handshake(
             cipher: true,
             signatures: true,
             routes: vec![],
+            security: iris_rpc::Security::Legacy,
         },
     );
     io.write_all(&hs.hello()).await.unwrap();
@@ -57,6 +58,7 @@ async fn handshake(
                 Step::Done { send, established } => {
                     return (io, send.unwrap(), *established);
                 }
+                Step::Refuse { error, .. } => panic!("refused: {error}"),
             }
         }
         let n = io.read(lines.read_buf(4096)).await.unwrap();
@@ -72,8 +74,8 @@ async fn messages_in_the_same_segment_as_the_handshake_are_delivered() {
     let (mut io, init, mut est) = handshake(&server).await;
     // The last handshake line and two messages in one write.
     let mut out = init;
-    est.sealer.seal(r#"{"op":"first"}"#, &mut out);
-    est.sealer.seal(r#"{"op":"second"}"#, &mut out);
+    est.sealer.seal(r#"{"op":"first"}"#, &mut out).unwrap();
+    est.sealer.seal(r#"{"op":"second"}"#, &mut out).unwrap();
     io.write_all(&out).await.unwrap();
     let mut got = Vec::new();
     while got.len() < 2 {

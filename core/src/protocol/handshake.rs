@@ -1,4 +1,8 @@
-//! The legacy handshake as one state machine per role: lines in, lines and an outcome out.
+//! The handshake as one state machine per role: lines in, lines and an outcome out.
+//!
+//! A client whose `security` is not `legacy` adds a v2 offer to its first line; a server that
+//! speaks v2 answers it with a v2 challenge, and the session continues in v2 (see
+//! docs/PROTOCOL-V2.md). Otherwise the legacy handshake runs, byte for byte as 0.2.20:
 //!
 //! ```text
 //! C -> S  {"op":"rpc::auth::request"}
@@ -21,6 +25,10 @@ use super::hex;
 use super::keys::Keys;
 use super::message::{ops, Control, Kind};
 use super::session::{OpenError, Opener, Sealer};
+use super::v2::{
+    self, Mode, RecordError, RecordKey, Security, SessionKeys, Transcript, TranscriptIdentity,
+    MODE_V2,
+};
 
 /// Who we are, as announced to peers.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,6 +61,10 @@ pub enum HandshakeError {
     UnsupportedCipher(String),
     /// The peer offered no cipher and this side requires one.
     CipherRequired,
+    /// The `security` policy refused the peer's protocol (a legacy peer under `require-v2`).
+    Policy(String),
+    /// The client offered v2 but the server saw no offer: stripped in transit.
+    Downgrade,
     /// Anything else out of protocol.
     Protocol(String),
 }
@@ -68,6 +80,11 @@ impl std::fmt::Display for HandshakeError {
             HandshakeError::CipherRequired => f.write_str(
                 "peer offered no cipher but this side requires it (set cipher: false to allow)",
             ),
+            HandshakeError::Policy(m) => write!(f, "refused by security policy: {m}"),
+            HandshakeError::Downgrade => f.write_str(
+                "downgrade detected: the client offered v2 but no offer arrived (stripped in \
+                 transit?)",
+            ),
             HandshakeError::Protocol(m) => write!(f, "handshake protocol error: {m}"),
         }
     }
@@ -81,8 +98,17 @@ impl From<OpenError> for HandshakeError {
             OpenError::Decrypt | OpenError::BadSignature | OpenError::MissingSignature => {
                 HandshakeError::Auth(format!("peer failed to prove the secret ({e})"))
             }
+            OpenError::Record(RecordError::Invalid) => HandshakeError::Auth(format!(
+                "peer failed to prove the secret over this connection ({e})"
+            )),
             other => HandshakeError::Protocol(other.to_string()),
         }
+    }
+}
+
+impl From<RecordError> for HandshakeError {
+    fn from(e: RecordError) -> Self {
+        HandshakeError::Protocol(e.to_string())
     }
 }
 
@@ -92,8 +118,12 @@ pub struct Established {
     pub peer: PeerIdentity,
     /// Uuids the peer said are reachable through it.
     pub routes: Vec<String>,
-    /// Whether the legacy line cipher is on.
+    /// Whether lines are encrypted (legacy cipher, or v2 AEAD records).
     pub cipher: bool,
+    /// The session mode negotiated.
+    pub mode: Mode,
+    /// The client offered v2 but the session is legacy (a legacy server, or one set to `legacy`).
+    pub fell_back: bool,
     /// Outgoing half.
     pub sealer: Sealer,
     /// Incoming half.
@@ -106,6 +136,7 @@ impl std::fmt::Debug for Established {
             .field("peer", &self.peer)
             .field("routes", &self.routes)
             .field("cipher", &self.cipher)
+            .field("mode", &self.mode)
             .finish_non_exhaustive()
     }
 }
@@ -121,6 +152,13 @@ pub enum Step {
         send: Option<Vec<u8>>,
         /// The session state.
         established: Box<Established>,
+    },
+    /// The handshake failed; send `send` (an explanation for the peer) first, then close.
+    Refuse {
+        /// The last line to send.
+        send: Vec<u8>,
+        /// Why.
+        error: HandshakeError,
     },
 }
 
@@ -170,17 +208,28 @@ fn expect_op<'a, T: Deserialize<'a>>(line: &'a [u8], op: &str) -> Result<T, Hand
 pub struct ClientConfig {
     /// Our identity.
     pub identity: Identity,
-    /// Use the legacy line cipher.
+    /// Use the line cipher (legacy cipher, or v2 AEAD records).
     pub cipher: bool,
-    /// Sign our messages and require the server's signatures.
+    /// Sign our messages and require the server's signatures (legacy mode only).
     pub signatures: bool,
     /// Uuids reachable through us.
     pub routes: Vec<String>,
+    /// Which session modes to offer and accept.
+    pub security: Security,
 }
 
 enum ClientState {
     AwaitChallenge,
-    AwaitInit { sealer: Sealer, opener: Opener },
+    AwaitInit {
+        sealer: Sealer,
+        opener: Opener,
+        fell_back: bool,
+    },
+    AwaitV2Init {
+        keys: Box<SessionKeys>,
+        sealer: Sealer,
+        opener: Opener,
+    },
     Finished,
 }
 
@@ -188,7 +237,63 @@ enum ClientState {
 pub struct ClientHandshake {
     keys: Arc<Keys>,
     config: ClientConfig,
+    nonce: [u8; v2::LEN],
+    channel_binding: Option<[u8; v2::LEN]>,
     state: ClientState,
+}
+
+/// The fields of the v2 offer: `"v2":{"modes":[..],"nonce":".."}`.
+#[derive(Deserialize)]
+struct Offer {
+    modes: Vec<String>,
+    nonce: String,
+}
+
+fn nonce_from_hex(text: &str, what: &str) -> Result<[u8; v2::LEN], HandshakeError> {
+    let mut buf = Vec::new();
+    match hex::decode_into(text.as_bytes(), &mut buf) {
+        Some(()) if buf.len() == v2::LEN => {
+            let mut n = [0u8; v2::LEN];
+            n.copy_from_slice(&buf);
+            Ok(n)
+        }
+        _ => Err(HandshakeError::Protocol(format!(
+            "{what} is not {} hex characters",
+            v2::LEN * 2
+        ))),
+    }
+}
+
+fn transcript_identity(id: &PeerIdentity) -> TranscriptIdentity {
+    TranscriptIdentity {
+        uuid: id.uuid.clone(),
+        designation: id.designation.clone().unwrap_or_default(),
+        mac: id.mac.clone().unwrap_or_default(),
+    }
+}
+
+fn own_transcript_identity(id: &Identity) -> TranscriptIdentity {
+    TranscriptIdentity {
+        uuid: id.uuid.clone(),
+        designation: id.designation.clone(),
+        mac: id.mac.clone().unwrap_or_default(),
+    }
+}
+
+/// The `proof` member of a v2 line, if it is a string.
+fn proof_of(text: &str) -> Option<String> {
+    #[derive(Deserialize)]
+    struct P {
+        proof: Option<serde_json::Value>,
+    }
+    match serde_json::from_str::<P>(text).ok()?.proof? {
+        serde_json::Value::String(p) => Some(p),
+        _ => None,
+    }
+}
+
+fn no_channel_binding() -> HandshakeError {
+    HandshakeError::Protocol("v2 needs the TLS channel binding of this connection".into())
 }
 
 impl ClientHandshake {
@@ -197,13 +302,36 @@ impl ClientHandshake {
         ClientHandshake {
             keys,
             config,
+            nonce: v2::new_nonce(),
+            channel_binding: None,
             state: ClientState::AwaitChallenge,
         }
     }
 
-    /// The first line, sent as soon as TLS is up.
+    /// The TLS exporter value of this connection (RFC 9266 `tls-exporter`); v2 needs it.
+    pub fn with_channel_binding(mut self, cb: [u8; v2::LEN]) -> Self {
+        self.channel_binding = Some(cb);
+        self
+    }
+
+    /// Uses `nonce` instead of a random one (tests and vectors only).
+    pub fn with_nonce(mut self, nonce: [u8; v2::LEN]) -> Self {
+        self.nonce = nonce;
+        self
+    }
+
+    /// The first line, sent as soon as TLS is up: with the v2 offer unless `security` is
+    /// `legacy`.
     pub fn hello(&self) -> Vec<u8> {
-        b"{\"op\":\"rpc::auth::request\"}\n".to_vec()
+        if self.config.security.speaks_v2() {
+            format!(
+                "{{\"op\":\"rpc::auth::request\",\"v2\":{{\"modes\":[\"{MODE_V2}\"],\"nonce\":\"{}\"}}}}\n",
+                hex::encode(&self.nonce)
+            )
+            .into_bytes()
+        } else {
+            b"{\"op\":\"rpc::auth::request\"}\n".to_vec()
+        }
     }
 
     /// Feeds one received line (without its newline).
@@ -213,49 +341,36 @@ impl ClientHandshake {
                 #[derive(Deserialize)]
                 struct Challenge {
                     vector: Option<String>,
+                    mode: Option<String>,
+                    nonce: Option<String>,
+                    error: Option<String>,
                 }
                 let c: Challenge = expect_op(line, ops::AUTH_CHALLENGE)?;
-                let vector = c
-                    .vector
-                    .filter(|v| !v.is_empty())
-                    .ok_or_else(|| HandshakeError::Protocol("challenge without vector".into()))?;
-                let auth = self.keys.auth(&vector);
-                let id = &self.config.identity;
-                let mut data = format!(
-                    "{{\"auth\":\"{auth}\",\"signatures\":{},\"uuid\":{}",
-                    self.config.signatures,
-                    json_str(&id.uuid)
-                );
-                if let Some(mac) = &id.mac {
-                    data.push_str(",\"mac\":");
-                    data.push_str(&json_str(mac));
+                if let Some(mode) = c.mode {
+                    return self.on_v2_challenge(&mode, c.nonce.as_deref());
                 }
-                data.push_str(",\"designation\":");
-                data.push_str(&json_str(&id.designation));
-                data.push('}');
-                let line = if self.config.cipher {
-                    let c = self.keys.cipher();
-                    format!(
-                        "{{\"op\":\"rpc::auth::response\",\"v\":1,\"cipher\":\"{}\",\"data\":\"{}\"}}\n",
-                        c.encrypt_to_string(LEGACY_CIPHER_NAME.as_bytes()),
-                        c.encrypt_to_string(data.as_bytes())
-                    )
-                } else {
-                    format!(
-                        "{{\"op\":\"rpc::auth::response\",\"v\":1,\"cipher\":false,\"data\":{data}}}\n"
-                    )
+                if self.config.security == Security::RequireV2 {
+                    return Err(HandshakeError::Policy(
+                        "the server speaks only the legacy protocol and this side requires v2 \
+                         (security: require-v2)"
+                            .into(),
+                    ));
+                }
+                let vector = match (c.vector.filter(|v| !v.is_empty()), c.error) {
+                    (Some(v), _) => v,
+                    (None, Some(e)) => {
+                        return Err(HandshakeError::Auth(format!("server refused: {e}")))
+                    }
+                    (None, None) => {
+                        return Err(HandshakeError::Protocol("challenge without vector".into()))
+                    }
                 };
-                let (tx, rx) = self.keys.sequence_seeds(&vector);
-                let sign = self.config.signatures;
-                self.state = ClientState::AwaitInit {
-                    sealer: Sealer::new(self.keys.clone(), self.config.cipher, sign.then_some(tx)),
-                    opener: Opener::new(self.keys.clone(), self.config.cipher, rx, sign),
-                };
-                Ok(Step::Send(line.into_bytes()))
+                self.on_legacy_challenge(&vector)
             }
             ClientState::AwaitInit {
                 mut sealer,
                 mut opener,
+                fell_back,
             } => {
                 let mut buf = Vec::new();
                 let parsed = opener.open(line, &mut buf)?;
@@ -275,13 +390,61 @@ impl ClientHandshake {
                     "{{\"op\":\"rpc::init\",\"v\":1,\"routes\":{}}}",
                     routes_json(&self.config.routes)
                 );
-                let send = sealer.seal_to_vec(&init);
+                let send = sealer.seal_to_vec(&init)?;
                 Ok(Step::Done {
                     send: Some(send),
                     established: Box::new(Established {
                         peer,
                         routes,
                         cipher: self.config.cipher,
+                        mode: Mode::Legacy,
+                        fell_back,
+                        sealer,
+                        opener,
+                    }),
+                })
+            }
+            ClientState::AwaitV2Init {
+                keys,
+                mut sealer,
+                mut opener,
+            } => {
+                let mut buf = Vec::new();
+                let parsed = opener.open(line, &mut buf)?;
+                let (data, routes) = match parsed.kind {
+                    Kind::Control(Control::Init {
+                        data: Some(data),
+                        routes,
+                    }) => (data, routes),
+                    _ => {
+                        return Err(HandshakeError::Protocol(
+                            "expected rpc::init with the server's identity and proof".into(),
+                        ))
+                    }
+                };
+                let peer = peer_identity(data.get())?;
+                let proof = proof_of(parsed.text)
+                    .ok_or_else(|| HandshakeError::Protocol("v2 rpc::init without proof".into()))?;
+                if !SessionKeys::check(&keys.server_proof(&transcript_identity(&peer)), &proof) {
+                    return Err(HandshakeError::Auth(
+                        "the server did not prove the secret over this connection (wrong \
+                         secret, or a relayed handshake)"
+                            .into(),
+                    ));
+                }
+                let init = format!(
+                    "{{\"op\":\"rpc::init\",\"v\":2,\"routes\":{}}}",
+                    routes_json(&self.config.routes)
+                );
+                let send = sealer.seal_to_vec(&init)?;
+                Ok(Step::Done {
+                    send: Some(send),
+                    established: Box::new(Established {
+                        peer,
+                        routes,
+                        cipher: self.config.cipher,
+                        mode: Mode::V2,
+                        fell_back: false,
                         sealer,
                         opener,
                     }),
@@ -289,6 +452,97 @@ impl ClientHandshake {
             }
             ClientState::Finished => Err(HandshakeError::Protocol("handshake already over".into())),
         }
+    }
+
+    fn on_legacy_challenge(&mut self, vector: &str) -> Result<Step, HandshakeError> {
+        let auth = self.keys.auth(vector);
+        let id = &self.config.identity;
+        let mut data = format!(
+            "{{\"auth\":\"{auth}\",\"signatures\":{},\"uuid\":{}",
+            self.config.signatures,
+            json_str(&id.uuid)
+        );
+        if let Some(mac) = &id.mac {
+            data.push_str(",\"mac\":");
+            data.push_str(&json_str(mac));
+        }
+        data.push_str(",\"designation\":");
+        data.push_str(&json_str(&id.designation));
+        let fell_back = self.config.security.speaks_v2();
+        if fell_back {
+            // Legacy servers ignore it; a v2 server that sees it without having seen the offer
+            // knows the offer was stripped. With the cipher on it travels encrypted.
+            data.push_str(",\"modes\":[\"");
+            data.push_str(MODE_V2);
+            data.push_str("\"]");
+        }
+        data.push('}');
+        let line = if self.config.cipher {
+            let c = self.keys.cipher();
+            format!(
+                "{{\"op\":\"rpc::auth::response\",\"v\":1,\"cipher\":\"{}\",\"data\":\"{}\"}}\n",
+                c.encrypt_to_string(LEGACY_CIPHER_NAME.as_bytes()),
+                c.encrypt_to_string(data.as_bytes())
+            )
+        } else {
+            format!("{{\"op\":\"rpc::auth::response\",\"v\":1,\"cipher\":false,\"data\":{data}}}\n")
+        };
+        let (tx, rx) = self.keys.sequence_seeds(vector);
+        let sign = self.config.signatures;
+        self.state = ClientState::AwaitInit {
+            sealer: Sealer::new(self.keys.clone(), self.config.cipher, sign.then_some(tx)),
+            opener: Opener::new(self.keys.clone(), self.config.cipher, rx, sign),
+            fell_back,
+        };
+        Ok(Step::Send(line.into_bytes()))
+    }
+
+    fn on_v2_challenge(&mut self, mode: &str, nonce: Option<&str>) -> Result<Step, HandshakeError> {
+        if !self.config.security.speaks_v2() {
+            return Err(HandshakeError::Protocol(
+                "the server answered a legacy request with a v2 challenge".into(),
+            ));
+        }
+        if mode != MODE_V2 {
+            return Err(HandshakeError::Protocol(format!(
+                "the server chose mode {mode:?}, which was not offered"
+            )));
+        }
+        let server_nonce = nonce_from_hex(
+            nonce.ok_or_else(|| HandshakeError::Protocol("v2 challenge without nonce".into()))?,
+            "the server nonce",
+        )?;
+        let channel_binding = self.channel_binding.ok_or_else(no_channel_binding)?;
+        let transcript = Transcript {
+            offered: vec![MODE_V2.to_owned()],
+            client_nonce: self.nonce,
+            chosen: mode.to_owned(),
+            server_nonce,
+            client: own_transcript_identity(&self.config.identity),
+            cipher: self.config.cipher,
+            channel_binding,
+        };
+        let keys = SessionKeys::derive(self.keys.secret(), &transcript);
+        let line = format!(
+            "{{\"op\":\"rpc::auth::response\",\"v\":2,\"cipher\":{},\"data\":{},\"proof\":\"{}\"}}\n",
+            self.config.cipher,
+            identity_json(&self.config.identity),
+            keys.client_proof()
+        );
+        let (sealer, opener) = if self.config.cipher {
+            (
+                Sealer::v2(Some(RecordKey::new(&keys.c2s.0, &keys.c2s.1))),
+                Opener::v2(Some(RecordKey::new(&keys.s2c.0, &keys.s2c.1))),
+            )
+        } else {
+            (Sealer::v2(None), Opener::v2(None))
+        };
+        self.state = ClientState::AwaitV2Init {
+            keys: Box::new(keys),
+            sealer,
+            opener,
+        };
+        Ok(Step::Send(line.into_bytes()))
     }
 }
 
@@ -325,20 +579,29 @@ pub struct ServerConfig {
     pub identity: Identity,
     /// Refuse clients that offer no cipher.
     pub require_cipher: bool,
-    /// Sign our messages even if the client does not ask for it.
+    /// Sign our messages even if the client does not ask for it (legacy mode only).
     pub signatures: bool,
     /// Uuids reachable through us.
     pub routes: Vec<String>,
+    /// Which session modes to accept.
+    pub security: Security,
 }
 
+// One per connection and only while it authenticates: size does not matter here.
+#[allow(clippy::large_enum_variant)]
 enum ServerState {
     AwaitRequest,
     AwaitResponse {
         vector: String,
     },
+    AwaitV2Response {
+        offered: Vec<String>,
+        client_nonce: [u8; v2::LEN],
+    },
     AwaitInit {
         peer: PeerIdentity,
         cipher: bool,
+        mode: Mode,
         sealer: Sealer,
         opener: Opener,
     },
@@ -350,6 +613,8 @@ pub struct ServerHandshake {
     keys: Arc<Keys>,
     config: ServerConfig,
     vector: Option<String>,
+    nonce: [u8; v2::LEN],
+    channel_binding: Option<[u8; v2::LEN]>,
     state: ServerState,
 }
 
@@ -367,6 +632,8 @@ impl ServerHandshake {
             keys,
             config,
             vector: None,
+            nonce: v2::new_nonce(),
+            channel_binding: None,
             state: ServerState::AwaitRequest,
         }
     }
@@ -377,11 +644,64 @@ impl ServerHandshake {
         self
     }
 
+    /// Uses `nonce` as the v2 server nonce instead of a random one (tests and vectors only).
+    pub fn with_nonce(mut self, nonce: [u8; v2::LEN]) -> Self {
+        self.nonce = nonce;
+        self
+    }
+
+    /// The TLS exporter value of this connection (RFC 9266 `tls-exporter`); v2 needs it.
+    pub fn with_channel_binding(mut self, cb: [u8; v2::LEN]) -> Self {
+        self.channel_binding = Some(cb);
+        self
+    }
+
     /// Feeds one received line (without its newline).
     pub fn on_line(&mut self, line: &[u8]) -> Result<Step, HandshakeError> {
         match std::mem::replace(&mut self.state, ServerState::Finished) {
             ServerState::AwaitRequest => {
-                let _: serde::de::IgnoredAny = expect_op(line, ops::AUTH_REQUEST)?;
+                #[derive(Deserialize)]
+                struct Request {
+                    v2: Option<serde_json::Value>,
+                }
+                let r: Request = expect_op(line, ops::AUTH_REQUEST)?;
+                let offer = match r.v2 {
+                    Some(v) if self.config.security.speaks_v2() => Some(
+                        serde_json::from_value::<Offer>(v)
+                            .map_err(|e| HandshakeError::Protocol(format!("bad v2 offer: {e}")))?,
+                    ),
+                    // Legacy behaviour: unknown fields are ignored.
+                    _ => None,
+                };
+                if let Some(offer) = offer.filter(|o| o.modes.iter().any(|m| m == MODE_V2)) {
+                    let client_nonce = nonce_from_hex(&offer.nonce, "the client nonce")?;
+                    let out = format!(
+                        "{{\"op\":\"rpc::auth::challenge\",\"v\":2,\"mode\":\"{MODE_V2}\",\"nonce\":\"{}\"}}\n",
+                        hex::encode(&self.nonce)
+                    );
+                    self.state = ServerState::AwaitV2Response {
+                        offered: offer.modes,
+                        client_nonce,
+                    };
+                    return Ok(Step::Send(out.into_bytes()));
+                }
+                if self.config.security == Security::RequireV2 {
+                    // Legacy clients print "no vector in auth message" and close; ours show this.
+                    let why = "this server requires iris-rpc v2 (security: require-v2) and the \
+                               client offered only the legacy protocol";
+                    return Ok(Step::Refuse {
+                        send: format!(
+                            "{{\"op\":\"rpc::auth::challenge\",\"v\":1,\"error\":{}}}\n",
+                            json_str(why)
+                        )
+                        .into_bytes(),
+                        error: HandshakeError::Policy(
+                            "the client speaks only the legacy protocol and this side requires \
+                             v2 (security: require-v2)"
+                                .into(),
+                        ),
+                    });
+                }
                 let vector = self.vector.take().unwrap_or_else(new_vector);
                 let out = format!(
                     "{{\"op\":\"rpc::auth::challenge\",\"v\":1,\"vector\":\"{vector}\"}}\n"
@@ -390,9 +710,14 @@ impl ServerHandshake {
                 Ok(Step::Send(out.into_bytes()))
             }
             ServerState::AwaitResponse { vector } => self.on_response(line, vector),
+            ServerState::AwaitV2Response {
+                offered,
+                client_nonce,
+            } => self.on_v2_response(line, offered, client_nonce),
             ServerState::AwaitInit {
                 peer,
                 cipher,
+                mode,
                 sealer,
                 mut opener,
             } => {
@@ -412,6 +737,8 @@ impl ServerHandshake {
                         peer,
                         routes,
                         cipher,
+                        mode,
+                        fell_back: false,
                         sealer,
                         opener,
                     }),
@@ -419,6 +746,82 @@ impl ServerHandshake {
             }
             ServerState::Finished => Err(HandshakeError::Protocol("handshake already over".into())),
         }
+    }
+
+    fn on_v2_response(
+        &mut self,
+        line: &[u8],
+        offered: Vec<String>,
+        client_nonce: [u8; v2::LEN],
+    ) -> Result<Step, HandshakeError> {
+        #[derive(Deserialize)]
+        struct Response<'a> {
+            cipher: Option<serde_json::Value>,
+            #[serde(borrow)]
+            data: Option<&'a RawValue>,
+            proof: Option<String>,
+        }
+        let r: Response<'_> = expect_op(line, ops::AUTH_RESPONSE)?;
+        let cipher = match r.cipher {
+            Some(serde_json::Value::Bool(b)) => b,
+            _ => {
+                return Err(HandshakeError::Protocol(
+                    "v2 auth response: cipher must be true or false".into(),
+                ))
+            }
+        };
+        if !cipher && self.config.require_cipher {
+            return Err(HandshakeError::CipherRequired);
+        }
+        let data = r
+            .data
+            .ok_or_else(|| HandshakeError::Protocol("auth response without data".into()))?;
+        let peer = peer_identity(data.get())?;
+        let proof = r
+            .proof
+            .ok_or_else(|| HandshakeError::Auth("v2 auth response without proof".into()))?;
+        let channel_binding = self.channel_binding.ok_or_else(no_channel_binding)?;
+        let transcript = Transcript {
+            offered,
+            client_nonce,
+            chosen: MODE_V2.to_owned(),
+            server_nonce: self.nonce,
+            client: transcript_identity(&peer),
+            cipher,
+            channel_binding,
+        };
+        let keys = SessionKeys::derive(self.keys.secret(), &transcript);
+        if !SessionKeys::check(&keys.client_proof(), &proof) {
+            return Err(HandshakeError::Auth(
+                "the client did not prove the secret over this connection (wrong secret, or a \
+                 relayed handshake)"
+                    .into(),
+            ));
+        }
+        let (mut sealer, opener) = if cipher {
+            (
+                Sealer::v2(Some(RecordKey::new(&keys.s2c.0, &keys.s2c.1))),
+                Opener::v2(Some(RecordKey::new(&keys.c2s.0, &keys.c2s.1))),
+            )
+        } else {
+            (Sealer::v2(None), Opener::v2(None))
+        };
+        let own = own_transcript_identity(&self.config.identity);
+        let init = format!(
+            "{{\"op\":\"rpc::init\",\"v\":2,\"data\":{},\"routes\":{},\"proof\":\"{}\"}}",
+            identity_json(&self.config.identity),
+            routes_json(&self.config.routes),
+            keys.server_proof(&own)
+        );
+        let out = sealer.seal_to_vec(&init)?;
+        self.state = ServerState::AwaitInit {
+            peer,
+            cipher,
+            mode: Mode::V2,
+            sealer,
+            opener,
+        };
+        Ok(Step::Send(out))
     }
 
     fn on_response(&mut self, line: &[u8], vector: String) -> Result<Step, HandshakeError> {
@@ -433,6 +836,7 @@ impl ServerHandshake {
         struct Data {
             auth: Option<serde_json::Value>,
             signatures: Option<serde_json::Value>,
+            modes: Option<serde_json::Value>,
         }
         let r: Response<'_> = expect_op(line, ops::AUTH_RESPONSE)?;
         let data = r
@@ -471,6 +875,15 @@ impl ServerHandshake {
         if !bool::from(auth.as_bytes().ct_eq(expected.as_bytes())) {
             return Err(HandshakeError::Auth("wrong secret".into()));
         }
+        // A client that says (inside its proven, and with the cipher on encrypted, data) that it
+        // offered v2, while no offer arrived: someone removed it on the way.
+        let offered_v2 = match &d.modes {
+            Some(serde_json::Value::Array(m)) => m.iter().any(|m| m.as_str() == Some(MODE_V2)),
+            _ => false,
+        };
+        if offered_v2 && self.config.security.speaks_v2() {
+            return Err(HandshakeError::Downgrade);
+        }
         let client_signs = matches!(d.signatures, Some(serde_json::Value::Bool(true)));
         let (rx, tx) = self.keys.sequence_seeds(&vector);
         let sign = self.config.signatures || client_signs;
@@ -481,10 +894,11 @@ impl ServerHandshake {
             identity_json(&self.config.identity),
             routes_json(&self.config.routes)
         );
-        let out = sealer.seal_to_vec(&init);
+        let out = sealer.seal_to_vec(&init)?;
         self.state = ServerState::AwaitInit {
             peer,
             cipher: offered,
+            mode: Mode::Legacy,
             sealer,
             opener,
         };

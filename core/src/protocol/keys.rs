@@ -42,6 +42,7 @@ pub fn evp_bytes_to_key(password: &[u8]) -> ([u8; 32], [u8; 16]) {
 /// Everything one shared secret determines, computed once per instance and shared by sessions.
 #[derive(Clone)]
 pub struct Keys {
+    secret: Vec<u8>,
     pk: String,
     hmac_sha256: HmacSha256,
     hmac_sha1: HmacSha1,
@@ -65,11 +66,17 @@ impl Keys {
             .unwrap_or_else(|_| unreachable!("HMAC takes any key length"));
         let (key, iv) = evp_bytes_to_key(pk.as_bytes());
         Keys {
+            secret: secret.as_bytes().to_vec(),
             pk,
             hmac_sha256,
             hmac_sha1,
             cipher: LegacyCipher::new(&key, &iv),
         }
+    }
+
+    /// The shared secret itself: the input keying material of the v2 key schedule.
+    pub fn secret(&self) -> &[u8] {
+        &self.secret
     }
 
     /// The 128-character hex `pk`.

@@ -8,6 +8,7 @@ pub mod hex;
 pub mod keys;
 pub mod message;
 pub mod session;
+pub mod v2;
 
 pub use cipher::{LegacyCipher, LEGACY_CIPHER_NAME};
 pub use framing::{LineBuffer, LineTooLong};
@@ -18,3 +19,4 @@ pub use handshake::{
 pub use keys::Keys;
 pub use message::{BadMessage, BodyMeta, Control, Kind, Parsed};
 pub use session::{OpenError, Opener, Sealer};
+pub use v2::{Mode, Security};

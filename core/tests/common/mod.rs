@@ -167,8 +167,25 @@ pub async fn raw_handshake_to(
     cipher: bool,
     uuid: &str,
 ) -> Result<Raw, String> {
+    raw_handshake_with(addr, secret, cipher, uuid, iris_rpc::Security::Legacy).await
+}
+
+/// A hand-driven client handshake under `security`, channel-bound to this TLS connection.
+#[allow(dead_code)]
+pub async fn raw_handshake_with(
+    addr: std::net::SocketAddr,
+    secret: &str,
+    cipher: bool,
+    uuid: &str,
+    security: iris_rpc::Security,
+) -> Result<Raw, String> {
     let mut io = try_tls_to(addr).await.map_err(|e| e.to_string())?;
-    let mut hs = ClientHandshake::new(
+    let cb = io
+        .get_ref()
+        .1
+        .export_keying_material([0u8; 32], b"EXPORTER-Channel-Binding", Some(&[]))
+        .map_err(|e| e.to_string())?;
+    let hs = ClientHandshake::new(
         Arc::new(Keys::new(secret)),
         ClientConfig {
             identity: Identity {
@@ -179,14 +196,17 @@ pub async fn raw_handshake_to(
             cipher,
             signatures: true,
             routes: vec![],
+            security,
         },
     );
+    let mut hs = hs.with_channel_binding(cb);
     io.write_all(&hs.hello()).await.map_err(|e| e.to_string())?;
     let mut lines = LineBuffer::new(1 << 24);
     loop {
         while let Some(line) = lines.next_line().map_err(|e| e.to_string())? {
             match hs.on_line(line).map_err(|e| e.to_string())? {
                 Step::Send(out) => io.write_all(&out).await.map_err(|e| e.to_string())?,
+                Step::Refuse { error, .. } => return Err(error.to_string()),
                 Step::Done { send, established } => {
                     if let Some(out) = send {
                         io.write_all(&out).await.map_err(|e| e.to_string())?;
