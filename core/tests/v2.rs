@@ -1,0 +1,439 @@
+//! The v2 session mode end to end: negotiation under each `security` policy, a man in the middle
+//! relaying a handshake, stripped offers, and records that were tampered with, replayed,
+//! reordered or dropped.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::{next_matching, raw_handshake_with, until_closed, WAIT};
+use iris_rpc::{Certificates, Client, Event, Events, Mode, Options, Security, Server};
+use serde_json::json;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+
+async fn server(security: Security, cipher: bool) -> Server {
+    let s = Server::bind(
+        Options::new("secret")
+            .port("127.0.0.1:0")
+            .uuid("srv")
+            .designation("server")
+            .cipher(cipher)
+            .security(security)
+            .certificates(Certificates::self_signed().unwrap()),
+    )
+    .await
+    .unwrap();
+    s.handle("echo", |req| async move { Ok(req.msg.value()) });
+    s
+}
+
+fn client(addr: SocketAddr, security: Security, cipher: bool, secret: &str) -> Client {
+    let mut o = Options::new(secret)
+        .address(addr.to_string())
+        .uuid("cli")
+        .designation("client")
+        .mac("01:02:03:04:05:06")
+        .cipher(cipher)
+        .security(security);
+    o.reconnect_initial = Duration::from_millis(50);
+    Client::connect(o).unwrap()
+}
+
+async fn connected_mode(events: &mut Events) -> (Mode, bool) {
+    match next_matching(events, |e| matches!(e, Event::Connect { .. })).await {
+        Event::Connect { peer } => (peer.mode(), peer.cipher()),
+        _ => unreachable!(),
+    }
+}
+
+async fn error_text(events: &mut Events) -> String {
+    match next_matching(events, |e| matches!(e, Event::Error { .. })).await {
+        Event::Error { error, .. } => error.to_string(),
+        _ => unreachable!(),
+    }
+}
+
+/// Asserts no `Connect` arrives within a short while.
+async fn never_connects(events: &mut Events) {
+    let got = tokio::time::timeout(Duration::from_millis(400), async {
+        loop {
+            match events.next().await {
+                Some(Event::Connect { .. }) => return true,
+                Some(_) => {}
+                None => return false,
+            }
+        }
+    })
+    .await;
+    assert!(!matches!(got, Ok(true)), "a refused peer connected");
+}
+
+#[tokio::test]
+async fn v2_with_v2_cipher_on_and_off() {
+    for cipher in [true, false] {
+        let srv = server(Security::PreferV2, cipher).await;
+        let mut sev = srv.events();
+        let cli = client(srv.local_addr(), Security::PreferV2, cipher, "secret");
+        let mut cev = cli.events();
+        assert_eq!(connected_mode(&mut sev).await, (Mode::V2, cipher));
+        assert_eq!(connected_mode(&mut cev).await, (Mode::V2, cipher));
+        let peers = srv.peers();
+        assert_eq!(peers[0].designation(), Some("client"));
+        assert_eq!(peers[0].mac(), Some("01:02:03:04:05:06"));
+        assert_eq!(cli.peers()[0].designation(), Some("server"));
+        let answer = cli.request(json!({"op": "echo", "n": "ü"})).await.unwrap();
+        assert_eq!(answer, json!({"op": "echo", "n": "ü"}));
+        srv.dispatch(json!({"op": "down", "x": 1})).unwrap();
+        match next_matching(&mut cev, |e| matches!(e, Event::Message { .. })).await {
+            Event::Message { msg, uuid, .. } => {
+                assert_eq!(msg.value(), json!({"op": "down", "x": 1}));
+                assert_eq!(uuid, "srv");
+            }
+            _ => unreachable!(),
+        }
+        cli.close().await;
+        srv.close().await;
+    }
+}
+
+#[tokio::test]
+async fn every_pair_of_policies_negotiates_or_refuses_clearly() {
+    use Security::*;
+    let cases = [
+        (Legacy, Legacy, Some(Mode::Legacy)),
+        (PreferV2, Legacy, Some(Mode::Legacy)),
+        (Legacy, PreferV2, Some(Mode::Legacy)),
+        (PreferV2, PreferV2, Some(Mode::V2)),
+        (RequireV2, PreferV2, Some(Mode::V2)),
+        (PreferV2, RequireV2, Some(Mode::V2)),
+        (RequireV2, RequireV2, Some(Mode::V2)),
+        (RequireV2, Legacy, None),
+        (Legacy, RequireV2, None),
+    ];
+    for cipher in [true, false] {
+        for (c, s, expect) in cases {
+            let what = format!("client {c}, server {s}, cipher {cipher}");
+            let srv = server(s, cipher).await;
+            let mut sev = srv.events();
+            let cli = client(srv.local_addr(), c, cipher, "secret");
+            let mut cev = cli.events();
+            match expect {
+                Some(mode) => {
+                    assert_eq!(connected_mode(&mut sev).await.0, mode, "{what}");
+                    assert_eq!(connected_mode(&mut cev).await.0, mode, "{what}");
+                    let r = cli.request(json!({"op": "echo"})).await;
+                    assert_eq!(r.unwrap(), json!({"op": "echo"}), "{what}");
+                }
+                None => {
+                    let client_err = error_text(&mut cev).await;
+                    assert!(client_err.contains("require-v2"), "{what}: {client_err}");
+                    if s == RequireV2 {
+                        let server_err = error_text(&mut sev).await;
+                        assert!(server_err.contains("require-v2"), "{what}: {server_err}");
+                        assert!(
+                            client_err.contains("server refused"),
+                            "{what}: the server's reason reaches the client: {client_err}"
+                        );
+                    }
+                    never_connects(&mut sev).await;
+                    assert!(!cli.is_connected(), "{what}");
+                }
+            }
+            cli.close().await;
+            srv.close().await;
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_wrong_secret_is_refused_on_both_sides_in_v2() {
+    let srv = server(Security::PreferV2, true).await;
+    let mut sev = srv.events();
+    let cli = client(srv.local_addr(), Security::PreferV2, true, "not the secret");
+    let mut cev = cli.events();
+    let e = error_text(&mut sev).await;
+    assert!(e.contains("did not prove the secret"), "{e}");
+    let e = error_text(&mut cev).await;
+    assert!(e.contains("authentication") || e.contains("closed"), "{e}");
+    never_connects(&mut cev).await;
+    cli.close().await;
+    srv.close().await;
+}
+
+/// A man in the middle: terminates the client's TLS with its own certificate (clients do not
+/// verify certificates by default, as legacy) and opens its own TLS leg to the server, then
+/// forwards lines, client-to-server ones through `edit`.
+async fn relay(target: SocketAddr, edit: fn(String) -> String) -> SocketAddr {
+    let certs = Certificates::self_signed().unwrap();
+    let acceptor = TlsAcceptor::from(iris_rpc::tls::server_config(&certs, false).unwrap());
+    let connector = TlsConnector::from(iris_rpc::tls::client_config(None, false).unwrap());
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, connector) = (acceptor.clone(), connector.clone());
+            tokio::spawn(async move {
+                let Ok(down) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let Ok(up_tcp) = TcpStream::connect(target).await else {
+                    return;
+                };
+                let name = iris_rpc::tls::server_name("localhost").unwrap();
+                let Ok(up) = connector.connect(name, up_tcp).await else {
+                    return;
+                };
+                let (dr, mut dw) = tokio::io::split(down);
+                let (ur, mut uw) = tokio::io::split(up);
+                let to_server = async move {
+                    let mut lines = BufReader::new(dr).lines();
+                    while let Ok(Some(line)) = lines.next_line().await {
+                        let out = edit(line) + "\n";
+                        if uw.write_all(out.as_bytes()).await.is_err() {
+                            break;
+                        }
+                    }
+                    let _ = uw.shutdown().await;
+                };
+                let to_client = async move {
+                    let mut lines = BufReader::new(ur).lines();
+                    while let Ok(Some(line)) = lines.next_line().await {
+                        if dw.write_all((line + "\n").as_bytes()).await.is_err() {
+                            break;
+                        }
+                    }
+                    let _ = dw.shutdown().await;
+                };
+                tokio::join!(to_server, to_client);
+            });
+        }
+    });
+    addr
+}
+
+fn forward(line: String) -> String {
+    line
+}
+
+/// Replaces a v2 offer with the bare legacy request, and removes the `modes` marker from a
+/// plain (cipher off) legacy auth response: all an attacker can do to force legacy.
+fn strip_offer(line: String) -> String {
+    if line.starts_with("{\"op\":\"rpc::auth::request\"") {
+        return "{\"op\":\"rpc::auth::request\"}".into();
+    }
+    line.replace(",\"modes\":[\"v2\"]", "")
+}
+
+#[tokio::test]
+async fn a_relayed_handshake_succeeds_in_legacy_mode_and_fails_in_v2() {
+    for cipher in [true, false] {
+        // Legacy: the relay is invisible, and it reads every line (with the cipher off, the
+        // plain text; with it on, lines it can replay or drop at will).
+        let srv = server(Security::Legacy, cipher).await;
+        let mitm = relay(srv.local_addr(), forward).await;
+        let cli = client(mitm, Security::Legacy, cipher, "secret");
+        let mut cev = cli.events();
+        assert_eq!(connected_mode(&mut cev).await.0, Mode::Legacy);
+        assert_eq!(
+            cli.request(json!({"op": "echo", "through": "mitm"}))
+                .await
+                .unwrap(),
+            json!({"op": "echo", "through": "mitm"})
+        );
+        cli.close().await;
+        srv.close().await;
+
+        // v2: each TLS leg has its own exporter value, so the proofs cannot match.
+        let srv = server(Security::PreferV2, cipher).await;
+        let mut sev = srv.events();
+        let mitm = relay(srv.local_addr(), forward).await;
+        let cli = client(mitm, Security::PreferV2, cipher, "secret");
+        let mut cev = cli.events();
+        let e = error_text(&mut sev).await;
+        assert!(e.contains("relayed handshake"), "{e}");
+        never_connects(&mut cev).await;
+        never_connects(&mut sev).await;
+        cli.close().await;
+        srv.close().await;
+    }
+}
+
+#[tokio::test]
+async fn stripped_offers_are_refused_under_require_v2() {
+    // The server requires v2: the stripped request is a legacy client to it.
+    let srv = server(Security::RequireV2, true).await;
+    let mut sev = srv.events();
+    let mitm = relay(srv.local_addr(), strip_offer).await;
+    let cli = client(mitm, Security::PreferV2, true, "secret");
+    let mut cev = cli.events();
+    let e = error_text(&mut sev).await;
+    assert!(e.contains("require-v2"), "{e}");
+    never_connects(&mut cev).await;
+    cli.close().await;
+    srv.close().await;
+
+    // The client requires v2: the legacy challenge that comes back is refused.
+    let srv = server(Security::PreferV2, true).await;
+    let mut sev = srv.events();
+    let mitm = relay(srv.local_addr(), strip_offer).await;
+    let cli = client(mitm, Security::RequireV2, true, "secret");
+    let mut cev = cli.events();
+    let e = error_text(&mut cev).await;
+    assert!(e.contains("require-v2"), "{e}");
+    never_connects(&mut sev).await;
+    cli.close().await;
+    srv.close().await;
+}
+
+#[tokio::test]
+async fn stripped_offers_under_prefer_v2() {
+    // Cipher on: the client's marker travels inside the encrypted auth data, out of the
+    // attacker's reach, and the server sees the offer was removed.
+    let srv = server(Security::PreferV2, true).await;
+    let mut sev = srv.events();
+    let mitm = relay(srv.local_addr(), strip_offer).await;
+    let cli = client(mitm, Security::PreferV2, true, "secret");
+    let mut cev = cli.events();
+    let e = error_text(&mut sev).await;
+    assert!(e.contains("downgrade detected"), "{e}");
+    never_connects(&mut cev).await;
+    cli.close().await;
+    srv.close().await;
+
+    // Cipher off: nothing in the legacy protocol authenticates content, so the attacker
+    // removes the marker too and the session falls back to legacy. This is the limit of
+    // prefer-v2, and why require-v2 exists.
+    let srv = server(Security::PreferV2, false).await;
+    let mut sev = srv.events();
+    let mitm = relay(srv.local_addr(), strip_offer).await;
+    let cli = client(mitm, Security::PreferV2, false, "secret");
+    assert_eq!(connected_mode(&mut sev).await.0, Mode::Legacy);
+    cli.close().await;
+    srv.close().await;
+}
+
+type Build = fn(&mut iris_rpc::protocol::Sealer) -> Vec<u8>;
+
+fn seal(sealer: &mut iris_rpc::protocol::Sealer, op: &str) -> Vec<u8> {
+    sealer.seal_to_vec(&format!("{{\"op\":\"{op}\"}}")).unwrap()
+}
+
+/// One raw v2 connection (cipher on) that writes what `build` makes from its sealer after the
+/// handshake; returns the ops the server delivered and why it ended the stream.
+async fn records_case(srv: &Server, sev: &mut Events, build: Build) -> (Vec<String>, String) {
+    let mut raw = raw_handshake_with(srv.local_addr(), "secret", true, "raw", Security::PreferV2)
+        .await
+        .unwrap();
+    assert_eq!(raw.est.mode, Mode::V2);
+    let bytes = build(&mut raw.est.sealer);
+    raw.io.write_all(&bytes).await.unwrap();
+    let (took, _) = until_closed(&mut raw.io, WAIT).await;
+    assert!(took < WAIT, "the server kept the stream open");
+    let mut delivered = Vec::new();
+    loop {
+        match next_matching(sev, |e| {
+            matches!(e, Event::Message { .. } | Event::Disconnect { .. })
+        })
+        .await
+        {
+            Event::Message { msg, .. } => delivered.push(msg.op().unwrap_or_default().to_owned()),
+            Event::Disconnect { reason, .. } => return (delivered, reason),
+            _ => unreachable!(),
+        }
+    }
+}
+
+#[tokio::test]
+async fn tampered_replayed_reordered_and_dropped_records_close_the_stream() {
+    let srv = server(Security::PreferV2, true).await;
+    let mut sev = srv.events();
+    let cases: [(&str, &[&str], Build); 6] = [
+        ("tampered", &[], |s| {
+            let mut a = seal(s, "a");
+            a[10] = if a[10] == b'0' { b'1' } else { b'0' };
+            a
+        }),
+        ("replayed", &["a"], |s| {
+            let a = seal(s, "a");
+            [a.clone(), a].concat()
+        }),
+        ("reordered", &[], |s| {
+            let (a, b) = (seal(s, "a"), seal(s, "b"));
+            [b, a].concat()
+        }),
+        ("dropped", &["a"], |s| {
+            let (a, _b, c) = (seal(s, "a"), seal(s, "b"), seal(s, "c"));
+            [a, c].concat()
+        }),
+        ("truncated", &[], |s| {
+            let mut a = seal(s, "a");
+            a.truncate(a.len() - 3);
+            a.push(b'\n');
+            a
+        }),
+        ("plain line injected", &["a"], |s| {
+            [seal(s, "a"), b"{\"op\":\"b\"}\n".to_vec()].concat()
+        }),
+    ];
+    for (what, expect_delivered, build) in cases {
+        let (delivered, reason) = records_case(&srv, &mut sev, build).await;
+        assert_eq!(delivered, expect_delivered, "{what}");
+        assert!(
+            reason.contains("record failed authentication"),
+            "{what}: {reason}"
+        );
+    }
+    // The server is unharmed: an honest v2 client still works.
+    let cli = client(srv.local_addr(), Security::PreferV2, true, "secret");
+    cli.wait_connected(WAIT).await.unwrap();
+    assert_eq!(
+        cli.request(json!({"op": "echo"})).await.unwrap(),
+        json!({"op": "echo"})
+    );
+    cli.close().await;
+    srv.close().await;
+}
+
+#[tokio::test]
+async fn v2_lines_carry_no_signature_and_plain_v2_needs_none() {
+    let srv = server(Security::PreferV2, false).await;
+    let mut sev = srv.events();
+    let mut raw = raw_handshake_with(srv.local_addr(), "secret", false, "raw", Security::PreferV2)
+        .await
+        .unwrap();
+    assert_eq!(raw.est.mode, Mode::V2);
+    let line = seal(&mut raw.est.sealer, "plain");
+    assert_eq!(line, b"{\"op\":\"plain\"}\n");
+    raw.io.write_all(&line).await.unwrap();
+    match next_matching(&mut sev, |e| matches!(e, Event::Message { .. })).await {
+        Event::Message { msg, .. } => assert_eq!(msg.value(), json!({"op": "plain"})),
+        _ => unreachable!(),
+    }
+    srv.close().await;
+}
+
+#[test]
+fn sealing_stops_before_the_record_sequence_wraps() {
+    use iris_rpc::protocol::v2::{RecordError, RecordKey};
+    let mut key = RecordKey::new(&[1; 32], &[2; 12]);
+    key.set_sequence(u64::MAX - 1);
+    let (mut s, mut out) = (Vec::new(), Vec::new());
+    key.seal(b"{}", &mut s, &mut out).unwrap();
+    assert_eq!(
+        key.seal(b"{}", &mut s, &mut out),
+        Err(RecordError::Exhausted)
+    );
+}
+
+#[test]
+fn security_parses_and_rejects_unknown_values() {
+    assert_eq!("require-v2".parse::<Security>(), Ok(Security::RequireV2));
+    assert_eq!(Security::default(), Security::PreferV2);
+    let o = Options::from_json(&json!({"auth": "s", "security": "legacy"})).unwrap();
+    assert_eq!(o.security, Security::Legacy);
+    let e = Options::from_json(&json!({"auth": "s", "security": "v3"})).unwrap_err();
+    assert!(e.to_string().contains("unknown security \"v3\""), "{e}");
+}
