@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use clap::{Args, Subcommand, ValueEnum};
 use hdrhistogram::Histogram;
-use iris_rpc::{Certificates, Client, Error, Message, Options, Server};
+use iris_rpc::{Certificates, Client, Error, Message, Options, Security, Server};
 use serde_json::{json, Value};
 use tokio::io::AsyncReadExt;
 use tokio::sync::Notify;
@@ -52,6 +52,9 @@ struct SideCommon {
     /// Turn the legacy line cipher off.
     #[arg(long)]
     no_cipher: bool,
+    /// Session modes: legacy, prefer-v2 or require-v2.
+    #[arg(long, default_value = "prefer-v2", value_parser = crate::parse_security)]
+    security: Security,
     /// Private key PEM file.
     #[arg(long, requires = "cert")]
     key: Option<PathBuf>,
@@ -62,7 +65,9 @@ struct SideCommon {
 
 impl SideCommon {
     fn options(&self) -> Options {
-        let mut o = Options::new(self.auth.clone()).cipher(!self.no_cipher);
+        let mut o = Options::new(self.auth.clone())
+            .cipher(!self.no_cipher)
+            .security(self.security);
         if let (Some(k), Some(c)) = (&self.key, &self.cert) {
             o = o.certificates(Certificates::new(
                 k.display().to_string(),

@@ -23,9 +23,8 @@ pub async fn run() -> Result<(), Error> {
     let started = Instant::now();
     let secret = random_secret();
     println!("iris-rpc demo: a Server and a Client on loopback, self-signed certificate,");
-    println!(
-        "random secret, legacy cipher and signatures on (wire-compatible with iris-rpc 0.2.20)."
-    );
+    println!("random secret, cipher on, default security prefer-v2: the two negotiate the v2");
+    println!("session mode (a peer of the legacy iris-rpc 0.2.20 would get the legacy protocol).");
     println!();
 
     let server = Server::bind(
@@ -99,10 +98,12 @@ pub async fn run() -> Result<(), Error> {
     line(
         "server",
         format!(
-            "client {} (designation {:?}) authenticated from {}",
+            "client {} (designation {:?}) authenticated from {} ({} session, cipher {})",
             peer.uuid(),
             peer.designation().unwrap_or(""),
-            peer.address()
+            peer.address(),
+            peer.mode(),
+            if peer.cipher() { "on" } else { "off" }
         ),
     );
     client.wait_connected(deadline).await?;

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use iris_rpc::{Certificates, Client, Error, Event, Options, Peer, Server};
+use iris_rpc::{Certificates, Client, Error, Event, Options, Peer, Security, Server};
 use serde_json::{json, Value};
 use tokio::io::AsyncBufReadExt;
 
@@ -58,6 +58,10 @@ struct Common {
     /// Turn the legacy line cipher off (a server then accepts clients either way).
     #[arg(long)]
     no_cipher: bool,
+    /// Session modes: legacy (exactly as iris-rpc 0.2.20), prefer-v2 (v2 with new peers,
+    /// legacy with old ones), require-v2 (refuse legacy peers). See docs/PROTOCOL-V2.md.
+    #[arg(long, default_value = "prefer-v2", value_parser = parse_security)]
+    security: Security,
     /// This instance's uuid (random when absent).
     #[arg(long)]
     uuid: Option<String>,
@@ -76,6 +80,7 @@ impl Common {
     fn options(&self) -> Result<Options, Error> {
         let mut o = Options::new(self.auth.clone())
             .cipher(!self.no_cipher)
+            .security(self.security)
             .designation(self.designation.clone());
         if let Some(u) = &self.uuid {
             o = o.uuid(u.clone());
@@ -135,7 +140,13 @@ fn peer_json(event: &str, peer: &Peer) -> Value {
         "uuid": peer.uuid(),
         "address": peer.address(),
         "designation": peer.designation(),
+        "mode": peer.mode().as_str(),
     })
+}
+
+/// Parses `--security` (shared with the router and bench commands).
+pub(crate) fn parse_security(s: &str) -> Result<Security, String> {
+    s.parse()
 }
 
 fn main() -> ExitCode {

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use iris_rpc::{Backend, Certificates, Error, Options, Router, RouterEvent, Side};
+use iris_rpc::{Backend, Certificates, Error, Options, Router, RouterEvent, Security, Side};
 use serde_json::json;
 
 /// Options of `iris-rpc router`.
@@ -32,6 +32,9 @@ pub struct RouterArgs {
     /// Turn the legacy line cipher off on both sides.
     #[arg(long)]
     no_cipher: bool,
+    /// Session modes on both sides: legacy, prefer-v2 or require-v2.
+    #[arg(long, default_value = "prefer-v2", value_parser = crate::parse_security)]
+    security: Security,
     /// This router's uuid on the backend (random when absent).
     #[arg(long)]
     uuid: Option<String>,
@@ -59,11 +62,13 @@ pub async fn run(a: RouterArgs) -> Result<(), Error> {
     let frontend = Options::new(a.auth.clone())
         .port(a.port.as_str())
         .cipher(!a.no_cipher)
+        .security(a.security)
         .designation("router")
         .certificates(certs.clone());
     let secret = a.backend_auth.clone().unwrap_or_else(|| a.auth.clone());
     let mut back = Options::new(secret)
         .cipher(!a.no_cipher)
+        .security(a.security)
         .designation("router")
         .certificates(certs);
     if let Some(u) = &a.uuid {

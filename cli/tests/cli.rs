@@ -367,3 +367,37 @@ fn router_relays_client_requests_to_the_server() {
     let _ = router.kill();
     let _ = router.wait();
 }
+
+#[test]
+fn security_policies_negotiate_and_refuse_clearly() {
+    // Both default (prefer-v2): a v2 session, reported on both sides.
+    let server = ServerProc::start(&["--echo"]);
+    let addr = server.address();
+    let args = ["client", "--address", &addr, "--auth", "s3cret", "--request"];
+    let (code, out, err) = run(&args, "{\"op\":\"a\"}\n");
+    assert_eq!(code, 0, "{err}");
+    let connect = json_lines(&out)
+        .into_iter()
+        .find(|v| v["event"] == "connect")
+        .unwrap_or_else(|| panic!("no connect in {out}"));
+    assert_eq!(connect["mode"], "v2");
+    assert_eq!(server.wait_for("connect")["mode"], "v2");
+
+    // A legacy-only client against a server that requires v2: refused, with the reason.
+    let server = ServerProc::start(&["--security", "require-v2"]);
+    let addr = server.address();
+    let (code, _, err) = run(
+        &[
+            "client",
+            "--address",
+            &addr,
+            "--auth",
+            "s3cret",
+            "--security",
+            "legacy",
+        ],
+        "",
+    );
+    assert_ne!(code, 0);
+    assert!(err.contains("require-v2"), "{err}");
+}
