@@ -23,6 +23,8 @@ function newClient() {
     certificates: certs,
   };
   if (args.noCipher) options.cipher = false;
+  // The addon's session modes (legacy, prefer-v2, require-v2); the legacy package ignores it.
+  if (args.security) options.security = args.security;
   return new mod.Client(options);
 }
 

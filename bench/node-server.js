@@ -30,6 +30,8 @@ freePort((port) => {
     certificates: certificates(args),
   };
   if (args.noCipher) options.cipher = false;
+  // The addon's session modes (legacy, prefer-v2, require-v2); the legacy package ignores it.
+  if (args.security) options.security = args.security;
   let rpc;
   rpc = new mod.Server(options, (err) => {
     if (err) {
