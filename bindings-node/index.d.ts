@@ -29,6 +29,12 @@ export interface Message {
   [key: string]: unknown;
 }
 
+/** The `security` option: which session modes are spoken. */
+export type Security = 'legacy' | 'prefer-v2' | 'require-v2';
+
+/** The session mode negotiated with one peer. */
+export type Mode = 'v2' | 'legacy';
+
 export interface CommonOptions {
   /** The shared secret. */
   auth?: string;
@@ -42,6 +48,15 @@ export interface CommonOptions {
   /** The legacy line cipher; default `config.cipher` (on). */
   cipher?: boolean | 'aes-256-cbc';
   signatures?: boolean;
+  /**
+   * Beyond legacy: the session modes spoken. `'prefer-v2'` (default): the v2 session (mutual,
+   * channel-bound authentication; AEAD records when the cipher is on) with peers that offer it,
+   * the legacy protocol with iris-rpc 0.2.20 peers. `'legacy'`: exactly as 0.2.20.
+   * `'require-v2'`: refuse legacy peers (a server emits `rpc::stream::error` with code `auth`;
+   * a client never connects and emits the same). Any other value throws from the constructor.
+   * The mode in use is each stream's `mode`.
+   */
+  security?: Security;
   /** Default request timeout in ms (60000); a message's `op_timeout` overrides it. */
   timeout?: number;
   /** Ping every `pingFreq` ms (default 3000) when `ping`, `pingFreq` or `pingDataObject` is set. */
@@ -82,6 +97,13 @@ export interface Stream {
   readonly address: string;
   readonly designation?: string;
   readonly mac?: string;
+  /**
+   * As legacy: the cipher's name when lines are encrypted on this stream (`'aes-256-cbc'` in the
+   * legacy session mode, `'chacha20-poly1305'` in v2), else `undefined`.
+   */
+  readonly cipher: 'aes-256-cbc' | 'chacha20-poly1305' | undefined;
+  /** Beyond legacy: the session mode negotiated with this peer. */
+  readonly mode: Mode;
   connected: boolean;
   /** Closes this stream (a client reconnects a second later). */
   end(): void;
@@ -187,6 +209,8 @@ export interface RouterSideOptions {
   designation?: string;
   cipher?: boolean | 'aes-256-cbc';
   signatures?: boolean;
+  /** The session modes spoken on this side (see `CommonOptions.security`). */
+  security?: Security;
   timeout?: number;
   rejectUnauthorized?: boolean;
   reconnectInitial?: number;
@@ -220,6 +244,10 @@ export interface RouterPeer {
   uuid: string;
   address: string;
   designation?: string;
+  /** Whether lines are encrypted on the peer's stream. */
+  cipher: boolean;
+  /** The session mode negotiated with the peer. */
+  mode: Mode;
 }
 
 export interface RouterStats {

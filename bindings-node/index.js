@@ -156,8 +156,10 @@ function nativeCertificates(c) {
   return out;
 }
 
-// Options beyond legacy that are handed to the core unchanged (limits, reconnect backoff).
+// Options beyond legacy that are handed to the core unchanged (the v2 security policy, limits,
+// reconnect backoff). A bad value is a configuration error thrown by the constructor.
 const PASS_THROUGH = [
+  'security',
   'reconnectInitial',
   'reconnectMax',
   'maxLine',
@@ -171,13 +173,17 @@ const PASS_THROUGH = [
 
 /** The stream of one authenticated peer, as legacy passes it to listeners. */
 class Stream {
-  constructor(iface, sid, uuid, address, designation, mac) {
+  constructor(iface, sid, uuid, address, designation, mac, cipher, mode) {
     Object.defineProperty(this, '_iface', { value: iface });
     Object.defineProperty(this, '_sid', { value: sid });
     this.uuid = uuid;
     this.address = address;
     this.designation = designation === null ? undefined : designation;
     this.mac = mac === null ? undefined : mac;
+    // As legacy: the cipher's name when lines are encrypted, else undefined ('aes-256-cbc' in
+    // the legacy session mode, 'chacha20-poly1305' in v2). Beyond legacy: the session mode.
+    this.cipher = cipher === true ? (mode === 'v2' ? 'chacha20-poly1305' : 'aes-256-cbc') : undefined;
+    this.mode = mode;
     this.connected = true;
   }
 
@@ -465,7 +471,7 @@ class Interface extends EventEmitter {
         break;
       }
       case CONNECT: {
-        const stream = new Stream(this, e[1], e[2], e[3], e[4], e[5]);
+        const stream = new Stream(this, e[1], e[2], e[3], e[4], e[5], e[6], e[7]);
         this.#byId.set(e[1], stream);
         if (!this.streams[stream.uuid]) this.#count++;
         this.streams[stream.uuid] = stream;
@@ -759,7 +765,10 @@ class Router extends EventEmitter {
     return o;
   }
 
-  /** Peers connected on `side` ('frontend', the default, or 'backend'): `[{uuid, address, designation}]`. */
+  /**
+   * Peers connected on `side` ('frontend', the default, or 'backend'):
+   * `[{uuid, address, designation, cipher, mode}]`.
+   */
   peers(side) {
     const s = sideName(side);
     if (!this.#native || this.#nativeClosed) return [];
@@ -767,6 +776,8 @@ class Router extends EventEmitter {
       uuid: p.uuid,
       address: p.address,
       designation: p.designation === null ? undefined : p.designation,
+      cipher: p.cipher,
+      mode: p.mode,
     }));
   }
 

@@ -114,6 +114,13 @@ typedef struct iris_multiplexer iris_multiplexer;
 // `pingDataObject`, `timeout`, `rejectUnauthorized`, `address`, `port`, `routes`) in camelCase
 // or snake_case, durations in milliseconds, plus the core's limits (`max_line`,
 // `auth_timeout`, `max_pending`, ...). Certificates are PEM text or file paths.
+//
+// `security` (a string) picks the session modes spoken: `"prefer-v2"` (the default: the v2
+// session with iris-rpc peers that offer it, the legacy protocol with iris-rpc 0.2.20 peers),
+// `"legacy"` (behave exactly as 0.2.20) or `"require-v2"` (refuse legacy peers: a server
+// reports an `IRIS_EVENT_ERROR` with `IRIS_ERR_AUTH`, a client never connects and reports
+// the same). Any other value is `IRIS_ERR_CONFIG`. The mode negotiated with each peer is the
+// `mode` of `iris_client_peers` / `iris_server_peers`.
 typedef struct iris_options iris_options;
 
 // A request received from a peer, to answer with `iris_request_respond` from any thread at
@@ -248,8 +255,10 @@ enum iris_result iris_client_next_event(const struct iris_client *client,
                                         struct iris_event **event_out);
 
 // The connected peers as a JSON array text,
-// `[{"uuid":..,"address":..,"designation":..,"mac":..,"cipher":true}]`. Free it with
-// `iris_string_free`.
+// `[{"uuid":..,"address":..,"designation":..,"mac":..,"cipher":true,"mode":"v2"}]`, where
+// `cipher` tells whether lines are encrypted and `mode` is the session mode negotiated with
+// that peer: `"v2"`, or `"legacy"` (an iris-rpc 0.2.20 peer, or `security` set to `legacy`).
+// Free it with `iris_string_free`.
 enum iris_result iris_client_peers(const struct iris_client *client, char **json_out);
 
 // Sends `{"op":"ping","data":..}` to every stream now; the count goes to `sent_out` when not
@@ -437,7 +446,8 @@ enum iris_result iris_options_set_json(struct iris_options *options,
                                        const char *key,
                                        const char *value_json);
 
-// Sets option `key` to a string, e.g. `("uuid", "...")`, `("port", "127.0.0.1:0")`.
+// Sets option `key` to a string, e.g. `("uuid", "...")`, `("port", "127.0.0.1:0")`,
+// `("security", "require-v2")`.
 enum iris_result iris_options_set_string(struct iris_options *options,
                                          const char *key,
                                          const char *value);
@@ -643,8 +653,10 @@ enum iris_result iris_server_next_event(const struct iris_server *server,
                                         struct iris_event **event_out);
 
 // The connected peers as a JSON array text,
-// `[{"uuid":..,"address":..,"designation":..,"mac":..,"cipher":true}]`. Free it with
-// `iris_string_free`.
+// `[{"uuid":..,"address":..,"designation":..,"mac":..,"cipher":true,"mode":"v2"}]`, where
+// `cipher` tells whether lines are encrypted and `mode` is the session mode negotiated with
+// that peer: `"v2"`, or `"legacy"` (an iris-rpc 0.2.20 peer, or `security` set to `legacy`).
+// Free it with `iris_string_free`.
 enum iris_result iris_server_peers(const struct iris_server *server, char **json_out);
 
 // Sends `{"op":"ping","data":..}` to every stream now; the count goes to `sent_out` when not

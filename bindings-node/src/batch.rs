@@ -8,7 +8,7 @@
 //! | entry | meaning |
 //! | --- | --- |
 //! | `[0, null, "host:port"]` / `[0, ERR]` | server listening / bind failed |
-//! | `[1, SID, "uuid", "address", designation, mac]` | stream connected |
+//! | `[1, SID, "uuid", "address", designation, mac, cipher, "mode"]` | stream connected (`cipher` a boolean, `mode` `"v2"` or `"legacy"`) |
 //! | `[2, SID, "reason"]` | stream disconnected |
 //! | `[3, SID, "uuid", MSG]` | event message (uuid is `_r.uuid` when routed) |
 //! | `[4, SID, RID, "uuid", MSG]` | incoming request, answer with `respond(RID, ..)` |

@@ -514,6 +514,8 @@ fn encode_connect(streams: &mut Streams, peer: Peer, b: &mut Batch) {
         .str(peer.address())
         .opt_str(peer.designation())
         .opt_str(peer.mac())
+        .raw(if peer.cipher() { "true" } else { "false" })
+        .str(peer.mode().as_str())
         .end();
 }
 

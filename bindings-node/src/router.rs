@@ -77,6 +77,10 @@ pub struct RouterPeer {
     pub address: String,
     /// Its designation, when it sent one.
     pub designation: Option<String>,
+    /// Whether lines are encrypted on its stream (the legacy cipher or v2 records).
+    pub cipher: bool,
+    /// The session mode negotiated with it: "v2" or "legacy".
+    pub mode: String,
 }
 
 /// A uuid reachable through a peer of one side.
@@ -157,6 +161,8 @@ impl NativeRouter {
                 uuid: p.uuid().to_owned(),
                 address: p.address().to_owned(),
                 designation: p.designation().map(str::to_owned),
+                cipher: p.cipher(),
+                mode: p.mode().as_str().to_owned(),
             })
             .collect())
     }

@@ -218,10 +218,17 @@ impl PyPeer {
         self.peer.mac()
     }
 
-    /// Whether the legacy line cipher is on for this stream.
+    /// Whether lines are encrypted on this stream (the legacy cipher, or v2 records).
     #[getter]
     fn cipher(&self) -> bool {
         self.peer.cipher()
+    }
+
+    /// The session mode negotiated with this peer: "v2", or "legacy" (an iris-rpc 0.2.20 peer,
+    /// or `security="legacy"` on either side).
+    #[getter]
+    fn mode(&self) -> &'static str {
+        self.peer.mode().as_str()
     }
 
     /// Closes this stream (legacy `stream.end()`); a client reconnects afterwards.
@@ -236,10 +243,11 @@ impl PyPeer {
 
     fn __repr__(&self) -> String {
         format!(
-            "Peer(uuid={:?}, address={:?}, designation={:?})",
+            "Peer(uuid={:?}, address={:?}, designation={:?}, mode={:?})",
             self.peer.uuid(),
             self.peer.address(),
-            self.peer.designation().unwrap_or("")
+            self.peer.designation().unwrap_or(""),
+            self.peer.mode().as_str()
         )
     }
 }

@@ -373,7 +373,14 @@ fn security_policies_negotiate_and_refuse_clearly() {
     // Both default (prefer-v2): a v2 session, reported on both sides.
     let server = ServerProc::start(&["--echo"]);
     let addr = server.address();
-    let args = ["client", "--address", &addr, "--auth", "s3cret", "--request"];
+    let args = [
+        "client",
+        "--address",
+        &addr,
+        "--auth",
+        "s3cret",
+        "--request",
+    ];
     let (code, out, err) = run(&args, "{\"op\":\"a\"}\n");
     assert_eq!(code, 0, "{err}");
     let connect = json_lines(&out)

@@ -369,7 +369,7 @@ struct RawOptions {
     certificates: Option<RawCertificates>,
     cipher: Option<CipherValue>,
     signatures: Option<bool>,
-    security: Option<String>,
+    security: Option<Value>,
     ping: Option<bool>,
     #[serde(alias = "pingFreq")]
     ping_freq: Option<u64>,
@@ -442,8 +442,14 @@ impl RawOptions {
         if let Some(s) = self.signatures {
             o.signatures = s;
         }
-        if let Some(s) = self.security {
-            o.security = s.parse().map_err(Error::Config)?;
+        match self.security {
+            None | Some(Value::Null) => {}
+            Some(Value::String(s)) => o.security = s.parse().map_err(Error::Config)?,
+            Some(other) => {
+                return Err(Error::Config(format!(
+                    "security must be \"legacy\", \"prefer-v2\" or \"require-v2\", got {other}"
+                )))
+            }
         }
         let ms = Duration::from_millis;
         if self.ping == Some(true) || self.ping_freq.is_some() || self.ping_data.is_some() {

@@ -436,4 +436,6 @@ fn security_parses_and_rejects_unknown_values() {
     assert_eq!(o.security, Security::Legacy);
     let e = Options::from_json(&json!({"auth": "s", "security": "v3"})).unwrap_err();
     assert!(e.to_string().contains("unknown security \"v3\""), "{e}");
+    let e = Options::from_json(&json!({"auth": "s", "security": true})).unwrap_err();
+    assert!(e.to_string().contains("security must be"), "{e}");
 }

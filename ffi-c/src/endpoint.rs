@@ -476,6 +476,7 @@ pub(crate) fn peers_json(peers: &[iris::Peer]) -> String {
                 "designation": p.designation(),
                 "mac": p.mac(),
                 "cipher": p.cipher(),
+                "mode": p.mode().as_str(),
             })
         })
         .collect();

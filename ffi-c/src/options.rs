@@ -12,6 +12,13 @@ use crate::strings::{arg_opt_str, arg_str, arg_text, need_out, owned_c_string};
 /// `pingDataObject`, `timeout`, `rejectUnauthorized`, `address`, `port`, `routes`) in camelCase
 /// or snake_case, durations in milliseconds, plus the core's limits (`max_line`,
 /// `auth_timeout`, `max_pending`, ...). Certificates are PEM text or file paths.
+///
+/// `security` (a string) picks the session modes spoken: `"prefer-v2"` (the default: the v2
+/// session with iris-rpc peers that offer it, the legacy protocol with iris-rpc 0.2.20 peers),
+/// `"legacy"` (behave exactly as 0.2.20) or `"require-v2"` (refuse legacy peers: a server
+/// reports an `IRIS_EVENT_ERROR` with `IRIS_ERR_AUTH`, a client never connects and reports
+/// the same). Any other value is `IRIS_ERR_CONFIG`. The mode negotiated with each peer is the
+/// `mode` of `iris_client_peers` / `iris_server_peers`.
 pub struct iris_options {
     map: Map<String, Value>,
 }
@@ -115,7 +122,8 @@ pub unsafe extern "C" fn iris_options_set_json(
     })
 }
 
-/// Sets option `key` to a string, e.g. `("uuid", "...")`, `("port", "127.0.0.1:0")`.
+/// Sets option `key` to a string, e.g. `("uuid", "...")`, `("port", "127.0.0.1:0")`,
+/// `("security", "require-v2")`.
 #[no_mangle]
 pub unsafe extern "C" fn iris_options_set_string(
     options: *mut iris_options,

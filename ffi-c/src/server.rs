@@ -212,8 +212,10 @@ pub unsafe extern "C" fn iris_server_next_event(
 }
 
 /// The connected peers as a JSON array text,
-/// `[{"uuid":..,"address":..,"designation":..,"mac":..,"cipher":true}]`. Free it with
-/// `iris_string_free`.
+/// `[{"uuid":..,"address":..,"designation":..,"mac":..,"cipher":true,"mode":"v2"}]`, where
+/// `cipher` tells whether lines are encrypted and `mode` is the session mode negotiated with
+/// that peer: `"v2"`, or `"legacy"` (an iris-rpc 0.2.20 peer, or `security` set to `legacy`).
+/// Free it with `iris_string_free`.
 #[no_mangle]
 pub unsafe extern "C" fn iris_server_peers(
     server: *const iris_server,

@@ -73,6 +73,12 @@ static void test_c_client_legacy_server(void) {
     if (k >= 0) show("connect", ce.events[k].uuid);
     CHECK(legacy_wait(&p, "\"ev\":\"connect\"", line, sizeof line, WAIT) == 0);
     CHECK(strstr(line, "\"uuid\":\"c-client-uuid\"") && strstr(line, "\"designation\":\"c-client\""));
+    /* The default security (prefer-v2) falls back to the legacy protocol. */
+    char *peers = NULL;
+    CHECK_OK(iris_client_peers(c, &peers));
+    CHECK(peers && strstr(peers, "\"mode\":\"legacy\"") &&
+          strstr(peers, cipher_on ? "\"cipher\":true" : "\"cipher\":false"));
+    iris_string_free(peers);
 
     /* Request answered by the legacy handler. */
     char *resp = NULL;
@@ -248,6 +254,11 @@ static void test_legacy_client_c_server(void) {
     CHECK(strstr(line, "\"uuid\":\"c-server-uuid\"") && strstr(line, "\"designation\":\"c-srv\""));
     k = collector_wait(&se, IRIS_EVENT_CONNECT, NULL, &si, WAIT);
     CHECK(k >= 0 && strcmp(se.events[k].uuid, "legacy-client-uuid") == 0);
+    char *peers = NULL;
+    CHECK_OK(iris_server_peers(s, &peers));
+    CHECK(peers && strstr(peers, "\"mode\":\"legacy\"") &&
+          strstr(peers, cipher_on ? "\"cipher\":true" : "\"cipher\":false"));
+    iris_string_free(peers);
 
     /* Legacy requests, answered from another C thread. */
     legacy_send(&p, "{\"cmd\":\"request\",\"id\":1,\"msg\":{\"op\":\"add\",\"a\":20,\"b\":22}}");

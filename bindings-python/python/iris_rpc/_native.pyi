@@ -1,6 +1,6 @@
 """Type stubs of the native module built from bindings-python/src/lib.rs."""
 
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Literal, Optional, Tuple
 
 __version__: str
 
@@ -24,7 +24,11 @@ class Peer:
     @property
     def mac(self) -> Optional[str]: ...
     @property
-    def cipher(self) -> bool: ...
+    def cipher(self) -> bool:
+        """Whether lines are encrypted on this stream (legacy cipher or v2 records)."""
+    @property
+    def mode(self) -> Literal["v2", "legacy"]:
+        """The session mode negotiated with this peer."""
     def end(self) -> None:
         """Closes this stream; a client reconnects afterwards."""
     def same_stream(self, other: "Peer") -> bool: ...

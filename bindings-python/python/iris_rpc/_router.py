@@ -44,8 +44,8 @@ _EVENTS = ("connect", "disconnect", "refused", "error")
 _SIDES = ("frontend", "backend")
 # Options the backend takes from the top level when its own dict leaves them out. Legacy
 # passes auth and certificates on; cipher and signatures were module-wide settings there, so
-# both sides of a legacy router had the same.
-_INHERITED = ("auth", "certificates", "cipher", "signatures")
+# both sides of a legacy router had the same. The security policy is inherited as well.
+_INHERITED = ("auth", "certificates", "cipher", "signatures", "security")
 
 
 def _normalize(options: Mapping[str, Any], what: str) -> Dict[str, Any]:
@@ -72,8 +72,8 @@ class Router:
     Options, as keyword arguments or one dict: the frontend server's (``port``, ``auth``,
     ``certificates``, and any other option of :class:`Server`) plus exactly one of ``client``
     or ``server``, a dict of the backend's options. The backend takes ``auth``,
-    ``certificates``, ``cipher`` and ``signatures`` from the top level unless its dict sets
-    them. Each side gets a random uuid unless ``uuid`` is given (at the top level for the
+    ``certificates``, ``cipher``, ``signatures`` and ``security`` from the top level unless its
+    dict sets them. Each side gets a random uuid unless ``uuid`` is given (at the top level for the
     frontend, in the backend's dict for the backend).
 
     Events from frontend peers reach the backend with ``_r: {uuid, designation}``, so the

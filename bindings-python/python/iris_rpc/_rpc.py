@@ -52,7 +52,8 @@ log = logging.getLogger("iris_rpc")
 
 Peer = _native.Peer
 """The other end of one authenticated stream (legacy ``stream``): ``uuid``, ``address``,
-``designation``, ``mac``, ``cipher``, ``end()``."""
+``designation``, ``mac``, ``cipher`` (whether lines are encrypted), ``mode`` (the session mode
+negotiated with the peer, ``"v2"`` or ``"legacy"``), ``end()``."""
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -131,6 +132,7 @@ _KNOWN = {
     "certificates",
     "cipher",
     "signatures",
+    "security",
     "ping",
     "ping_data",
     "reject_unauthorized",
@@ -749,8 +751,15 @@ class Client(_Rpc):
     Options, as keyword arguments or one dict (legacy names in snake_case; legacy camelCase
     works too): ``auth``, ``uuid``, ``designation``, ``mac``, ``certificates``, ``cipher``,
     ``signatures``, ``ping``, ``ping_freq`` (ms), ``ping_data``, ``timeout`` (ms),
-    ``reject_unauthorized``, ``address``, plus ``routes``, ``reconnect_initial``,
+    ``reject_unauthorized``, ``address``, plus ``security``, ``routes``, ``reconnect_initial``,
     ``reconnect_max`` and the limits. Durations are milliseconds as in legacy, or timedelta.
+
+    ``security`` picks the session modes spoken: ``"prefer-v2"`` (the default) runs the v2
+    session (mutual, channel-bound authentication; AEAD records with the cipher on) with
+    iris-rpc peers that offer it and the legacy protocol with iris-rpc 0.2.20 peers;
+    ``"legacy"`` behaves exactly as 0.2.20; ``"require-v2"`` refuses legacy peers (a server
+    reports an ``"error"`` event with an AuthError; a client never connects and reports the
+    same). Any other value raises ConfigError. Each stream's ``mode`` says which mode it speaks.
     """
 
     _kind = "client"
