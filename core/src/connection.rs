@@ -5,13 +5,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::engine::{Engine, Stream};
 use crate::error::{Error, Result};
 use crate::event::Event;
 use crate::message::Message;
+use crate::outbox::Outbox;
 use crate::peer::{Peer, PeerInner};
 use crate::protocol::message::strip_sig;
 use crate::protocol::{
@@ -167,7 +167,7 @@ where
     IO: AsyncRead + AsyncWrite + Send + 'static,
 {
     let (rd, wr) = tokio::io::split(io);
-    let (tx, rx) = mpsc::unbounded_channel();
+    let outbox = Arc::new(Outbox::default());
     let queued = Arc::new(AtomicUsize::new(0));
     let shutdown = Arc::new(Shutdown::default());
     let peer = Peer(Arc::new(PeerInner {
@@ -179,12 +179,17 @@ where
         mode: est.mode,
         shutdown: shutdown.clone(),
     }));
-    let stream = Arc::new(Stream::new(peer.clone(), tx, queued.clone(), &engine.opts));
+    let stream = Arc::new(Stream::new(
+        peer.clone(),
+        outbox.clone(),
+        queued.clone(),
+        &engine.opts,
+    ));
     if est.mode == crate::protocol::Mode::Legacy && engine.opts.security.speaks_v2() {
         engine.warn_legacy_peer(&peer);
     }
     engine.register(stream.clone());
-    let writer = tokio::spawn(write_loop(wr, rx, est.sealer, queued, shutdown.clone()));
+    let writer = tokio::spawn(write_loop(wr, outbox, est.sealer, queued, shutdown.clone()));
     engine.emit(Event::Connect { peer: peer.clone() }).await;
     engine.add_routes(&peer, &est.routes).await;
 
@@ -240,21 +245,31 @@ async fn read_loop<R: AsyncRead + Unpin>(
     });
     let mut last_heard = Instant::now();
     loop {
-        // Lines already buffered first: the handshake may have read past its last line.
-        loop {
-            let line = match lines.next_line() {
-                Ok(Some(l)) => l,
-                Ok(None) => break,
-                Err(e) => return Err(format!("limit exceeded: {e}")),
-            };
-            if line.is_empty() {
-                continue;
+        // Lines already buffered first: the handshake may have read past its last line. What
+        // the pass queues (answers, echoes) leaves in one write when it ends.
+        stream.out.hold();
+        let pass = async {
+            loop {
+                let line = match lines.next_line() {
+                    Ok(Some(l)) => l,
+                    Ok(None) => return Ok(()),
+                    Err(e) => return Err(format!("limit exceeded: {e}")),
+                };
+                if line.is_empty() {
+                    continue;
+                }
+                let parsed = opener
+                    .open(line, &mut plain)
+                    .map_err(|e| format!("protocol error: {e}"))?;
+                let delivery = deliver(engine, stream, &peer, parsed);
+                // Delivery that has to wait (a full event queue, a filter) must not hold
+                // back the writer: release first.
+                released_if_pending(delivery, &stream.out).await?;
             }
-            let parsed = opener
-                .open(line, &mut plain)
-                .map_err(|e| format!("protocol error: {e}"))?;
-            deliver(engine, stream, &peer, parsed).await?;
-        }
+        };
+        let passed = pass.await;
+        stream.out.release();
+        passed?;
         let deadline = stream.pending.lock().ok().and_then(|p| p.next_deadline());
         tokio::select! {
             biased;
@@ -288,6 +303,27 @@ async fn read_loop<R: AsyncRead + Unpin>(
                 }
                 last_heard = Instant::now();
             }
+        }
+    }
+}
+
+/// Polls `fut` once; if it cannot finish at once, releases the writer before waiting for it.
+async fn released_if_pending<F: std::future::Future>(fut: F, out: &Outbox) -> F::Output {
+    let mut fut = std::pin::pin!(fut);
+    let first = std::future::poll_fn(|cx| {
+        std::task::Poll::Ready(match fut.as_mut().poll(cx) {
+            std::task::Poll::Ready(v) => Some(v),
+            std::task::Poll::Pending => None,
+        })
+    })
+    .await;
+    match first {
+        Some(v) => v,
+        None => {
+            out.release();
+            let v = fut.await;
+            out.hold();
+            v
         }
     }
 }
@@ -336,7 +372,7 @@ async fn deliver(
 
 async fn write_loop<W: AsyncWrite>(
     wr: W,
-    mut rx: mpsc::UnboundedReceiver<Arc<str>>,
+    outbox: Arc<Outbox>,
     mut sealer: Sealer,
     queued: Arc<AtomicUsize>,
     shutdown: Arc<Shutdown>,
@@ -345,17 +381,30 @@ async fn write_loop<W: AsyncWrite>(
     // Both grow with the traffic; an idle stream keeps them empty.
     let mut batch: Vec<Arc<str>> = Vec::new();
     let mut buf: Vec<u8> = Vec::new();
+    let mut more = false;
+    let mut last_batch = 0;
     loop {
-        let closing = tokio::select! {
-            biased;
-            n = rx.recv_many(&mut batch, WRITE_BATCH) => n == 0,
-            _ = shutdown.wait() => {
-                while let Ok(t) = rx.try_recv() {
-                    batch.push(t);
-                }
-                true
+        let closing = if more {
+            shutdown.is_triggered()
+        } else {
+            tokio::select! {
+                biased;
+                _ = outbox.ready() => false,
+                _ = shutdown.wait() => true,
             }
         };
+        if closing {
+            batch.extend(outbox.close());
+        } else {
+            if !more && last_batch > 1 {
+                // Busy (the last write carried several messages): let the tasks that are
+                // ready now, such as callers woken by the answers just read, queue theirs
+                // first so they share this write. A lone message (ping-pong) goes at once.
+                tokio::task::yield_now().await;
+            }
+            more = outbox.take(&mut batch, WRITE_BATCH);
+            last_batch = batch.len();
+        }
         let mut bytes = 0;
         let mut exhausted = false;
         for text in batch.drain(..) {
@@ -371,7 +420,7 @@ async fn write_loop<W: AsyncWrite>(
             shutdown.trigger();
         }
         if !buf.is_empty() {
-            let flush_now = closing || rx.is_empty();
+            let flush_now = closing || (!more && outbox.is_empty());
             let write = async {
                 wr.write_all(&buf).await?;
                 if flush_now {
@@ -399,6 +448,7 @@ async fn write_loop<W: AsyncWrite>(
             queued.fetch_sub(bytes, Ordering::Relaxed);
             if !ok {
                 shutdown.trigger();
+                outbox.close();
                 break;
             }
         }

@@ -18,6 +18,7 @@ use crate::error::{Error, Result};
 use crate::event::{Event, Events, IncomingRequest};
 use crate::message::{Message, Response};
 use crate::options::Options;
+use crate::outbox::Outbox;
 use crate::peer::Peer;
 use crate::protocol::{Identity, Keys};
 use crate::shutdown::Shutdown;
@@ -166,7 +167,7 @@ impl PendingEntry {
 /// An authenticated stream as the engine sees it.
 pub(crate) struct Stream {
     pub(crate) peer: Peer,
-    out: mpsc::UnboundedSender<Arc<str>>,
+    pub(crate) out: Arc<Outbox>,
     pub(crate) queued: Arc<AtomicUsize>,
     pub(crate) pending: Mutex<Pending>,
     pub(crate) pending_changed: Notify,
@@ -178,7 +179,7 @@ pub(crate) struct Stream {
 impl Stream {
     pub(crate) fn new(
         peer: Peer,
-        out: mpsc::UnboundedSender<Arc<str>>,
+        out: Arc<Outbox>,
         queued: Arc<AtomicUsize>,
         opts: &Options,
     ) -> Self {
@@ -217,7 +218,7 @@ impl Stream {
             self.close(why.clone());
             return Err(Error::LimitExceeded(why));
         }
-        self.out.send(text).map_err(|_| {
+        self.out.push(text).map_err(|_| {
             self.queued.fetch_sub(n, Ordering::Relaxed);
             Error::NotConnected { req: None }
         })
@@ -256,6 +257,19 @@ impl Stream {
         };
         let _ = entry.tx.send(result);
         true
+    }
+}
+
+/// Polls a handler's future, turning a panic into an error answer.
+fn poll_catching(
+    fut: Pin<&mut (dyn Future<Output = std::result::Result<Value, Value>> + Send)>,
+    cx: &mut std::task::Context<'_>,
+) -> std::task::Poll<std::result::Result<Value, Value>> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| fut.poll(cx))) {
+        Ok(p) => p,
+        Err(_) => std::task::Poll::Ready(Err(serde_json::json!({
+            "error": "the request handler panicked"
+        }))),
     }
 }
 
@@ -873,10 +887,35 @@ impl Engine {
             .and_then(|op| self.handlers().requests.get(op).cloned());
         match handlers.as_deref().map(Vec::as_slice) {
             Some([(_, h)]) => {
-                let fut = h(Request { msg, uuid, peer });
-                tokio::spawn(async move {
-                    responder.respond(fut.await);
-                });
+                // Polled once here, on the stream's reader: a handler that answers at once
+                // costs no task, and its answer leaves with the others of this read. One that
+                // has to wait goes on in a task of its own.
+                // A handler that panics is answered with an error; the stream goes on.
+                let req = Request { msg, uuid, peer };
+                let made = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| h(req)));
+                let Ok(mut fut) = made else {
+                    responder.respond(Err(serde_json::json!({
+                        "error": "the request handler panicked"
+                    })));
+                    return;
+                };
+                let first = std::future::poll_fn(|cx| {
+                    std::task::Poll::Ready(match poll_catching(fut.as_mut(), cx) {
+                        std::task::Poll::Ready(v) => Some(v),
+                        std::task::Poll::Pending => None,
+                    })
+                })
+                .await;
+                match first {
+                    Some(result) => responder.respond(result),
+                    None => {
+                        tokio::spawn(async move {
+                            let result =
+                                std::future::poll_fn(|cx| poll_catching(fut.as_mut(), cx)).await;
+                            responder.respond(result);
+                        });
+                    }
+                }
             }
             Some([_, _, ..]) => {
                 let op = msg.op().unwrap_or_default();

@@ -41,6 +41,7 @@ mod event;
 mod message;
 mod multiplexer;
 mod options;
+mod outbox;
 mod peer;
 pub mod protocol;
 mod router;

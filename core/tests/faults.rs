@@ -278,3 +278,36 @@ async fn dead_peer_detection_drops_a_silent_stream() {
     pinging.close().await;
     server.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_handler_is_answered_with_an_error_and_the_stream_goes_on() {
+    let srv = server(server_options()).await;
+    // Panics on its first poll (run inline on the stream's reader) ...
+    srv.handle("boom", |_req| async move {
+        panic!("handler bug");
+    });
+    // ... after waiting (run in a task of its own) ...
+    srv.handle("late-boom", |_req| async move {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        panic!("handler bug after a wait");
+    });
+    let mut o = Options::new(SECRET).address(srv.local_addr().to_string());
+    o.reconnect_initial = Duration::from_millis(50);
+    let cli = Client::connect(o).unwrap();
+    cli.wait_connected(WAIT).await.unwrap();
+    for op in ["boom", "late-boom"] {
+        match cli.request(json!({"op": op})).await {
+            Err(Error::Remote(e)) => assert!(e.contains("panicked"), "{op}: {e}"),
+            other => panic!("{op}: {other:?}"),
+        }
+    }
+    // ... and the same stream still answers.
+    let peer = srv.peers()[0].clone();
+    assert_eq!(
+        cli.request(json!({"op": "echo", "n": 1})).await.unwrap(),
+        json!({"op": "echo", "n": 1})
+    );
+    assert!(srv.peers()[0].same_stream(&peer));
+    cli.close().await;
+    srv.close().await;
+}
