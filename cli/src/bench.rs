@@ -22,7 +22,9 @@ use std::time::{Duration, Instant};
 
 use clap::{Args, Subcommand, ValueEnum};
 use hdrhistogram::Histogram;
-use iris_rpc::{Certificates, Client, Error, Message, Options, Security, Server};
+use iris_rpc::{
+    Backend, Certificates, Client, Error, Message, Options, Router, Security, Server, Side,
+};
 use serde_json::{json, Value};
 use tokio::io::AsyncReadExt;
 use tokio::sync::Notify;
@@ -88,6 +90,10 @@ struct ServeArgs {
     /// The tokio runtime this side runs on.
     #[arg(long, value_enum, default_value = "multi")]
     runtime: Flavor,
+    /// Put a Router (in this process) before the server: clients connect to the router's
+    /// frontend and the router relays to the server, to measure what one router costs.
+    #[arg(long)]
+    via_router: bool,
 }
 
 /// Which tokio runtime a side runs on: the CLI's multi-thread runtime (one worker per CPU, what
@@ -258,30 +264,56 @@ async fn serve(a: ServeArgs) -> Result<(), Error> {
         k.store(ack, Ordering::SeqCst);
         c.store(0, Ordering::SeqCst);
     });
+    // Answers go to the sender's uuid: the peer itself, or a client behind a router.
     let (c, k, s) = (count.clone(), ack_every.clone(), Arc::downgrade(&server));
-    server.on("bench.ev", move |_, _, peer| {
+    server.on("bench.ev", move |_, uuid, _| {
         let n = c.fetch_add(1, Ordering::Relaxed) + 1;
         if n % k.load(Ordering::Relaxed) == 0 {
             if let Some(s) = s.upgrade() {
-                let _ = s.dispatch_to(peer.uuid(), json!({"op": "bench.ack", "n": n}));
+                let _ = s.dispatch_to(uuid, json!({"op": "bench.ack", "n": n}));
             }
         }
     });
     let (c, s) = (count.clone(), Arc::downgrade(&server));
-    server.on("bench.end", move |_, _, peer| {
+    server.on("bench.end", move |_, uuid, _| {
         let n = c.load(Ordering::SeqCst);
         if let Some(s) = s.upgrade() {
-            let _ = s.dispatch_to(peer.uuid(), json!({"op": "bench.done", "n": n}));
+            let _ = s.dispatch_to(uuid, json!({"op": "bench.done", "n": n}));
         }
     });
     server.handle("bench.echo", |_req| async { Ok(json!({"ok": true})) });
 
+    let router = if a.via_router {
+        let frontend = a.common.options().port("127.0.0.1:0");
+        let frontend = match frontend.certificates {
+            Some(_) => frontend,
+            None => frontend.certificates(Certificates::self_signed()?),
+        };
+        let backend = a.common.options().address(server.local_addr().to_string());
+        let router = Router::start(frontend, Backend::Client(backend)).await?;
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while router.peers(Side::Backend).is_empty() {
+            if std::time::Instant::now() > deadline {
+                return Err(bench_error("the router did not reach the server in 10 s"));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Some(router)
+    } else {
+        None
+    };
+    let port = router
+        .as_ref()
+        .map_or(server.local_addr().port(), |r| r.local_addr().port());
     print_line(&json!({
         "ready": true,
-        "port": server.local_addr().port(),
+        "port": port,
         "pid": std::process::id(),
     }));
     stdin_closed().await;
+    if let Some(r) = router {
+        r.close().await;
+    }
     server.close().await;
     Ok(())
 }
@@ -592,6 +624,8 @@ struct Pairing {
     client: Vec<String>,
     server: Vec<String>,
     pending: Option<String>,
+    /// Workloads this pairing does not run (`"skip": ["idle"]`).
+    skip: Vec<String>,
 }
 
 fn load_table(path: Option<&Path>, iris: &str) -> Result<Vec<Pairing>, Error> {
@@ -620,6 +654,15 @@ fn load_table(path: Option<&Path>, iris: &str) -> Result<Vec<Pairing>, Error> {
         let name = p["name"].as_str().unwrap_or("?").to_owned();
         let (client, server) = (argv(&p["client"]), argv(&p["server"]));
         let pending = p["pending"].as_str().map(str::to_owned);
+        let skip = p["skip"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(Value::as_str)
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default();
         if pending.is_none() && (client.is_empty() || server.is_empty()) {
             return Err(bench_error(format!(
                 "pairing {name}: needs \"client\" and \"server\" command lines"
@@ -630,6 +673,7 @@ fn load_table(path: Option<&Path>, iris: &str) -> Result<Vec<Pairing>, Error> {
             client,
             server,
             pending,
+            skip,
         });
     }
     Ok(out)
@@ -930,7 +974,7 @@ fn drive(a: AllArgs) -> Result<(), Error> {
         duration: a.duration.clamp(0.05, 120.0),
         raw: Vec::new(),
     };
-    let wants = |w: &str| a.workloads.is_empty() || a.workloads.iter().any(|x| x == w);
+    let wants_all = |w: &str| a.workloads.is_empty() || a.workloads.iter().any(|x| x == w);
     let ciphers: Vec<bool> = a.cipher.iter().map(|c| c != "off").collect();
     let started = Instant::now();
     let load_start = loadavg();
@@ -944,6 +988,7 @@ fn drive(a: AllArgs) -> Result<(), Error> {
             pending.push(format!("| {} | pending: {why} |", p.name));
             continue;
         }
+        let wants = |w: &str| wants_all(w) && !p.skip.iter().any(|x| x == w);
         for &cipher in &ciphers {
             if !(wants("events") || wants("requests")) {
                 break;
