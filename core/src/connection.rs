@@ -20,8 +20,9 @@ use crate::protocol::{
 };
 use crate::shutdown::Shutdown;
 
-/// Reads start small, so an idle connection holds little, and grow while reads come full.
-const READ_MIN: usize = 4 * 1024;
+/// Reads start small, so an idle connection holds little, grow while reads come full, and shrink
+/// back (the buffer is given back once empty) when they come small.
+const READ_MIN: usize = 2 * 1024;
 const READ_MAX: usize = 64 * 1024;
 const WRITE_BATCH: usize = 1024;
 
@@ -270,6 +271,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
         let passed = pass.await;
         stream.out.release();
         passed?;
+        lines.shrink(room);
         let deadline = stream.pending.lock().ok().and_then(|p| p.next_deadline());
         tokio::select! {
             biased;
@@ -297,7 +299,15 @@ async fn read_loop<R: AsyncRead + Unpin>(
             r = rd.read(lines.read_buf(room)) => {
                 let n = r.map_err(|e| format!("read error: {e}"))?;
                 lines.filled(n);
-                room = if n == room { (room * 2).min(READ_MAX) } else { room };
+                // Grow while reads come back full; shrink back (and give the buffer back once
+                // it is empty) when they come back small.
+                room = if n == room {
+                    (room * 2).min(READ_MAX)
+                } else if n < room / 4 && room > READ_MIN {
+                    (room / 2).max(READ_MIN)
+                } else {
+                    room
+                };
                 if n == 0 {
                     return Err("connection closed by peer".into());
                 }

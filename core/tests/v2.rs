@@ -5,6 +5,7 @@
 mod common;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::{next_matching, raw_handshake_with, until_closed, WAIT};
@@ -438,4 +439,56 @@ fn security_parses_and_rejects_unknown_values() {
     assert!(e.to_string().contains("unknown security \"v3\""), "{e}");
     let e = Options::from_json(&json!({"auth": "s", "security": true})).unwrap_err();
     assert!(e.to_string().contains("security must be"), "{e}");
+}
+
+/// Collects what the `fmt` subscriber writes, for the warning test.
+#[derive(Clone, Default)]
+struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        if let Ok(mut v) = self.0.lock() {
+            v.extend_from_slice(b);
+        }
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn prefer_v2_warns_once_per_legacy_peer() {
+    // A current-thread test: every task runs here, under this subscriber.
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .with_max_level(tracing::Level::WARN)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let srv = server(Security::PreferV2, true).await;
+    let mut sev = srv.events();
+    for _ in 0..3 {
+        // The same legacy peer three times, then a v2 peer.
+        let cli = client(srv.local_addr(), Security::Legacy, true, "secret");
+        assert_eq!(connected_mode(&mut sev).await.0, Mode::Legacy);
+        cli.close().await;
+    }
+    let mut o = Options::new("secret")
+        .address(srv.local_addr().to_string())
+        .uuid("new-peer");
+    o.reconnect_initial = Duration::from_millis(50);
+    let v2 = Client::connect(o).unwrap();
+    assert_eq!(connected_mode(&mut sev).await.0, Mode::V2);
+    v2.close().await;
+    srv.close().await;
+    let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let warnings: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("speaks only the legacy iris-rpc protocol"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{text}");
+    assert!(warnings[0].contains("cli"), "{}", warnings[0]);
 }

@@ -36,7 +36,7 @@ impl LineBuffer {
     /// A buffer that refuses lines longer than `max` bytes (excluding the newline).
     pub fn new(max: usize) -> Self {
         LineBuffer {
-            buf: Vec::with_capacity(8 * 1024),
+            buf: Vec::new(),
             start: 0,
             scanned: 0,
             read_from: None,
@@ -82,6 +82,16 @@ impl LineBuffer {
     fn discard_unfilled(&mut self) {
         if let Some(from) = self.read_from.take() {
             self.buf.truncate(from);
+        }
+    }
+
+    /// Gives memory back after a burst: when nothing is buffered and more than twice `keep`
+    /// bytes are allocated, the allocation is dropped (the next read allocates what it needs).
+    pub fn shrink(&mut self, keep: usize) {
+        if self.is_empty() && self.read_from.is_none() && self.buf.capacity() > keep * 2 {
+            self.buf = Vec::new();
+            self.start = 0;
+            self.scanned = 0;
         }
     }
 
@@ -142,6 +152,22 @@ impl LineBuffer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shrink_gives_memory_back_only_when_empty() {
+        let mut b = LineBuffer::new(1 << 20);
+        b.extend(&vec![b'x'; 100_000]);
+        b.extend(b"\npartial");
+        assert_eq!(b.next_line().unwrap().map(<[u8]>::len), Some(100_000));
+        b.shrink(4096);
+        assert!(b.buf.capacity() >= 100_000, "a partial line is still held");
+        b.extend(b"\n");
+        assert_eq!(b.next_line().unwrap(), Some(&b"partial"[..]));
+        b.shrink(4096);
+        assert_eq!(b.buf.capacity(), 0);
+        b.extend(b"again\n");
+        assert_eq!(b.next_line().unwrap(), Some(&b"again"[..]));
+    }
 
     #[test]
     fn splits_lines_across_reads() {
