@@ -5,24 +5,9 @@
 
 use std::time::Duration;
 
-use iris_rpc::{
-    error_object, Certificates, Client, Error, ErrorKind, Event, Events, Options, Server,
-};
-use iris_rpc_tests::{free_port, LegacyPeer, WAIT};
+use iris_rpc::{error_object, Certificates, Client, Error, ErrorKind, Event, Options, Server};
+use iris_rpc_tests::{free_port, next_matching, LegacyPeer};
 use serde_json::{json, Value};
-
-async fn next_matching(events: &mut Events, f: impl Fn(&Event) -> bool) -> Event {
-    tokio::time::timeout(WAIT, async {
-        loop {
-            let ev = events.next().await.expect("events closed");
-            if f(&ev) {
-                return ev;
-            }
-        }
-    })
-    .await
-    .expect("event did not arrive in time")
-}
 
 fn our_handlers(rpc: &impl Handlers) {
     rpc.add_handlers();

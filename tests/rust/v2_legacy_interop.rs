@@ -4,22 +4,9 @@
 
 use std::time::Duration;
 
-use iris_rpc::{Certificates, Client, Event, Events, Mode, Options, Security, Server};
-use iris_rpc_tests::{free_port, LegacyPeer, WAIT};
+use iris_rpc::{Certificates, Client, Event, Mode, Options, Security, Server};
+use iris_rpc_tests::{free_port, next_matching, LegacyPeer};
 use serde_json::json;
-
-async fn next_matching(events: &mut Events, f: impl Fn(&Event) -> bool) -> Event {
-    tokio::time::timeout(WAIT, async {
-        loop {
-            let ev = events.next().await.expect("events closed");
-            if f(&ev) {
-                return ev;
-            }
-        }
-    })
-    .await
-    .expect("event did not arrive in time")
-}
 
 fn client_opts(port: u16, cipher: bool, security: Security) -> Options {
     let mut o = Options::new("secret")

@@ -12,6 +12,23 @@ use tokio::sync::mpsc;
 /// How long any single expectation waits.
 pub const WAIT: Duration = Duration::from_secs(15);
 
+/// The next event that satisfies `f`, skipping others; panics after [`WAIT`].
+pub async fn next_matching(
+    events: &mut iris_rpc::Events,
+    f: impl Fn(&iris_rpc::Event) -> bool,
+) -> iris_rpc::Event {
+    tokio::time::timeout(WAIT, async {
+        loop {
+            let ev = events.next().await.expect("events closed");
+            if f(&ev) {
+                return ev;
+            }
+        }
+    })
+    .await
+    .expect("event did not arrive in time")
+}
+
 /// Path of the legacy peer driver.
 pub fn legacy_peer_script() -> String {
     concat!(env!("CARGO_MANIFEST_DIR"), "/interop/legacy-peer.js").to_owned()

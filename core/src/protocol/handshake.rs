@@ -368,62 +368,20 @@ impl ClientHandshake {
                 self.on_legacy_challenge(&vector)
             }
             ClientState::AwaitInit {
-                mut sealer,
+                sealer,
                 mut opener,
                 fell_back,
             } => {
-                let mut buf = Vec::new();
-                let parsed = opener.open(line, &mut buf)?;
-                let (data, routes) = match parsed.kind {
-                    Kind::Control(Control::Init {
-                        data: Some(data),
-                        routes,
-                    }) => (data, routes),
-                    _ => {
-                        return Err(HandshakeError::Protocol(
-                            "expected rpc::init with server identity".into(),
-                        ))
-                    }
-                };
-                let peer = peer_identity(data.get())?;
-                let init = format!(
-                    "{{\"op\":\"rpc::init\",\"v\":1,\"routes\":{}}}",
-                    routes_json(&self.config.routes)
-                );
-                let send = sealer.seal_to_vec(&init)?;
-                Ok(Step::Done {
-                    send: Some(send),
-                    established: Box::new(Established {
-                        peer,
-                        routes,
-                        cipher: self.config.cipher,
-                        mode: Mode::Legacy,
-                        fell_back,
-                        sealer,
-                        opener,
-                    }),
-                })
+                let (peer, routes, _) = server_init(&mut opener, line)?;
+                self.complete(sealer, opener, peer, routes, Mode::Legacy, fell_back)
             }
             ClientState::AwaitV2Init {
                 keys,
-                mut sealer,
+                sealer,
                 mut opener,
             } => {
-                let mut buf = Vec::new();
-                let parsed = opener.open(line, &mut buf)?;
-                let (data, routes) = match parsed.kind {
-                    Kind::Control(Control::Init {
-                        data: Some(data),
-                        routes,
-                    }) => (data, routes),
-                    _ => {
-                        return Err(HandshakeError::Protocol(
-                            "expected rpc::init with the server's identity and proof".into(),
-                        ))
-                    }
-                };
-                let peer = peer_identity(data.get())?;
-                let proof = proof_of(parsed.text)
+                let (peer, routes, proof) = server_init(&mut opener, line)?;
+                let proof = proof
                     .ok_or_else(|| HandshakeError::Protocol("v2 rpc::init without proof".into()))?;
                 if !SessionKeys::check(&keys.server_proof(&transcript_identity(&peer)), &proof) {
                     return Err(HandshakeError::Auth(
@@ -432,26 +390,40 @@ impl ClientHandshake {
                             .into(),
                     ));
                 }
-                let init = format!(
-                    "{{\"op\":\"rpc::init\",\"v\":2,\"routes\":{}}}",
-                    routes_json(&self.config.routes)
-                );
-                let send = sealer.seal_to_vec(&init)?;
-                Ok(Step::Done {
-                    send: Some(send),
-                    established: Box::new(Established {
-                        peer,
-                        routes,
-                        cipher: self.config.cipher,
-                        mode: Mode::V2,
-                        fell_back: false,
-                        sealer,
-                        opener,
-                    }),
-                })
+                self.complete(sealer, opener, peer, routes, Mode::V2, false)
             }
             ClientState::Finished => Err(HandshakeError::Protocol("handshake already over".into())),
         }
+    }
+
+    /// Sends our `rpc::init` (the first record of ours in v2) and ends the handshake.
+    fn complete(
+        &self,
+        mut sealer: Sealer,
+        opener: Opener,
+        peer: PeerIdentity,
+        routes: Vec<String>,
+        mode: Mode,
+        fell_back: bool,
+    ) -> Result<Step, HandshakeError> {
+        let v = if mode == Mode::V2 { 2 } else { 1 };
+        let init = format!(
+            "{{\"op\":\"rpc::init\",\"v\":{v},\"routes\":{}}}",
+            routes_json(&self.config.routes)
+        );
+        let send = sealer.seal_to_vec(&init)?;
+        Ok(Step::Done {
+            send: Some(send),
+            established: Box::new(Established {
+                peer,
+                routes,
+                cipher: self.config.cipher,
+                mode,
+                fell_back,
+                sealer,
+                opener,
+            }),
+        })
     }
 
     fn on_legacy_challenge(&mut self, vector: &str) -> Result<Step, HandshakeError> {
@@ -543,6 +515,24 @@ impl ClientHandshake {
             opener,
         };
         Ok(Step::Send(line.into_bytes()))
+    }
+}
+
+/// Opens the server's `rpc::init`: its identity, the routes behind it, and (v2) its proof.
+fn server_init(
+    opener: &mut Opener,
+    line: &[u8],
+) -> Result<(PeerIdentity, Vec<String>, Option<String>), HandshakeError> {
+    let mut buf = Vec::new();
+    let parsed = opener.open(line, &mut buf)?;
+    match parsed.kind {
+        Kind::Control(Control::Init {
+            data: Some(data),
+            routes,
+        }) => Ok((peer_identity(data.get())?, routes, proof_of(parsed.text))),
+        _ => Err(HandshakeError::Protocol(
+            "expected rpc::init with the server's identity".into(),
+        )),
     }
 }
 
