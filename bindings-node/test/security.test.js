@@ -4,6 +4,15 @@
 // encrypted (`stream.cipher`).
 'use strict';
 
+// Polls `cond` every 5 ms until it holds; fails after 10 s.
+async function until(cond) {
+  const end = Date.now() + 10000;
+  while (!cond()) {
+    if (Date.now() > end) throw new Error('condition not met within 10 s');
+    await new Promise((r) => setTimeout(r, 5));
+  }
+}
+
 // As legacy, `stream.cipher` names the cipher when it is on.
 const cipherName = (on, mode) => (on ? (mode === 'v2' ? 'chacha20-poly1305' : 'aes-256-cbc') : undefined);
 
@@ -179,6 +188,8 @@ describe('security: our client and server', () => {
     try {
       const connected = once(front, 'connect', bounded());
       await connected;
+      // The client sees the handshake done one line before the router does.
+      await until(() => router.peers('frontend').length === 1);
       const peers = router.peers('frontend');
       assert.equal(peers.length, 1);
       assert.equal(peers[0].uuid, 'front');
@@ -188,6 +199,7 @@ describe('security: our client and server', () => {
       const back = ourClient(backPort, { uuid: 'back' });
       clients.push(back);
       await once(back, 'connect', bounded());
+      await until(() => router.peers('backend').length === 1);
       const b = router.peers('backend');
       assert.equal(b.length, 1);
       assert.equal(b[0].uuid, 'back');

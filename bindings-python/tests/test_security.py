@@ -4,6 +4,7 @@ legacy package), bad values. Each stream (``Peer``) says its ``mode`` and ``ciph
 
 from __future__ import annotations
 
+import time
 from typing import Any, Callable, Optional
 
 import pytest
@@ -159,6 +160,11 @@ def test_router_sides_and_peer_modes(closing: Callable[[Any], Any], certs: iris_
     assert router.backend_port
     back = _client(closing, router.backend_port, uuid="back")
     back.wait_connected(5)
+    # A client sees the handshake done one line before the router does.
+    deadline = time.monotonic() + 5
+    while len(router.peers("backend")) < 1 or len(router.peers("frontend")) < 1:
+        assert time.monotonic() < deadline, "the router did not register both peers"
+        time.sleep(0.005)
     assert [(p.uuid, p.mode) for p in router.peers("frontend")] == [("front", "v2")]
     assert [(p.uuid, p.mode) for p in router.peers("backend")] == [("back", "legacy")]
 
