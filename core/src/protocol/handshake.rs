@@ -122,8 +122,6 @@ pub struct Established {
     pub cipher: bool,
     /// The session mode negotiated.
     pub mode: Mode,
-    /// The client offered v2 but the session is legacy (a legacy server, or one set to `legacy`).
-    pub fell_back: bool,
     /// Outgoing half.
     pub sealer: Sealer,
     /// Incoming half.
@@ -223,7 +221,6 @@ enum ClientState {
     AwaitInit {
         sealer: Sealer,
         opener: Opener,
-        fell_back: bool,
     },
     AwaitV2Init {
         keys: Box<SessionKeys>,
@@ -367,13 +364,9 @@ impl ClientHandshake {
                 };
                 self.on_legacy_challenge(&vector)
             }
-            ClientState::AwaitInit {
-                sealer,
-                mut opener,
-                fell_back,
-            } => {
+            ClientState::AwaitInit { sealer, mut opener } => {
                 let (peer, routes, _) = server_init(&mut opener, line)?;
-                self.complete(sealer, opener, peer, routes, Mode::Legacy, fell_back)
+                self.complete(sealer, opener, peer, routes, Mode::Legacy)
             }
             ClientState::AwaitV2Init {
                 keys,
@@ -390,7 +383,7 @@ impl ClientHandshake {
                             .into(),
                     ));
                 }
-                self.complete(sealer, opener, peer, routes, Mode::V2, false)
+                self.complete(sealer, opener, peer, routes, Mode::V2)
             }
             ClientState::Finished => Err(HandshakeError::Protocol("handshake already over".into())),
         }
@@ -404,7 +397,6 @@ impl ClientHandshake {
         peer: PeerIdentity,
         routes: Vec<String>,
         mode: Mode,
-        fell_back: bool,
     ) -> Result<Step, HandshakeError> {
         let v = if mode == Mode::V2 { 2 } else { 1 };
         let init = format!(
@@ -419,7 +411,6 @@ impl ClientHandshake {
                 routes,
                 cipher: self.config.cipher,
                 mode,
-                fell_back,
                 sealer,
                 opener,
             }),
@@ -440,8 +431,7 @@ impl ClientHandshake {
         }
         data.push_str(",\"designation\":");
         data.push_str(&json_str(&id.designation));
-        let fell_back = self.config.security.speaks_v2();
-        if fell_back {
+        if self.config.security.speaks_v2() {
             // Legacy servers ignore it; a v2 server that sees it without having seen the offer
             // knows the offer was stripped. With the cipher on it travels encrypted.
             data.push_str(",\"modes\":[\"");
@@ -464,7 +454,6 @@ impl ClientHandshake {
         self.state = ClientState::AwaitInit {
             sealer: Sealer::new(self.keys.clone(), self.config.cipher, sign.then_some(tx)),
             opener: Opener::new(self.keys.clone(), self.config.cipher, rx, sign),
-            fell_back,
         };
         Ok(Step::Send(line.into_bytes()))
     }
@@ -728,7 +717,6 @@ impl ServerHandshake {
                         routes,
                         cipher,
                         mode,
-                        fell_back: false,
                         sealer,
                         opener,
                     }),
