@@ -416,17 +416,25 @@ async fn v2_lines_carry_no_signature_and_plain_v2_needs_none() {
     srv.close().await;
 }
 
-#[test]
-fn sealing_stops_before_the_record_sequence_wraps() {
-    use iris_rpc::protocol::v2::{RecordError, RecordKey};
-    let mut key = RecordKey::new(&[1; 32], &[2; 12]);
-    key.set_sequence(u64::MAX - 1);
-    let (mut s, mut out) = (Vec::new(), Vec::new());
-    key.seal(b"{}", &mut s, &mut out).unwrap();
-    assert_eq!(
-        key.seal(b"{}", &mut s, &mut out),
-        Err(RecordError::Exhausted)
-    );
+#[tokio::test]
+async fn a_session_stops_sealing_before_its_record_sequence_wraps() {
+    // The record layer alone is tested in protocol::v2; this is the session's sealer, which
+    // the writer relies on to fail (and close the stream) without writing anything.
+    let srv = server(Security::PreferV2, true).await;
+    let mut raw = raw_handshake_with(srv.local_addr(), "secret", true, "raw", Security::PreferV2)
+        .await
+        .unwrap();
+    raw.est.sealer.set_record_sequence(u64::MAX - 1);
+    let mut out = Vec::new();
+    raw.est.sealer.seal("{\"op\":\"last\"}", &mut out).unwrap();
+    let sealed = out.len();
+    assert!(raw
+        .est
+        .sealer
+        .seal("{\"op\":\"one more\"}", &mut out)
+        .is_err());
+    assert_eq!(out.len(), sealed, "nothing written for the refused record");
+    srv.close().await;
 }
 
 #[test]

@@ -166,14 +166,6 @@ impl Opener {
         }
     }
 
-    /// Moves the v2 record sequence number (tests of the wrap limit only).
-    #[doc(hidden)]
-    pub fn set_record_sequence(&mut self, seq: u64) {
-        if let OpenMode::V2Records(k) = &mut self.mode {
-            k.set_sequence(seq);
-        }
-    }
-
     /// Opens one line (without its newline). `buf` holds the plaintext when the cipher is on.
     /// In v2, `_sig` is neither needed nor checked: records are authenticated as a whole.
     pub fn open<'b>(
