@@ -25,6 +25,13 @@ use crate::shutdown::Shutdown;
 const READ_MIN: usize = 2 * 1024;
 const READ_MAX: usize = 64 * 1024;
 const WRITE_BATCH: usize = 1024;
+/// A reader's pass over what one read delivered lets the writer go, and other tasks run, every
+/// this many lines. One read can carry hundreds of pipelined requests; answering all of them
+/// before writing any would leave the peer idle meanwhile, so the two ends would take turns
+/// instead of working at once. Measured with 256 requests in flight (`bench client --runtime
+/// current`): from about 220,000 to 430,000 requests/s in v2 (64 and 128 gave the same within
+/// the noise; 16 and 32 less).
+const PASS_LINES: usize = 128;
 
 pub(crate) enum Handshake {
     Client(ClientHandshake),
@@ -250,7 +257,16 @@ async fn read_loop<R: AsyncRead + Unpin>(
         // the pass queues (answers, echoes) leaves in one write when it ends.
         stream.out.hold();
         let pass = async {
+            let mut in_pass = 0usize;
             loop {
+                if in_pass == PASS_LINES {
+                    // Let what this pass queued leave while the rest is worked through.
+                    in_pass = 0;
+                    stream.out.release();
+                    tokio::task::yield_now().await;
+                    stream.out.hold();
+                }
+                in_pass += 1;
                 let line = match lines.next_line() {
                     Ok(Some(l)) => l,
                     Ok(None) => return Ok(()),

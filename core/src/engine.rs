@@ -377,7 +377,11 @@ fn node_id() -> [u8; 6] {
 
 /// A UUID v1 string, as legacy uses for request ids.
 fn request_id() -> String {
-    uuid::Uuid::now_v1(&node_id()).to_string()
+    let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    uuid::Uuid::now_v1(&node_id())
+        .hyphenated()
+        .encode_lower(&mut buf)
+        .to_owned()
 }
 
 impl Engine {
@@ -809,9 +813,10 @@ impl Engine {
                 stream.pending_changed.notify_one();
             }
         }
-        let guard = PendingGuard {
+        let mut guard = PendingGuard {
             stream: &stream,
             id: &id,
+            armed: true,
         };
         let mut text = String::with_capacity(body.len() + id.len() + 20);
         text.push_str("{\"_req\":\"");
@@ -823,7 +828,8 @@ impl Engine {
         let result = rx.await.unwrap_or(Err(Error::Disconnected {
             req: msg.text().clone(),
         }));
-        drop(guard);
+        // Whatever settled it (answer, timeout, close) removed the entry first.
+        guard.armed = false;
         result
     }
 
@@ -986,10 +992,14 @@ fn addressed(text: &str, uuid: &str) -> Result<String> {
 struct PendingGuard<'a> {
     stream: &'a Arc<Stream>,
     id: &'a str,
+    /// Cleared once the request settled: its entry is gone already.
+    armed: bool,
 }
 
 impl Drop for PendingGuard<'_> {
     fn drop(&mut self) {
-        self.stream.lock_pending().take(self.id);
+        if self.armed {
+            self.stream.lock_pending().take(self.id);
+        }
     }
 }

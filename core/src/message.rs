@@ -1,7 +1,9 @@
 //! [`Message`]: a JSON object as text, the unit every API sends and receives, and
 //! [`Response`], the answer to a request.
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
+
+use memchr::memmem;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -10,6 +12,12 @@ use serde_json::Value;
 
 use crate::error::{Error, Result};
 use crate::protocol::message::strip_sig;
+
+// Searchers built once: `memmem::find` would build one per message.
+static SIG_KEY: LazyLock<memmem::Finder<'static>> =
+    LazyLock::new(|| memmem::Finder::new(b"\"_sig\""));
+static OP_TIMEOUT_KEY: LazyLock<memmem::Finder<'static>> =
+    LazyLock::new(|| memmem::Finder::new(b"\"op_timeout\""));
 
 /// One JSON object as text (without `_sig`), cheap to clone and share between streams.
 ///
@@ -52,7 +60,7 @@ impl Message {
             return Err(Error::Config("a message must be a JSON object".into()));
         }
         // `_sig` is the protocol's; a caller's own is dropped, as it would be overwritten.
-        let text = if memchr::memmem::find(text.as_bytes(), b"\"_sig\"").is_some() {
+        let text = if SIG_KEY.find(text.as_bytes()).is_some() {
             strip_sig(&text).into_owned()
         } else {
             text
@@ -106,7 +114,7 @@ impl Message {
         struct T {
             op_timeout: Option<Value>,
         }
-        memchr::memmem::find(self.text.as_bytes(), b"\"op_timeout\"")?;
+        OP_TIMEOUT_KEY.find(self.text.as_bytes())?;
         let t: T = serde_json::from_str(&self.text).ok()?;
         match t.op_timeout? {
             Value::Number(n) => n.as_f64().filter(|f| *f > 0.0).map(|f| f as u64),

@@ -88,3 +88,48 @@ async fn messages_in_the_same_segment_as_the_handshake_are_delivered() {
     assert_eq!(got, ["first", "second"]);
     server.close().await;
 }
+
+#[tokio::test]
+async fn a_thousand_pipelined_requests_in_one_write_are_all_answered_in_order() {
+    // More lines than one reader pass works through before letting the writer go: the
+    // answers leave in several writes, interleaved with the work, and none is lost or reordered.
+    let server = server().await;
+    server.handle("double", |req| async move {
+        let n = req.msg.value()["n"].as_u64().unwrap_or(0);
+        Ok(serde_json::json!({ "n": n * 2 }))
+    });
+    let (mut io, init, mut est) = handshake(&server).await;
+    let count = 1000u64;
+    let mut out = init;
+    for n in 0..count {
+        let line = format!(r#"{{"_req":"r{n}","req":{{"op":"double","n":{n}}}}}"#);
+        est.sealer.seal(&line, &mut out).unwrap();
+    }
+    io.write_all(&out).await.unwrap();
+    let mut lines = LineBuffer::new(1 << 20);
+    let mut plain = Vec::new();
+    let mut next = 0u64;
+    loop {
+        while let Some(line) = lines.next_line().unwrap() {
+            let parsed = est.opener.open(line, &mut plain).unwrap();
+            let iris_rpc::protocol::Kind::Response { id, err, resp } = parsed.kind else {
+                continue;
+            };
+            assert_eq!(id.as_deref(), Some(format!("r{next}").as_str()));
+            assert!(err.is_none(), "unexpected error {err:?}");
+            let resp: serde_json::Value = serde_json::from_str(resp.unwrap().get()).unwrap();
+            assert_eq!(resp["n"], next * 2);
+            next += 1;
+        }
+        if next == count {
+            break;
+        }
+        let n = tokio::time::timeout(Duration::from_secs(10), io.read(lines.read_buf(65536)))
+            .await
+            .unwrap_or_else(|_| panic!("answers stopped coming after {next}"))
+            .unwrap();
+        assert!(n > 0, "server closed after {next} answers");
+        lines.filled(n);
+    }
+    server.close().await;
+}
