@@ -1,7 +1,9 @@
 //! The ping-pong floor of this machine, without iris-rpc: one 64-byte line sent and echoed over
 //! loopback, first over plain TCP, then over TLS (rustls, as iris-rpc uses it), each echo
-//! server in a process of its own, the client on a tokio runtime like ours. It shows how much
-//! of a request's round trip the kernel and TLS take before the protocol adds anything.
+//! server in a process of its own (on tokio's multi-thread runtime, as `bench serve`), the
+//! client on each of tokio's runtimes in turn (multi-thread, then current-thread, as `bench
+//! client --runtime`). It shows how much of a request's round trip the kernel, TLS and the
+//! runtime take before the protocol adds anything.
 //!
 //! ```text
 //! cargo run --release -p iris-rpc --example pingpong_floor -- [ROUNDS]
@@ -76,8 +78,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         return serve(mode == "tls");
     }
     let n: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(20_000);
-    let rt = tokio::runtime::Runtime::new()?;
-    for tls in [false, true] {
+    for (flavor, tls) in [
+        ("multi-thread", false),
+        ("multi-thread", true),
+        ("current-thread", false),
+        ("current-thread", true),
+    ] {
+        let rt = if flavor == "current-thread" {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?
+        } else {
+            tokio::runtime::Runtime::new()?
+        };
         let mut child = std::process::Command::new(&args[0])
             .arg(if tls { "--serve-tls" } else { "--serve-tcp" })
             .stdout(std::process::Stdio::piped())
@@ -105,7 +118,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let _ = child.kill();
         let _ = child.wait();
         println!(
-            "{}: {} round trips of a 64-byte line, p50 {:.1} us, p99 {:.1} us",
+            "{}, client on the {flavor} runtime: {} round trips of a 64-byte line, p50 {:.1} us, p99 {:.1} us",
             if tls { "TLS (rustls)" } else { "plain TCP" },
             times.len(),
             p50(&times),
