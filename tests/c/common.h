@@ -422,4 +422,27 @@ static void legacy_stop(legacy_peer *p) {
     p->pid = 0;
 }
 
+/* Starts the legacy package's server on a free port, retrying if another process took the
+ * port meanwhile. `extra` is more members of its config (each with a leading comma; "" for
+ * none). Waits up to 20 s for it to listen; 0 on success, with the port in *port_out. */
+static int legacy_server_start(legacy_peer *p, const char *secret, int cipher, const char *extra,
+                               int *port_out) {
+    char fields[1024], line[8192];
+    for (int attempt = 0; attempt < 5; attempt++) {
+        int port = free_port();
+        snprintf(fields, sizeof fields,
+                 "\"role\":\"server\",\"auth\":\"%s\",\"port\":\"127.0.0.1:%d\",\"cipher\":%s,"
+                 "\"uuid\":\"legacy-server-uuid\"%s",
+                 secret, port, cipher ? "true" : "false", extra);
+        if (legacy_start(p, fields) != 0) return -1;
+        if (legacy_wait(p, "\"ev\":\"listen\"", line, sizeof line, 20000) == 0 &&
+            strstr(line, "\"err\":null")) {
+            *port_out = port;
+            return 0;
+        }
+        legacy_stop(p);
+    }
+    return -1;
+}
+
 #endif

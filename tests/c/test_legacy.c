@@ -10,26 +10,6 @@
 
 static int cipher_on = 1;
 
-/* Starts a legacy server on a free port (retrying if the port was taken meanwhile). */
-static int start_legacy_server(legacy_peer *p, const char *secret, int *port_out) {
-    char fields[512], line[LINE];
-    for (int attempt = 0; attempt < 5; attempt++) {
-        int port = free_port();
-        snprintf(fields, sizeof fields,
-                 "\"role\":\"server\",\"auth\":\"%s\",\"port\":\"127.0.0.1:%d\",\"cipher\":%s,"
-                 "\"uuid\":\"legacy-server-uuid\",\"designation\":\"legacy-srv\"",
-                 secret, port, cipher_on ? "true" : "false");
-        if (legacy_start(p, fields) != 0) return -1;
-        if (legacy_wait(p, "\"ev\":\"listen\"", line, sizeof line, WAIT) == 0 &&
-            strstr(line, "\"err\":null")) {
-            *port_out = port;
-            return 0;
-        }
-        legacy_stop(p);
-    }
-    return -1;
-}
-
 static iris_client *start_client(int port, const char *secret, collector *events) {
     char address[64];
     snprintf(address, sizeof address, "127.0.0.1:%d", port);
@@ -57,7 +37,7 @@ static void test_c_client_legacy_server(void) {
     legacy_peer p;
     int port = 0;
     memset(&p, 0, sizeof p);
-    if (start_legacy_server(&p, SECRET, &port) != 0) {
+    if (legacy_server_start(&p, SECRET, cipher_on, ",\"designation\":\"legacy-srv\"", &port) != 0) {
         CHECK(!"legacy server started");
         return;
     }
@@ -173,7 +153,7 @@ static void test_c_client_wrong_secret(void) {
     legacy_peer p;
     int port = 0;
     memset(&p, 0, sizeof p);
-    if (start_legacy_server(&p, SECRET, &port) != 0) {
+    if (legacy_server_start(&p, SECRET, cipher_on, ",\"designation\":\"legacy-srv\"", &port) != 0) {
         CHECK(!"legacy server started");
         return;
     }

@@ -212,31 +212,12 @@ static void test_bad_value(void) {
 
 /* ---- against the legacy Node package ------------------------------------------------------ */
 
-static int start_legacy_server(legacy_peer *p, int *port_out) {
-    char fields[512], line[LINE];
-    for (int attempt = 0; attempt < 5; attempt++) {
-        int port = free_port();
-        snprintf(fields, sizeof fields,
-                 "\"role\":\"server\",\"auth\":\"%s\",\"port\":\"127.0.0.1:%d\",\"cipher\":%s,"
-                 "\"uuid\":\"legacy-server-uuid\"",
-                 SECRET, port, cipher_on ? "true" : "false");
-        if (legacy_start(p, fields) != 0) return -1;
-        if (legacy_wait(p, "\"ev\":\"listen\"", line, sizeof line, WAIT) == 0 &&
-            strstr(line, "\"err\":null")) {
-            *port_out = port;
-            return 0;
-        }
-        legacy_stop(p);
-    }
-    return -1;
-}
-
 /* The default client with the legacy package's server: the legacy protocol, working. */
 static void test_default_client_legacy_package(void) {
     legacy_peer p;
     int port = 0;
     memset(&p, 0, sizeof p);
-    if (start_legacy_server(&p, &port) != 0) {
+    if (legacy_server_start(&p, SECRET, cipher_on, "", &port) != 0) {
         CHECK(!"legacy server started");
         return;
     }
@@ -261,7 +242,7 @@ static void test_require_client_legacy_package(void) {
     legacy_peer p;
     int port = 0;
     memset(&p, 0, sizeof p);
-    if (start_legacy_server(&p, &port) != 0) {
+    if (legacy_server_start(&p, SECRET, cipher_on, "", &port) != 0) {
         CHECK(!"legacy server started");
         return;
     }
