@@ -141,6 +141,36 @@ function nativeThrow(ex) {
 
 const CLOSED_ERROR = { code: 'closed', message: 'closed', legacy: { error: 'Closed', closed: true } };
 
+/** Throws `ex` on the next tick: the native caller cannot do anything with it, so it surfaces
+ * as an uncaught exception, as it would in plain Node. */
+function rethrowLater(ex) {
+  process.nextTick(() => {
+    throw ex;
+  });
+}
+
+/** Handles one batch of native entries (a JSON array text): each goes to `entry`; the first
+ * exception a listener throws is rethrown once the whole batch is handled, so one listener
+ * cannot make the others miss their entries. A batch that does not parse goes to `onBadBatch`. */
+function runBatch(text, entry, onBadBatch) {
+  let entries;
+  try {
+    entries = JSON.parse(text);
+  } catch (ex) {
+    onBadBatch(ex);
+    return;
+  }
+  let failure = null;
+  for (let i = 0; i < entries.length; i++) {
+    try {
+      entry(entries[i]);
+    } catch (ex) {
+      failure = failure || ex;
+    }
+  }
+  if (failure) rethrowLater(failure);
+}
+
 function pemText(v) {
   if (v === undefined || v === null) return undefined;
   if (Buffer.isBuffer(v) || v instanceof Uint8Array) return Buffer.from(v).toString('utf8');
@@ -428,27 +458,7 @@ class Interface extends EventEmitter {
   }
 
   #onBatch(text) {
-    let entries;
-    try {
-      entries = JSON.parse(text);
-    } catch (ex) {
-      this.emitToListeners('rpc::error', ex);
-      return;
-    }
-    let failure = null;
-    for (let i = 0; i < entries.length; i++) {
-      try {
-        this.#entry(entries[i]);
-      } catch (ex) {
-        failure = failure || ex;
-      }
-    }
-    if (failure) {
-      // The native caller cannot do anything with it: surface it as Node would.
-      process.nextTick(() => {
-        throw failure;
-      });
-    }
+    runBatch(text, (e) => this.#entry(e), (ex) => this.emitToListeners('rpc::error', ex));
   }
 
   #entry(e) {
@@ -820,29 +830,7 @@ class Router extends EventEmitter {
   }
 
   #onBatch(text) {
-    let entries;
-    try {
-      entries = JSON.parse(text);
-    } catch (ex) {
-      process.nextTick(() => {
-        throw ex;
-      });
-      return;
-    }
-    let failure = null;
-    for (let i = 0; i < entries.length; i++) {
-      try {
-        this.#entry(entries[i]);
-      } catch (ex) {
-        failure = failure || ex;
-      }
-    }
-    if (failure) {
-      // The native caller cannot do anything with it: surface it as Node would.
-      process.nextTick(() => {
-        throw failure;
-      });
-    }
+    runBatch(text, (e) => this.#entry(e), rethrowLater);
   }
 
   #entry(e) {
