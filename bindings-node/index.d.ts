@@ -289,7 +289,7 @@ export class Router extends EventEmitter {
 
   /** Listening on both sides, or the start failed (`err`). */
   on(event: 'listen', listener: (err?: Error) => void): this;
-  on(event: 'connect', listener: (side: RouterSide, uuid: string, address: string, designation?: string) => void): this;
+  on(event: 'connect', listener: (side: RouterSide, uuid: string, address: string, designation: string | undefined, mode: Mode) => void): this;
   on(event: 'disconnect', listener: (side: RouterSide, uuid: string, reason: string) => void): this;
   /** A frontend peer claimed a uuid held on the backend and was disconnected. */
   on(event: 'refused', listener: (uuid: string, address: string) => void): this;

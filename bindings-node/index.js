@@ -705,7 +705,8 @@ function sideName(side) {
  * backend server (`server: {port, auth?, certificates?}`, clients on both sides meet in the
  * middle). The backend's secret and certificates default to the frontend's.
  *
- * Events: 'listen'(err), 'connect'(side, uuid, address, designation), 'disconnect'(side, uuid,
+ * Events: 'listen'(err), 'connect'(side, uuid, address, designation, mode) (mode: 'v2' or
+ * 'legacy', the session mode negotiated with that peer), 'disconnect'(side, uuid,
  * reason), 'refused'(uuid, address), 'error'(side, err, address) (only when listened to),
  * 'close'. Legacy's Router could not be constructed at all.
  */
@@ -855,7 +856,7 @@ class Router extends EventEmitter {
         break;
       }
       case R_CONNECT:
-        this.emit('connect', SIDES[e[1]], e[2], e[3], e[4] === null ? undefined : e[4]);
+        this.emit('connect', SIDES[e[1]], e[2], e[3], e[4] === null ? undefined : e[4], e[5]);
         break;
       case R_DISCONNECT:
         this.emit('disconnect', SIDES[e[1]], e[2], e[3]);

@@ -12,7 +12,7 @@
 //! | entry | meaning |
 //! | --- | --- |
 //! | `[0, null, "front host:port", "back host:port" \| null]` / `[0, ERR]` | listening / start failed |
-//! | `[1, SIDE, "uuid", "address", designation]` | a peer connected on SIDE (0 frontend, 1 backend) |
+//! | `[1, SIDE, "uuid", "address", designation, "mode"]` | a peer connected on SIDE (0 frontend, 1 backend); `mode` `"v2"` or `"legacy"` |
 //! | `[2, SIDE, "uuid", "reason"]` | a peer left SIDE |
 //! | `[3, "uuid", "address"]` | a frontend peer was refused (its uuid is held on the backend) |
 //! | `[5, SIDE, ERR, address]` | a connection failed on SIDE |
@@ -282,6 +282,7 @@ fn encode(ev: RouterEvent, announced: &mut Announced, b: &mut Batch) {
                 .str(peer.uuid())
                 .str(peer.address())
                 .opt_str(peer.designation())
+                .str(peer.mode().as_str())
                 .end();
             announced.add(side, peer);
         }

@@ -181,7 +181,7 @@ describe('security: our client and server', () => {
     const [err] = await once(router, 'listen', bounded());
     assert.equal(err, undefined);
     const ups = [];
-    router.on('connect', (side, uuid) => ups.push(`${side}:${uuid}`));
+    router.on('connect', (side, uuid, address, designation, mode) => ups.push(`${side}:${uuid}:${mode}`));
     const front = ourClient(router.localPort, { uuid: 'front' });
     const backPort = router.backendPort;
     const clients = [front];
@@ -204,12 +204,15 @@ describe('security: our client and server', () => {
       assert.equal(b.length, 1);
       assert.equal(b[0].uuid, 'back');
       assert.equal(b[0].mode, 'legacy');
+      // The connect events carry the same modes.
+      await until(() => ups.length === 2);
+      assert.deepEqual(ups.sort(), ['backend:back:legacy', 'frontend:front:v2']);
       // A legacy-only client is refused by the frontend (require-v2).
       const legacyOnly = ourClient(router.localPort, { uuid: 'old', security: 'legacy' });
       clients.push(legacyOnly);
       const e = await watch(legacyOnly).next();
       assert.match(e.message, /require-v2/);
-      assert.ok(!ups.includes('frontend:old'));
+      assert.ok(!ups.some((u) => u.startsWith('frontend:old')));
     } finally {
       await Promise.all([...clients.map((c) => c.close()), router.close()]);
     }
