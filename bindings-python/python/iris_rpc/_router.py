@@ -10,33 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import inspect
-import os
-import threading
 import uuid as _uuidlib
-import weakref
-from typing import Any, Awaitable, Callable, Dict, List, Mapping, Optional, Tuple, TypeVar, cast
+from typing import Any, Dict, List, Mapping, Optional, Tuple, cast
 
 from . import _native
+from ._dispatch import F, Handler, _Dispatcher, log
 from ._errors import ConfigError
-from ._rpc import (
-    _ALIASES,
-    _GRACE,
-    _LOOP_BATCHES,
-    _POLL,
-    _aux_loop,
-    _awaited,
-    _live,
-    _merge,
-    _options_json,
-    _pump,
-    log,
-)
+from ._rpc import _ALIASES, _merge, _options_json
 
 __all__ = ["Router"]
-
-F = TypeVar("F", bound=Callable[..., Any])
-Handler = Callable[..., Any]
 
 _TAG_CONNECT, _TAG_DISCONNECT, _TAG_REFUSED, _TAG_ERROR = _native.ROUTER_TAGS
 
@@ -64,7 +46,7 @@ def _port_of(address: Optional[str]) -> Optional[int]:
     return None if address is None else int(address.rsplit(":", 1)[1])
 
 
-class Router:
+class Router(_Dispatcher):
     """An iris-rpc router (legacy ``Router``): a frontend server on ``port`` whose clients are
     relayed to a backend, either a client of the server at ``client={"address": ...}`` or a
     second server on ``server={"port": ...}`` whose clients meet the frontend's.
@@ -86,6 +68,9 @@ class Router:
     claiming a uuid the backend holds) and ``"error"`` ``(side, exception, address)``, where
     ``side`` is ``"frontend"`` or ``"backend"``.
     """
+
+    _kind = "router"
+    _listener_label = "router listener"
 
     def __init__(
         self,
@@ -120,32 +105,7 @@ class Router:
         self._backend_uuid = str(backend["uuid"])
         self._backend_server = backend_server
         native = _native.NativeRouter.start(_options_json(opts), _options_json(backend), backend_server)
-        self._native = native
-
-        if loop is None:
-            try:
-                loop = asyncio.get_running_loop()
-            except RuntimeError:
-                loop = None
-        self._loop = loop
-        self._listeners: Dict[str, Tuple[Handler, ...]] = {}
-        self._tasks: "set[Any]" = set()
-        self._closing = False
-        self._finished = False
-        self._pid = os.getpid()
-        self._loop_slots = threading.Semaphore(_LOOP_BATCHES)
-        self._gate = threading.Event()
-        self._gate_passed = False
-        if loop is not None:
-            self._gate.set()  # the loop itself defers delivery to after the current step
-        self._thread = threading.Thread(
-            target=_pump,
-            args=(weakref.ref(self), native),
-            name="iris-rpc-router",
-            daemon=True,
-        )
-        _live.add(cast(Any, self))
-        self._thread.start()
+        super().__init__(native, loop)
 
     # ---- identity and state ----
 
@@ -180,16 +140,6 @@ class Router:
         """The backend server's bound TCP port; None when the backend is a client."""
         return _port_of(self.backend_address)
 
-    @property
-    def loop(self) -> Optional[asyncio.AbstractEventLoop]:
-        """The event loop listeners run on, or None when they run on the dispatcher thread."""
-        return self._loop
-
-    @property
-    def closed(self) -> bool:
-        """True once close() was called."""
-        return cast(bool, self._native.closed)
-
     def peers(self, side: str) -> List[Any]:
         """The peers connected on ``side`` (``"frontend"`` or ``"backend"``)."""
         self._gate.set()
@@ -215,23 +165,11 @@ class Router:
             raise ConfigError(f"a Router emits {', '.join(map(repr, _EVENTS))}, not {event!r}")
         if fn is None:
             return functools.partial(self.on, event)
-        if not callable(fn):
-            raise TypeError("listener must be callable")
-        self._listeners[event] = self._listeners.get(event, ()) + (fn,)
-        return fn
+        return self._add_listener(event, fn)
 
     def off(self, event: str, fn: Optional[Handler] = None) -> bool:
         """Removes ``fn`` (or every listener) from ``event``; True if something was removed."""
-        current = self._listeners.get(event, ())
-        if fn is None:
-            kept: Tuple[Handler, ...] = ()
-        else:
-            kept = tuple(f for f in current if f is not fn and f != fn)
-        if kept:
-            self._listeners[event] = kept
-        else:
-            self._listeners.pop(event, None)
-        return len(kept) != len(current)
+        return self._remove_listener(event, fn)
 
     def listeners(self, event: str) -> List[Handler]:
         """The listeners of ``event``."""
@@ -243,36 +181,7 @@ class Router:
         """Stops both sides: every stream ends and the listeners are released. Blocks (GIL
         released) for at most a few seconds. Safe to call more than once, from any thread or
         listener."""
-        self._closing = True
-        self._gate.set()
-        if os.getpid() != self._pid:
-            # A forked child: the runtime threads behind this object live in the parent only.
-            return
-        self._native.close()
-        if self._thread is not threading.current_thread() and self._thread.ident is not None:
-            self._thread.join(timeout=10)
-        _live.discard(cast(Any, self))
-
-    async def aclose(self) -> None:
-        """:meth:`close` without blocking the event loop."""
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(None, self.close)
-
-    def __enter__(self) -> "Router":
-        self._gate.set()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
-
-    async def __aenter__(self) -> "Router":
-        if self._loop is None:
-            self._loop = asyncio.get_running_loop()
-        self._gate.set()
-        return self
-
-    async def __aexit__(self, *exc: Any) -> None:
-        await self.aclose()
+        super().close()
 
     def __repr__(self) -> str:
         backend = f"server {self.backend_address}" if self._backend_server else "client"
@@ -280,35 +189,6 @@ class Router:
         return f"<Router {self.address} -> {backend}{state}>"
 
     # ---- delivery (dispatcher thread, or the loop) ----
-
-    def _deliver(self, batch: List[Tuple[Any, ...]]) -> None:
-        if not self._gate_passed:
-            self._gate.wait(_GRACE)
-            self._gate_passed = True
-        loop = self._loop
-        if loop is None:
-            self._process(batch)
-            return
-        while not self._loop_slots.acquire(timeout=_POLL):
-            if self._closing or loop.is_closed():
-                return
-        try:
-            loop.call_soon_threadsafe(self._process_on_loop, batch)
-        except RuntimeError:
-            # The loop was closed under us: from now on listeners run on this thread.
-            self._loop_slots.release()
-            self._loop = None
-            self._process(batch)
-
-    def _pump_finished(self) -> None:
-        self._finished = True
-        _live.discard(cast(Any, self))
-
-    def _process_on_loop(self, batch: List[Tuple[Any, ...]]) -> None:
-        try:
-            self._process(batch)
-        finally:
-            self._loop_slots.release()
 
     def _process(self, batch: List[Tuple[Any, ...]]) -> None:
         for item in batch:
@@ -327,28 +207,3 @@ class Router:
                     self._emit("error", item[1], item[2], item[3])
             except Exception:
                 log.exception("iris-rpc: error while processing a router event")
-
-    def _emit(self, event: str, *args: Any) -> None:
-        for fn in self._listeners.get(event, ()):
-            try:
-                result = fn(*args)
-            except Exception:
-                log.exception("iris-rpc: router listener %r raised", fn)
-                continue
-            if inspect.isawaitable(result):
-                self._spawn(result)
-
-    def _spawn(self, aw: Awaitable[Any]) -> None:
-        def done(f: Any) -> None:
-            self._tasks.discard(f)
-            if not f.cancelled() and f.exception() is not None:
-                log.error("iris-rpc: async router listener raised", exc_info=f.exception())
-
-        loop = self._loop
-        fut: Any
-        if loop is not None and not loop.is_closed():
-            fut = asyncio.ensure_future(aw, loop=loop)
-        else:
-            fut = asyncio.run_coroutine_threadsafe(_awaited(aw), _aux_loop())
-        self._tasks.add(fut)
-        fut.add_done_callback(done)

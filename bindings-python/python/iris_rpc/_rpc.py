@@ -1,43 +1,31 @@
-"""Client and Server: handlers, dispatch and requests over one native core object.
-
-Threads: one dispatcher thread per object pulls batches from the core (GIL released while it
-waits). Without an event loop it calls the handlers itself; bound to an asyncio loop (created
-inside a running loop, or entered with ``async with``) it hands each batch to that loop, so
-handlers run on the loop, with at most a few batches queued there (backpressure reaches the
-peers instead of memory).
+"""Client and Server: handlers, dispatch and requests over one native core object. The
+dispatcher thread, the hand-off to an event loop and the lifecycle are in ``_dispatch``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import atexit
 import functools
 import inspect
 import itertools
 import json
-import logging
-import os
-import threading
 import traceback
-import weakref
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import (
     Any,
-    Awaitable,
-    Callable,
     Dict,
     List,
     Mapping,
     Optional,
     Sequence,
     Tuple,
-    TypeVar,
     Union,
     cast,
 )
 
 from . import _native
+from ._dispatch import F, Handler, _Dispatcher, log
 from ._errors import (
     ClosedError,
     ConfigError,
@@ -48,14 +36,10 @@ from ._errors import (
 
 __all__ = ["Certificates", "self_signed", "Client", "Server", "Peer"]
 
-log = logging.getLogger("iris_rpc")
-
 Peer = _native.Peer
 """The other end of one authenticated stream (legacy ``stream``): ``uuid``, ``address``,
 ``designation``, ``mac``, ``cipher`` (whether lines are encrypted), ``mode`` (the session mode
 negotiated with the peer, ``"v2"`` or ``"legacy"``), ``end()``."""
-
-F = TypeVar("F", bound=Callable[..., Any])
 
 _native.set_error_factory(make_error)
 
@@ -63,18 +47,9 @@ _TAG_LISTEN, _TAG_CONNECT, _TAG_DISCONNECT, _TAG_MESSAGE, _TAG_REQUEST, _TAG_ERR
     _native.EVENT_TAGS
 )
 
-_BATCH = 1024
-_POLL = 0.25  # seconds between checks that the Python object is still alive
-_LOOP_BATCHES = 4  # batches handed to the event loop and not yet processed
-# Legacy delivers events on a later tick, so listeners added right after the constructor see
-# the first connection. Threads have no ticks: delivery starts when the object is first used
-# (waited on, sent with, entered) or after this grace period, whichever comes first.
-_GRACE = 0.1
-
 _dumps = functools.partial(json.dumps, separators=(",", ":"), ensure_ascii=False)
 _loads = json.loads
 _tokens = itertools.count(1)
-_live: "weakref.WeakSet[_Rpc]" = weakref.WeakSet()
 
 
 # ---- options -------------------------------------------------------------------------------
@@ -234,52 +209,16 @@ def _answer(responder: Any, result: Any = None, exc: Optional[BaseException] = N
     responder.respond(err, None)
 
 
-async def _awaited(aw: Awaitable[Any]) -> Any:
-    return await aw
-
-
-_aux_lock = threading.Lock()
-_aux: Optional[asyncio.AbstractEventLoop] = None
-
-
-def _aux_loop() -> asyncio.AbstractEventLoop:
-    """A private event loop, on its own thread, for ``async def`` handlers of objects that are
-    not bound to a loop."""
-    global _aux
-    with _aux_lock:
-        if _aux is None or _aux.is_closed():
-            loop = asyncio.new_event_loop()
-            t = threading.Thread(target=loop.run_forever, name="iris-rpc-async", daemon=True)
-            t.start()
-            _aux = loop
-        return _aux
-
-
-# ---- the dispatcher thread --------------------------------------------------------------------
-
-
-def _pump(ref: "weakref.ReferenceType[_Rpc]", native: Any) -> None:
-    try:
-        while True:
-            try:
-                batch = native.next_batch(_BATCH, _POLL)
-            except Exception:  # pragma: no cover - the native side does not raise here
-                log.exception("iris-rpc: event pump failed")
-                break
-            if batch is None:
-                break
-            rpc = ref()
-            if rpc is None:
-                # Forgotten without close(): the object is gone, so is everyone's interest.
-                native.close()
-                continue
-            if batch:
-                rpc._deliver(batch)
-            del rpc
-    finally:
-        rpc = ref()
-        if rpc is not None:
-            rpc._pump_finished()
+def _answer_outcome(responder: Any, f: Any) -> None:
+    """Answers with the outcome of a finished handler future (asyncio or concurrent)."""
+    if f.cancelled():
+        exc: Optional[BaseException] = asyncio.CancelledError("handler cancelled")
+    else:
+        exc = f.exception()
+    if exc is None:
+        _answer(responder, f.result())
+    else:
+        _answer(responder, exc=exc)
 
 
 def _settle_all(items: List[Tuple["asyncio.Future[Any]", Optional[str], Optional[BaseException]]]) -> None:
@@ -294,43 +233,15 @@ def _settle_all(items: List[Tuple["asyncio.Future[Any]", Optional[str], Optional
 
 # ---- Client and Server ----------------------------------------------------------------------
 
-Handler = Callable[..., Any]
 
-
-class _Rpc:
+class _Rpc(_Dispatcher):
     """What Client and Server share (legacy ``Interface``)."""
 
-    _kind = "rpc"
-
     def __init__(self, native: Any, loop: Optional[asyncio.AbstractEventLoop]) -> None:
-        self._native = native
-        if loop is None:
-            try:
-                loop = asyncio.get_running_loop()
-            except RuntimeError:
-                loop = None
-        self._loop = loop
-        self._listeners: Dict[str, Tuple[Handler, ...]] = {}
         self._digest: Optional[Handler] = None
         self._filters: Tuple[Handler, ...] = ()
         self._futures: Dict[int, Tuple["asyncio.Future[Any]", asyncio.AbstractEventLoop]] = {}
-        self._tasks: "set[asyncio.Future[Any]]" = set()
-        self._closing = False
-        self._finished = False
-        self._pid = os.getpid()
-        self._loop_slots = threading.Semaphore(_LOOP_BATCHES)
-        self._gate = threading.Event()
-        self._gate_passed = False
-        if loop is not None:
-            self._gate.set()  # the loop itself defers delivery to after the current step
-        self._thread = threading.Thread(
-            target=_pump,
-            args=(weakref.ref(self), native),
-            name=f"iris-rpc-{self._kind}",
-            daemon=True,
-        )
-        _live.add(self)
-        self._thread.start()
+        super().__init__(native, loop)
 
     # ---- identity and state ----
 
@@ -338,16 +249,6 @@ class _Rpc:
     def uuid(self) -> str:
         """This instance's uuid."""
         return cast(str, self._native.uuid)
-
-    @property
-    def loop(self) -> Optional[asyncio.AbstractEventLoop]:
-        """The event loop handlers run on, or None when they run on the dispatcher thread."""
-        return self._loop
-
-    @property
-    def closed(self) -> bool:
-        """True once close() was called."""
-        return cast(bool, self._native.closed)
 
     def peers(self) -> List[Any]:
         """The connected peers (legacy ``streams``)."""
@@ -400,25 +301,11 @@ class _Rpc:
         """
         if fn is None:
             return functools.partial(self.on, op)
-        if not callable(fn):
-            raise TypeError("listener must be callable")
-        self._listeners[op] = self._listeners.get(op, ()) + (fn,)
-        return fn
+        return self._add_listener(op, fn)
 
     def off(self, op: str, fn: Optional[Handler] = None) -> bool:
         """Removes ``fn`` (or every listener) from ``op``; True if something was removed."""
-        current = self._listeners.get(op, ())
-        if fn is None:
-            kept: Tuple[Handler, ...] = ()
-        else:
-            kept = tuple(f for f in current if f is not fn and f != fn)
-            if len(kept) == len(current):
-                return False
-        if kept:
-            self._listeners[op] = kept
-        else:
-            self._listeners.pop(op, None)
-        return len(kept) != len(current)
+        return self._remove_listener(op, fn)
 
     def listeners(self, op: str) -> List[Handler]:
         """The listeners of ``op``."""
@@ -527,36 +414,7 @@ class _Rpc:
     def close(self) -> None:
         """Closes every stream; pending requests fail with ClosedError. Blocks (GIL released)
         for at most a few seconds. Safe to call more than once, from any thread or handler."""
-        self._closing = True
-        self._gate.set()
-        if os.getpid() != self._pid:
-            # A forked child: the runtime threads behind this object live in the parent only.
-            return
-        self._native.close()
-        if self._thread is not threading.current_thread() and self._thread.ident is not None:
-            self._thread.join(timeout=10)
-        _live.discard(self)
-
-    async def aclose(self) -> None:
-        """:meth:`close` without blocking the event loop."""
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(None, self.close)
-
-    def __enter__(self: "R") -> "R":
-        self._gate.set()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
-
-    async def __aenter__(self: "R") -> "R":
-        if self._loop is None:
-            self._loop = asyncio.get_running_loop()
-        self._gate.set()
-        return self
-
-    async def __aexit__(self, *exc: Any) -> None:
-        await self.aclose()
+        super().close()
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else ("connected" if self.is_connected() else "open")
@@ -564,10 +422,9 @@ class _Rpc:
 
     # ---- delivery (dispatcher thread, or the loop) ----
 
-    def _deliver(self, batch: List[Tuple[Any, ...]]) -> None:
-        if not self._gate_passed:
-            self._gate.wait(_GRACE)
-            self._gate_passed = True
+    def _take_early(self, batch: List[Tuple[Any, ...]]) -> List[Tuple[Any, ...]]:
+        """Settles the answers to :meth:`arequest` at once (their futures may live on any
+        loop); returns the other events."""
         events = []
         done = []
         for item in batch:
@@ -577,22 +434,7 @@ class _Rpc:
                 events.append(item)
         if done:
             self._settle(done)
-        if not events:
-            return
-        loop = self._loop
-        if loop is None:
-            self._process(events)
-            return
-        while not self._loop_slots.acquire(timeout=_POLL):
-            if self._closing or loop.is_closed():
-                return
-        try:
-            loop.call_soon_threadsafe(self._process_on_loop, events)
-        except RuntimeError:
-            # The loop was closed under us: from now on handlers run on this thread.
-            self._loop_slots.release()
-            self._loop = None
-            self._process(events)
+        return events
 
     def _settle(self, done: List[Tuple[Any, ...]]) -> None:
         by_loop: Dict[asyncio.AbstractEventLoop, List[Any]] = {}
@@ -607,18 +449,11 @@ class _Rpc:
                 pass  # that loop is closed; nobody awaits these any more
 
     def _pump_finished(self) -> None:
-        self._finished = True
-        _live.discard(self)
+        super()._pump_finished()
         closed = {"error": "Closed", "closed": True}
         leftover = [(_TAG_DONE, t, None, ClosedError("closed", closed)) for t in list(self._futures)]
         if leftover:
             self._settle(leftover)
-
-    def _process_on_loop(self, events: List[Tuple[Any, ...]]) -> None:
-        try:
-            self._process(events)
-        finally:
-            self._loop_slots.release()
 
     def _process(self, events: List[Tuple[Any, ...]]) -> None:
         for item in events:
@@ -640,20 +475,6 @@ class _Rpc:
                     self._emit("listen", item[1])
             except Exception:
                 log.exception("iris-rpc: error while processing an event")
-
-    def _call(self, fn: Handler, args: Tuple[Any, ...]) -> None:
-        """Calls a listener whose result nobody waits for."""
-        try:
-            result = fn(*args)
-        except Exception:
-            log.exception("iris-rpc: listener %r raised", fn)
-            return
-        if inspect.isawaitable(result):
-            self._spawn(result, None)
-
-    def _emit(self, op: str, *args: Any) -> None:
-        for fn in self._listeners.get(op, ()):
-            self._call(fn, args)
 
     def _refusal(self, msg: Any, peer: Any) -> Optional[Tuple[Any, Optional[BaseException]]]:
         for f in self._filters:
@@ -702,39 +523,9 @@ class _Rpc:
             _answer(responder, exc=e)
             return
         if inspect.isawaitable(result):
-            self._spawn(result, responder)
+            self._spawn(result, functools.partial(_answer_outcome, responder))
         else:
             _answer(responder, result)
-
-    def _spawn(self, aw: Awaitable[Any], responder: Any) -> None:
-        """Runs an awaitable on the bound loop (we are on it), else on the private loop;
-        answers ``responder`` with its outcome when there is one."""
-
-        def done(f: Any) -> None:
-            self._tasks.discard(f)
-            if f.cancelled():
-                exc: Optional[BaseException] = asyncio.CancelledError("handler cancelled")
-            else:
-                exc = f.exception()
-            if responder is not None:
-                if exc is None:
-                    _answer(responder, f.result())
-                else:
-                    _answer(responder, exc=exc)
-            elif exc is not None and not f.cancelled():
-                log.error("iris-rpc: async listener raised", exc_info=exc)
-
-        loop = self._loop
-        fut: Any
-        if loop is not None and not loop.is_closed():
-            fut = asyncio.ensure_future(aw, loop=loop)
-        else:
-            fut = asyncio.run_coroutine_threadsafe(_awaited(aw), _aux_loop())
-        self._tasks.add(fut)
-        fut.add_done_callback(done)
-
-
-R = TypeVar("R", bound=_Rpc)
 
 
 def _merge(options: Optional[Mapping[str, Any]], kwargs: Mapping[str, Any]) -> Dict[str, Any]:
@@ -805,26 +596,3 @@ class Server(_Rpc):
     def port(self) -> int:
         """The bound TCP port."""
         return int(self.address.rsplit(":", 1)[1])
-
-
-if hasattr(os, "register_at_fork"):
-    # Objects inherited through fork() belong to the parent; the child must not close them.
-    os.register_at_fork(after_in_child=_live.clear)
-
-
-@atexit.register
-def _close_all() -> None:
-    """Closes what is still open, so the interpreter never exits with the dispatcher threads
-    inside the native module."""
-    for rpc in list(_live):
-        try:
-            rpc.close()
-        except Exception:  # pragma: no cover - best effort at exit
-            pass
-    aux = _aux
-    if aux is not None and not aux.is_closed():
-        try:
-            aux.call_soon_threadsafe(aux.stop)
-        except RuntimeError:  # pragma: no cover
-            pass
-
