@@ -374,7 +374,7 @@ async fn deliver(
         }
         Kind::Request { id, body, meta } => {
             let msg = Message::received(body, meta.op.as_deref());
-            let uuid = engine.sender(peer, meta.routed_from.as_deref());
+            let uuid = engine.sender(peer, meta.routed_from.as_deref()).to_owned();
             engine.on_request(stream, id, msg, uuid).await;
         }
         Kind::Response { id, err, resp } => {
@@ -383,11 +383,16 @@ async fn deliver(
                 tracing::debug!(peer = %peer.uuid(), "response for no pending request");
             }
         }
-        Kind::Control(Control::Init { routes, .. }) => engine.add_routes(peer, &routes).await,
-        Kind::Control(Control::Online(Some(uuid))) => {
-            engine.add_routes(peer, &[uuid.into_owned()]).await
+        // Rare: boxed, so their futures do not make every line's future larger.
+        Kind::Control(Control::Init { routes, .. }) => {
+            Box::pin(engine.add_routes(peer, &routes)).await
         }
-        Kind::Control(Control::Offline(Some(uuid))) => engine.remove_route(peer, &uuid).await,
+        Kind::Control(Control::Online(Some(uuid))) => {
+            Box::pin(engine.add_routes(peer, &[uuid.into_owned()])).await
+        }
+        Kind::Control(Control::Offline(Some(uuid))) => {
+            Box::pin(engine.remove_route(peer, &uuid)).await
+        }
         Kind::Control(Control::Auth(op)) => {
             return Err(format!("protocol error: {op} after authentication"));
         }

@@ -486,11 +486,17 @@ impl Engine {
     /// never past close.
     pub(crate) async fn emit(&self, ev: Event) {
         let tx = self.events.lock().ok().and_then(|e| e.clone());
-        if let Some(tx) = tx {
-            tokio::select! {
-                _ = tx.send(ev) => {}
-                _ = self.shutdown.wait() => {}
-            }
+        let Some(tx) = tx else { return };
+        // Room in the queue is the common case; waiting for room is boxed so that every
+        // caller's future (one per received line) stays small.
+        if let Err(mpsc::error::TrySendError::Full(ev)) = tx.try_send(ev) {
+            Box::pin(async move {
+                tokio::select! {
+                    _ = tx.send(ev) => {}
+                    _ = self.shutdown.wait() => {}
+                }
+            })
+            .await;
         }
     }
 
@@ -641,10 +647,10 @@ impl Engine {
 
     /// The sender of a message from `peer`: `_r.uuid` when `peer` really routes that uuid (so
     /// `_r` cannot be spoofed), else the peer itself.
-    pub(crate) fn sender(&self, peer: &Peer, routed_from: Option<&str>) -> String {
+    pub(crate) fn sender<'a>(&self, peer: &'a Peer, routed_from: Option<&'a str>) -> &'a str {
         match routed_from {
-            Some(u) if self.route_via_uuid(u).as_deref() == Some(peer.uuid()) => u.to_owned(),
-            _ => peer.uuid().to_owned(),
+            Some(u) if self.route_via_uuid(u).as_deref() == Some(peer.uuid()) => u,
+            _ => peer.uuid(),
         }
     }
 
@@ -843,7 +849,7 @@ impl Engine {
         Ok(())
     }
 
-    pub(crate) async fn on_event(&self, msg: Message, uuid: String, peer: &Peer) {
+    pub(crate) async fn on_event(&self, msg: Message, uuid: &str, peer: &Peer) {
         if self.passes_filters(&msg, peer).is_err() {
             return;
         }
@@ -853,11 +859,11 @@ impl Engine {
             (h.digests.clone(), l)
         };
         for (_, d) in digests.iter() {
-            d(&msg, &uuid, peer);
+            d(&msg, uuid, peer);
         }
         if let Some(ls) = listeners {
             for (_, l) in ls.iter() {
-                l(&msg, &uuid, peer);
+                l(&msg, uuid, peer);
             }
         }
         if !self.has_receiver() {
@@ -865,7 +871,7 @@ impl Engine {
         }
         self.emit(Event::Message {
             msg,
-            uuid,
+            uuid: uuid.to_owned(),
             peer: peer.clone(),
         })
         .await;

@@ -2,12 +2,9 @@
 //! written as lowercase hex. Weak by design (static IV, no authentication) and kept only to talk
 //! to legacy peers.
 
-use aes::cipher::{block_padding::Pkcs7, BlockDecryptMut, BlockEncryptMut, KeyIvInit};
+use aes::cipher::{block_padding::Pkcs7, BlockDecryptMut, BlockEncryptMut, InnerIvInit, KeyInit};
 
 use super::hex;
-
-type Enc = cbc::Encryptor<aes::Aes256>;
-type Dec = cbc::Decryptor<aes::Aes256>;
 
 /// The only cipher name legacy peers can use successfully.
 pub const LEGACY_CIPHER_NAME: &str = "aes-256-cbc";
@@ -24,19 +21,23 @@ impl std::fmt::Display for DecryptError {
 
 impl std::error::Error for DecryptError {}
 
-/// Pre-expanded AES key schedules for the legacy key and IV; cloned per line.
+/// Pre-expanded AES key schedules for the legacy key, and the IV. Each line is a CBC chain of
+/// its own from the IV; the chains borrow the schedules (copying them per line cost more than
+/// the AES rounds of a short line).
 #[derive(Clone)]
 pub struct LegacyCipher {
-    enc: Enc,
-    dec: Dec,
+    enc: aes::Aes256Enc,
+    dec: aes::Aes256Dec,
+    iv: [u8; 16],
 }
 
 impl LegacyCipher {
     /// A cipher for `key` and `iv` (from [`super::keys::evp_bytes_to_key`]).
     pub fn new(key: &[u8; 32], iv: &[u8; 16]) -> Self {
         LegacyCipher {
-            enc: Enc::new(key.into(), iv.into()),
-            dec: Dec::new(key.into(), iv.into()),
+            enc: aes::Aes256Enc::new(key.into()),
+            dec: aes::Aes256Dec::new(key.into()),
+            iv: *iv,
         }
     }
 
@@ -45,9 +46,7 @@ impl LegacyCipher {
         let padded = (plain.len() / 16 + 1) * 16;
         scratch.clear();
         scratch.resize(padded, 0);
-        match self
-            .enc
-            .clone()
+        match cbc::Encryptor::inner_iv_init(&self.enc, (&self.iv).into())
             .encrypt_padded_b2b_mut::<Pkcs7>(plain, scratch)
         {
             Ok(ct) => hex::append(ct, out),
@@ -75,8 +74,7 @@ impl LegacyCipher {
         if buf.is_empty() || buf.len() % 16 != 0 {
             return Err(DecryptError);
         }
-        self.dec
-            .clone()
+        cbc::Decryptor::inner_iv_init(&self.dec, (&self.iv).into())
             .decrypt_padded_mut::<Pkcs7>(buf)
             .map_err(|_| DecryptError)
     }
