@@ -240,7 +240,8 @@ class _Dispatcher:
         except Exception:
             log.exception("iris-rpc: %s %r raised", self._listener_label, fn)
             return
-        if inspect.isawaitable(result):
+        # Most listeners return None: skip the (slower) awaitable check for them.
+        if result is not None and inspect.isawaitable(result):
             self._spawn(result)
 
     def _emit(self, event: str, *args: Any) -> None:
