@@ -367,3 +367,17 @@ describe('process lifetime', () => {
     });
   }
 });
+
+describe('runtime size', () => {
+  test('a bad TOKIO_WORKER_THREADS is a clear error from the constructor, not a crash', () => {
+    const script =
+      "const iris = require(process.argv[1]); try { new iris.Client({ address: '127.0.0.1:1', auth: 's' }); " +
+      "console.log('created'); process.exit(3); } catch (e) { console.log(e.code, e.message); }";
+    const out = execFileSync(process.execPath, ['-e', script, path.join(__dirname, '..')], {
+      env: { ...process.env, TOKIO_WORKER_THREADS: 'zero' },
+      encoding: 'utf8',
+    });
+    assert.match(out, /TOKIO_WORKER_THREADS must be a whole number of threads above 0, not "zero"/);
+    assert.doesNotMatch(out, /created/);
+  });
+});
