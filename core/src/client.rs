@@ -6,8 +6,8 @@ use rand::Rng;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-use crate::api::{shared_api, spawn_pinger};
 use crate::connection::{handshake, serve, Handshake};
+use crate::endpoint::{spawn_pinger, Endpoint};
 use crate::engine::{Counted, Engine};
 use crate::error::{Error, Result};
 use crate::event::Event;
@@ -16,19 +16,26 @@ use crate::protocol::LineBuffer;
 
 /// An iris-rpc client (legacy `Client`).
 pub struct Client {
-    engine: Arc<Engine>,
+    endpoint: Endpoint,
 }
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Client")
-            .field("uuid", &self.engine.identity.uuid)
-            .field("address", &self.engine.opts.address)
+            .field("uuid", &self.engine().identity.uuid)
+            .field("address", &self.engine().opts.address)
             .finish()
     }
 }
 
-shared_api!(Client);
+impl std::ops::Deref for Client {
+    type Target = Endpoint;
+
+    /// Everything a client and a server share ([`Endpoint`]).
+    fn deref(&self) -> &Endpoint {
+        &self.endpoint
+    }
+}
 
 impl Client {
     /// Starts connecting to every address on the current tokio runtime and returns at once,
@@ -76,7 +83,12 @@ impl Client {
         }
         let _guard = handle.enter();
         spawn_pinger(&engine);
-        Ok((Client { engine }, events))
+        Ok((
+            Client {
+                endpoint: Endpoint::new(engine),
+            },
+            events,
+        ))
     }
 }
 
@@ -107,10 +119,9 @@ async fn reconnect_loop(
     let max = engine.opts.reconnect_max.max(initial);
     let mut delay = initial;
     while !engine.shutdown.is_triggered() {
-        let attempt = tokio::select! {
-            _ = engine.shutdown.wait() => break,
-            r = connect_once(engine, address, host, port, &connector) => r,
-        };
+        // Only connecting races the shutdown: a stream that came up is served to its end,
+        // which on close is soon, so its `Disconnect` is never lost.
+        let attempt = connect_once(engine, address, host, port, &connector).await;
         match attempt {
             Ok(true) => delay = initial,
             Ok(false) => {}
@@ -156,14 +167,16 @@ async fn connect_once(
         let est = handshake(&mut tls, &mut lines, Handshake::client(engine, cb)).await?;
         Ok::<_, Error>((tls, est))
     };
-    let (tls, est) = tokio::time::timeout(engine.opts.limits.auth_timeout, auth)
-        .await
-        .unwrap_or_else(|_| {
-            Err(Error::LimitExceeded(format!(
-                "connect and authentication not completed within {:?}",
-                engine.opts.limits.auth_timeout
-            )))
-        })?;
+    let connected = tokio::select! {
+        _ = engine.shutdown.wait() => return Ok(false),
+        r = tokio::time::timeout(engine.opts.limits.auth_timeout, auth) => r,
+    };
+    let (tls, est) = connected.unwrap_or_else(|_| {
+        Err(Error::LimitExceeded(format!(
+            "connect and authentication not completed within {:?}",
+            engine.opts.limits.auth_timeout
+        )))
+    })?;
     serve(engine.clone(), tls, lines, est, address.to_owned()).await;
     Ok(true)
 }

@@ -5,20 +5,19 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::time::Instant;
 
-use crate::engine::{Engine, Stream};
+use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::event::Event;
-use crate::message::Message;
 use crate::outbox::Outbox;
 use crate::peer::{Peer, PeerInner};
-use crate::protocol::message::strip_sig;
 use crate::protocol::{
-    ClientConfig, ClientHandshake, Control, Established, HandshakeError, Kind, LineBuffer, Opener,
-    Sealer, ServerConfig, ServerHandshake, Step,
+    ClientConfig, ClientHandshake, Established, HandshakeError, LineBuffer, Opener, Sealer,
+    ServerConfig, ServerHandshake, Step,
 };
+use crate::requests::run_timer;
 use crate::shutdown::Shutdown;
+use crate::stream::Stream;
 
 /// Reads start small, so an idle connection holds little, grow while reads come full, and shrink
 /// back (the buffer is given back once empty) when they come small.
@@ -164,6 +163,11 @@ pub(crate) async fn handshake<IO: AsyncRead + AsyncWrite + Unpin>(
 }
 
 /// Serves an authenticated stream until it ends; returns why it ended.
+///
+/// Three tasks carry a stream: this one reads and delivers, the writer writes, and the timer
+/// keeps the request deadlines and the dead-peer limit. Nothing the event consumer does can
+/// hold up the timer, and the end of the stream (`peer.end()`, close, a dead peer) stops the
+/// reader even while it waits for room in a full event queue.
 pub(crate) async fn serve<IO>(
     engine: Arc<Engine>,
     io: IO,
@@ -198,23 +202,30 @@ where
     }
     engine.register(stream.clone());
     let writer = tokio::spawn(write_loop(wr, outbox, est.sealer, queued, shutdown.clone()));
-    engine.emit(Event::Connect { peer: peer.clone() }).await;
+    let timer = tokio::spawn(run_timer(
+        stream.clone(),
+        engine.opts.limits.dead_peer_timeout,
+    ));
+    engine.announce_connect(&stream).await;
     engine.add_routes(&peer, &est.routes).await;
 
-    let result = read_loop(&engine, &stream, rd, lines, est.opener).await;
+    let result = tokio::select! {
+        biased;
+        _ = shutdown.wait() => Ok(()),
+        _ = engine.shutdown.wait() => Err("closed locally".to_owned()),
+        r = read_loop(&engine, &stream, rd, lines, est.opener) => r,
+    };
+    // The reader may have been stopped in the middle of a pass.
+    stream.out.release();
     let reason = match result {
-        Ok(()) => stream
-            .close_reason
-            .lock()
-            .ok()
-            .and_then(|r| r.clone())
-            .unwrap_or_else(|| "closed".into()),
+        Ok(()) => stream.close_reason().unwrap_or_else(|| "closed".into()),
         Err(e) => e,
     };
     stream.close(reason.clone());
     let lost_routes = engine.unregister(&stream);
-    stream.fail_pending(engine.shutdown.is_triggered());
+    stream.close_pending(engine.shutdown.is_triggered());
     let _ = writer.await;
+    let _ = timer.await;
     if !reason.starts_with("closed") {
         tracing::info!(peer = %peer.uuid(), address = %peer.address(), %reason, "stream ended");
     }
@@ -227,12 +238,7 @@ where
             })
             .await;
     }
-    engine
-        .emit(Event::Disconnect {
-            peer,
-            reason: reason.clone(),
-        })
-        .await;
+    engine.announce_disconnect(&stream, reason.clone()).await;
     reason
 }
 
@@ -243,15 +249,8 @@ async fn read_loop<R: AsyncRead + Unpin>(
     mut lines: LineBuffer,
     mut opener: Opener,
 ) -> std::result::Result<(), String> {
-    let peer = stream.peer.clone();
     let mut plain = Vec::new();
     let mut room = READ_MIN;
-    let dead_after = engine.opts.limits.dead_peer_timeout;
-    let mut silence_check = dead_after.map(|t| {
-        let every = (t / 4).max(std::time::Duration::from_millis(10));
-        tokio::time::interval_at(Instant::now() + every, every)
-    });
-    let mut last_heard = Instant::now();
     loop {
         // Lines already buffered first: the handshake may have read past its last line. What
         // the pass queues (answers, echoes) leaves in one write when it ends.
@@ -278,7 +277,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
                 let parsed = opener
                     .open(line, &mut plain)
                     .map_err(|e| format!("protocol error: {e}"))?;
-                let delivery = deliver(engine, stream, &peer, parsed);
+                let delivery = engine.deliver(stream, parsed);
                 // Delivery that has to wait (a full event queue, a filter) must not hold
                 // back the writer: release first.
                 released_if_pending(delivery, &stream.out).await?;
@@ -288,48 +287,24 @@ async fn read_loop<R: AsyncRead + Unpin>(
         stream.out.release();
         passed?;
         lines.shrink(room);
-        let deadline = stream.pending.lock().ok().and_then(|p| p.next_deadline());
-        tokio::select! {
-            biased;
-            _ = peer.0.shutdown.wait() => return Ok(()),
-            _ = engine.shutdown.wait() => {
-                stream.fail_pending(true);
-                return Err("closed locally".into());
-            }
-            _ = stream.pending_changed.notified() => {}
-            _ = async { silence_check.as_mut()?.tick().await; Some(()) }, if silence_check.is_some() => {
-                if let Some(t) = dead_after.filter(|t| last_heard.elapsed() > *t) {
-                    return Err(format!("dead peer: silent for more than {} ms", t.as_millis()));
-                }
-            }
-            _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
-                let expired = stream
-                    .pending
-                    .lock()
-                    .map(|mut p| p.expire(Instant::now()))
-                    .unwrap_or_default();
-                for e in expired {
-                    e.settle_timeout();
-                }
-            }
-            r = rd.read(lines.read_buf(room)) => {
-                let n = r.map_err(|e| format!("read error: {e}"))?;
-                lines.filled(n);
-                // Grow while reads come back full; shrink back (and give the buffer back once
-                // it is empty) when they come back small.
-                room = if n == room {
-                    (room * 2).min(READ_MAX)
-                } else if n < room / 4 && room > READ_MIN {
-                    (room / 2).max(READ_MIN)
-                } else {
-                    room
-                };
-                if n == 0 {
-                    return Err("connection closed by peer".into());
-                }
-                last_heard = Instant::now();
-            }
+        let n = rd
+            .read(lines.read_buf(room))
+            .await
+            .map_err(|e| format!("read error: {e}"))?;
+        lines.filled(n);
+        // Grow while reads come back full; shrink back (and give the buffer back once it is
+        // empty) when they come back small.
+        room = if n == room {
+            (room * 2).min(READ_MAX)
+        } else if n < room / 4 && room > READ_MIN {
+            (room / 2).max(READ_MIN)
+        } else {
+            room
+        };
+        if n == 0 {
+            return Err("connection closed by peer".into());
         }
+        stream.heard();
     }
 }
 
@@ -352,53 +327,6 @@ async fn released_if_pending<F: std::future::Future>(fut: F, out: &Outbox) -> F:
             v
         }
     }
-}
-
-async fn deliver(
-    engine: &Arc<Engine>,
-    stream: &Arc<Stream>,
-    peer: &Peer,
-    parsed: crate::protocol::Parsed<'_>,
-) -> std::result::Result<(), String> {
-    match parsed.kind {
-        Kind::Event {
-            op, routed_from, ..
-        } => {
-            let msg = if parsed.sig.is_some() {
-                Message::received(&strip_sig(parsed.text), op.as_deref())
-            } else {
-                Message::received(parsed.text, op.as_deref())
-            };
-            let uuid = engine.sender(peer, routed_from.as_deref());
-            engine.on_event(msg, uuid, peer).await;
-        }
-        Kind::Request { id, body, meta } => {
-            let msg = Message::received(body, meta.op.as_deref());
-            let uuid = engine.sender(peer, meta.routed_from.as_deref()).to_owned();
-            engine.on_request(stream, id, msg, uuid).await;
-        }
-        Kind::Response { id, err, resp } => {
-            let settled = id.is_some_and(|id| stream.settle(&id, err, resp));
-            if !settled {
-                tracing::debug!(peer = %peer.uuid(), "response for no pending request");
-            }
-        }
-        // Rare: boxed, so their futures do not make every line's future larger.
-        Kind::Control(Control::Init { routes, .. }) => {
-            Box::pin(engine.add_routes(peer, &routes)).await
-        }
-        Kind::Control(Control::Online(Some(uuid))) => {
-            Box::pin(engine.add_routes(peer, &[uuid.into_owned()])).await
-        }
-        Kind::Control(Control::Offline(Some(uuid))) => {
-            Box::pin(engine.remove_route(peer, &uuid)).await
-        }
-        Kind::Control(Control::Auth(op)) => {
-            return Err(format!("protocol error: {op} after authentication"));
-        }
-        Kind::Control(_) => {}
-    }
-    Ok(())
 }
 
 async fn write_loop<W: AsyncWrite>(

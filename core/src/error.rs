@@ -30,6 +30,9 @@ pub enum ErrorKind {
     LimitExceeded,
     /// The peer answered a request with an error.
     Remote,
+    /// A listener, digest, filter or handler of this instance panicked (the call was caught;
+    /// the stream goes on).
+    Handler,
 }
 
 impl ErrorKind {
@@ -47,6 +50,7 @@ impl ErrorKind {
             ErrorKind::NotConnected => "not_connected",
             ErrorKind::LimitExceeded => "limit_exceeded",
             ErrorKind::Remote => "remote",
+            ErrorKind::Handler => "handler",
         }
     }
 }
@@ -108,6 +112,9 @@ pub enum Error {
     /// The peer answered with an error value (its JSON text).
     #[error("remote error: {0}")]
     Remote(Arc<str>),
+    /// User code called by this instance panicked; the call was caught.
+    #[error("handler error: {0}")]
+    Handler(String),
 }
 
 impl Error {
@@ -127,6 +134,7 @@ impl Error {
             }
             Error::LimitExceeded(_) => ErrorKind::LimitExceeded,
             Error::Remote(_) => ErrorKind::Remote,
+            Error::Handler(_) => ErrorKind::Handler,
         }
     }
 

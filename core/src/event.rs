@@ -5,10 +5,10 @@ use std::net::SocketAddr;
 use serde_json::Value;
 use tokio::sync::mpsc;
 
-use crate::engine::Responder;
 use crate::error::Error;
 use crate::message::Message;
 use crate::peer::Peer;
+use crate::responder::Responder;
 
 /// Something that happened on a [`crate::Client`] or [`crate::Server`].
 #[derive(Debug)]

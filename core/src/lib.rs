@@ -32,33 +32,47 @@
 
 #![warn(missing_docs)]
 
-mod api;
 mod client;
 mod connection;
+mod delivery;
+mod dispatch;
+mod endpoint;
 mod engine;
 mod error;
 mod event;
+mod handlers;
+mod link;
 mod message;
 mod multiplexer;
 mod options;
 mod outbox;
 mod peer;
 pub mod protocol;
+mod requests;
+mod responder;
 mod router;
+mod routes;
 pub mod runtime;
 mod server;
 mod shutdown;
+mod stream;
+mod streams;
 pub mod tls;
 
 pub use client::Client;
-pub use engine::{Filter, Handler, HandlerFuture, HandlerId, Listener, Request, Responder, Stats};
+pub use endpoint::Endpoint;
+pub use engine::Stats;
 pub use error::{error_object, Error, ErrorKind, Result};
 pub use event::{Event, Events, IncomingRequest};
+pub use handlers::{Filter, Handler, HandlerFuture, HandlerId, Listener, Request};
+pub use link::Link;
 pub use message::{IntoMessage, Message, Response};
-pub use multiplexer::{Link, Multiplexer};
+pub use multiplexer::Multiplexer;
 pub use options::{Limits, Listen, Options, PortSpec};
 pub use peer::Peer;
 pub use protocol::{Mode, Security};
+pub use requests::{RawReply, Reply};
+pub use responder::Responder;
 pub use router::{Backend, Router, RouterEvent, Side};
 pub use server::Server;
 pub use tls::{Certificates, Pem};

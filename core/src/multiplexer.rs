@@ -8,49 +8,14 @@ use std::sync::Arc;
 use serde_json::{Map, Value};
 use tokio::sync::mpsc;
 
-use crate::client::Client;
-use crate::engine::{Engine, HandlerId, Request};
+use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::event::Event;
-use crate::message::{IntoMessage, Message, Response};
-use crate::options::Options;
+use crate::handlers::{HandlerId, Request};
+use crate::link::Link;
+use crate::message::{IntoMessage, Message};
 use crate::peer::Peer;
-use crate::server::Server;
-
-/// One named member of a [`Multiplexer`].
-#[derive(Debug)]
-pub enum Link {
-    /// Built from a config with `address`.
-    Client(Client),
-    /// Built from a config with `port`.
-    Server(Server),
-}
-
-impl Link {
-    fn engine(&self) -> &Arc<Engine> {
-        match self {
-            Link::Client(c) => c.engine(),
-            Link::Server(s) => s.engine(),
-        }
-    }
-
-    /// Builds a link from legacy options: `port` makes a Server, `address` a Client.
-    pub async fn from_json(options: &Value) -> Result<Link> {
-        let has = |k: &str| options.get(k).is_some_and(|v| !v.is_null());
-        match (has("port"), has("address")) {
-            (true, true) => Err(Error::Config(
-                "both port and address present in rpc config".into(),
-            )),
-            (false, false) => Err(Error::Config(
-                "port or address required in rpc config".into(),
-            )),
-            (true, false) => Ok(Link::Server(
-                Server::bind(Options::from_json(options)?).await?,
-            )),
-            (false, true) => Ok(Link::Client(Client::connect(Options::from_json(options)?)?)),
-        }
-    }
-}
+use crate::requests::{RawReply, Reply};
 
 /// Named links used as one (legacy `Multiplexer`).
 #[derive(Debug)]
@@ -134,7 +99,9 @@ impl Multiplexer {
             .iter()
             .map(|(_, l)| {
                 let f = f.clone();
-                l.engine().on(op, Arc::new(move |m, u, p| f(m, u, p)))
+                l.engine()
+                    .handlers
+                    .on(op, Arc::new(move |m, u, p| f(m, u, p)))
             })
             .collect()
     }
@@ -149,7 +116,9 @@ impl Multiplexer {
             .iter()
             .map(|(_, l)| {
                 let f = f.clone();
-                l.engine().digest(Arc::new(move |m, u, p| f(m, u, p)))
+                l.engine()
+                    .handlers
+                    .digest(Arc::new(move |m, u, p| f(m, u, p)))
             })
             .collect()
     }
@@ -165,7 +134,9 @@ impl Multiplexer {
             .iter()
             .map(|(_, l)| {
                 let f = f.clone();
-                l.engine().handle(op, Arc::new(move |r| Box::pin(f(r))))
+                l.engine()
+                    .handlers
+                    .handle(op, Arc::new(move |r| Box::pin(f(r))))
             })
             .collect()
     }
@@ -190,7 +161,7 @@ impl Multiplexer {
         self.links
             .iter()
             .map(|(_, l)| l.engine())
-            .find(|e| e.stream(uuid).is_some() || e.route_table().iter().any(|(u, _)| u == uuid))
+            .find(|e| e.holds(uuid))
             .ok_or_else(|| Error::NoSuchStream(uuid.to_owned()))
     }
 
@@ -199,11 +170,13 @@ impl Multiplexer {
         self.holder(uuid)?.dispatch_to(uuid, &msg.into_message()?)
     }
 
-    /// A request to peer `uuid` on the link that holds it.
-    pub async fn request_to<M: IntoMessage>(&self, uuid: &str, msg: M) -> Result<Value> {
-        let msg = msg.into_message()?;
-        let r: Response = self.holder(uuid)?.request(Some(uuid), &msg).await?;
-        Ok(r.value())
+    /// A request to peer `uuid` on the link that holds it, sent now (see
+    /// [`crate::Endpoint::request`]).
+    pub fn request_to<M: IntoMessage>(&self, uuid: &str, msg: M) -> Reply {
+        let started = msg
+            .into_message()
+            .and_then(|m| Ok(self.holder(uuid)?.start_request(Some(uuid), &m, None)));
+        Reply(started.unwrap_or_else(|e| RawReply::ready(Err(e))))
     }
 
     /// Connected peers across links: `(uuid, link name)` (legacy `active`).

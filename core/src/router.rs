@@ -18,6 +18,7 @@ use crate::client::Client;
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::event::{Event, IncomingRequest};
+use crate::link::Link;
 use crate::message::Message;
 use crate::options::Options;
 use crate::peer::Peer;
@@ -84,20 +85,6 @@ pub struct Router {
     backend: Link,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     events: std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<RouterEvent>>>,
-}
-
-enum Link {
-    Client(Client),
-    Server(Server),
-}
-
-impl Link {
-    fn engine(&self) -> &Arc<Engine> {
-        match self {
-            Link::Client(c) => c.engine(),
-            Link::Server(s) => s.engine(),
-        }
-    }
 }
 
 impl std::fmt::Debug for Router {
@@ -235,10 +222,7 @@ impl Router {
     /// Stops both sides.
     pub async fn close(&self) {
         self.frontend.close().await;
-        match &self.backend {
-            Link::Client(c) => c.close().await,
-            Link::Server(s) => s.close().await,
-        }
+        self.backend.close().await;
         for t in &self.tasks {
             t.abort();
         }
@@ -315,7 +299,7 @@ async fn relay(
 
 /// True when `uuid` is a peer of `engine` or routed through one.
 fn holds(engine: &Engine, uuid: &str) -> bool {
-    engine.stream(uuid).is_some() || engine.route_table().iter().any(|(u, _)| u == uuid)
+    engine.holds(uuid)
 }
 
 /// The body to send on: `_uuid` removed, `_r` set to the original sender when `tag_sender`
@@ -371,7 +355,7 @@ async fn forward_request(to: Arc<Engine>, req: IncomingRequest, frontend: bool, 
         Ok(m) => m,
         Err(e) => return responder.respond(Err(json!({ "error": e.to_string() }))),
     };
-    match to.request(target.as_deref(), &m).await {
+    match to.start_request(target.as_deref(), &m, None).await {
         Ok(resp) => responder.respond_raw(None, resp.raw()),
         Err(Error::Remote(err)) => responder.respond_raw(Some(&err), None),
         Err(e) => responder.respond(Err(e.to_legacy_value())),

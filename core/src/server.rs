@@ -8,8 +8,8 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
-use crate::api::{shared_api, spawn_pinger};
 use crate::connection::{handshake, serve, Handshake};
+use crate::endpoint::{spawn_pinger, Endpoint};
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::event::Event;
@@ -18,20 +18,27 @@ use crate::protocol::LineBuffer;
 
 /// An iris-rpc server (legacy `Server`).
 pub struct Server {
-    engine: Arc<Engine>,
+    endpoint: Endpoint,
     local_addr: SocketAddr,
 }
 
 impl std::fmt::Debug for Server {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Server")
-            .field("uuid", &self.engine.identity.uuid)
+            .field("uuid", &self.engine().identity.uuid)
             .field("local_addr", &self.local_addr)
             .finish()
     }
 }
 
-shared_api!(Server);
+impl std::ops::Deref for Server {
+    type Target = Endpoint;
+
+    /// Everything a client and a server share ([`Endpoint`]).
+    fn deref(&self) -> &Endpoint {
+        &self.endpoint
+    }
+}
 
 impl Server {
     /// Binds and starts serving on the current tokio runtime. Fails on bad options, unusable
@@ -81,7 +88,13 @@ impl Server {
             })
             .await
         });
-        Ok((Server { engine, local_addr }, events))
+        Ok((
+            Server {
+                endpoint: Endpoint::new(engine),
+                local_addr,
+            },
+            events,
+        ))
     }
 
     /// The bound address (useful with port 0).

@@ -7,6 +7,7 @@ pub mod handshake;
 pub mod hex;
 pub mod keys;
 pub mod message;
+pub mod pending;
 pub mod session;
 pub mod v2;
 
