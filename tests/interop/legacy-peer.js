@@ -64,6 +64,11 @@ rpc.on('add', (req, cb) => cb(null, { sum: req.a + req.b }));
 rpc.on('fail', (req, cb) => cb(new TypeError('bad input')));
 rpc.on('echo', (req, cb) => cb(null, { echo: req }));
 rpc.on('slow', () => {});
+// Requests reported in arrival order beside the digest's events, for order checks.
+rpc.on('seq', (req, cb) => {
+  out({ ev: 'message', msg: req, uuid: null });
+  cb(null, true);
+});
 
 let buffer = '';
 process.stdin.setEncoding('utf8');
