@@ -344,11 +344,12 @@ impl Endpoint {
         let id = self.next_request.fetch_add(1, Ordering::Relaxed);
         let (cancel_tx, cancel_rx) = oneshot::channel::<()>();
         lock(&self.requests).insert(id, cancel_tx);
-        let core = self.core.clone();
+        // Sent here, on the caller's thread: it keeps its place among the caller's sends.
+        let reply = on_core!(&*self.core, c => c.request_raw(uuid.as_deref(), &msg));
         let requests = self.requests.clone();
         self.runtime.spawn(async move {
             let outcome = tokio::select! {
-                r = async { on_core!(&*core, c => c.request_raw(uuid.as_deref(), &msg).await) } => Some(r),
+                r = reply => Some(r),
                 _ = cancel_rx => None,
             };
             lock(&requests).remove(&id);
@@ -383,10 +384,8 @@ impl Endpoint {
     /// as the last error message.
     pub(crate) fn request_wait(&self, uuid: Option<&str>, msg: Message) -> FfiResult<String> {
         self.no_wait_here("request_wait")?;
-        let core = self.core.clone();
-        let outcome = self
-            .runtime
-            .block_on(async { on_core!(&*core, c => c.request_raw(uuid, &msg).await) });
+        let reply = on_core!(&*self.core, c => c.request_raw(uuid, &msg));
+        let outcome = self.runtime.block_on(reply);
         match outcome {
             Ok(resp) => Ok(resp.raw().unwrap_or("null").to_owned()),
             Err(e) => Err(FfiError::new(

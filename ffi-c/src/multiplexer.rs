@@ -267,19 +267,15 @@ pub unsafe extern "C" fn iris_multiplexer_request(
         let callback = callback.ok_or_else(|| FfiError::null("callback"))?;
         let uuid = arg_str(uuid, "uuid")?.to_owned();
         let msg = ops::message(json, len)?;
-        let mux = m.mux.clone();
-        let fut = async move { request_to(&mux, &uuid, msg).await };
+        // Sent here, on the caller's thread, so it keeps its place among the caller's sends.
+        let reply = m.mux.request_to(&uuid, msg);
+        let fut = async move { Ok(reply.await?.to_string()) };
         let id = m.delivery.request(fut, callback, UserData(user_data))?;
         if let Some(o) = id_out.as_mut() {
             *o = id;
         }
         Ok(())
     })
-}
-
-/// The core's `request_to` as the response the request callbacks take.
-async fn request_to(mux: &Multiplexer, uuid: &str, msg: iris::Message) -> iris::Result<String> {
-    Ok(mux.request_to(uuid, msg).await?.to_string())
 }
 
 /// Withdraws interest in request `id`, as `iris_client_request_cancel`.
@@ -311,7 +307,8 @@ pub unsafe extern "C" fn iris_multiplexer_request_wait(
         let uuid = arg_str(uuid, "uuid")?;
         let msg = ops::message(json, len)?;
         m.delivery.no_wait_here("request_wait")?;
-        let outcome = m.delivery.runtime.block_on(request_to(&m.mux, uuid, msg));
+        let reply = m.mux.request_to(uuid, msg);
+        let outcome = m.delivery.runtime.block_on(reply).map(|v| v.to_string());
         match outcome {
             Ok(text) => {
                 *resp_out = owned_c_string(&text)?;

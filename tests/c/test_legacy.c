@@ -323,6 +323,65 @@ static void test_legacy_client_wrong_secret(void) {
     collector_destroy(&se);
 }
 
+/* Counts settled requests (callback thread). */
+static void count_settled(void *user_data, iris_result result, const char *json, size_t len) {
+    (void)json;
+    (void)len;
+    if (result == IRIS_OK) __atomic_add_fetch((int *)user_data, 1, __ATOMIC_SEQ_CST);
+}
+
+/* A burst of events and requests from one C thread reaches the legacy server in call order
+ * (requests used to be written from a task spawned per request). */
+static void test_c_client_call_order(void) {
+    legacy_peer p;
+    int port;
+    if (legacy_server_start(&p, SECRET, cipher_on, "", &port) != 0) {
+        CHECK(!"legacy server started");
+        return;
+    }
+    collector ce;
+    collector_init(&ce, 0);
+    iris_client *c = start_client(port, SECRET, &ce);
+    int ci = 0;
+    CHECK(collector_wait(&ce, IRIS_EVENT_CONNECT, NULL, &ci, WAIT) >= 0);
+    char line[LINE];
+    CHECK(legacy_wait(&p, "\"ev\":\"connect\"", line, sizeof line, WAIT) == 0);
+    enum { N = 1500 };
+    int answered = 0, requests = 0;
+    char msg[96];
+    for (int n = 0; n < N; n++) {
+        if (n % 3 == 0) {
+            snprintf(msg, sizeof msg, "{\"op\":\"seq\",\"n\":%d}", n);
+            CHECK_OK(iris_client_request(c, NULL, msg, 0, count_settled, &answered, NULL));
+            requests++;
+        } else {
+            snprintf(msg, sizeof msg, "{\"op\":\"e\",\"n\":%d}", n);
+            CHECK_OK(iris_client_dispatch(c, msg, 0, NULL));
+        }
+    }
+    int in_order = 1;
+    for (int n = 0; n < N && in_order; n++) {
+        if (legacy_wait(&p, "\"ev\":\"message\"", line, sizeof line, WAIT) != 0) {
+            printf("message %d never arrived\n", n);
+            in_order = 0;
+            break;
+        }
+        const char *at = strstr(line, "\"n\":");
+        if (!at || atoi(at + 4) != n) {
+            printf("expected n=%d, got: %.120s\n", n, line);
+            in_order = 0;
+        }
+    }
+    CHECK(in_order);
+    long long deadline = now_ms() + WAIT;
+    while (__atomic_load_n(&answered, __ATOMIC_SEQ_CST) < requests && now_ms() < deadline)
+        usleep(10000);
+    CHECK(__atomic_load_n(&answered, __ATOMIC_SEQ_CST) == requests);
+    iris_client_free(c);
+    legacy_stop(&p);
+    collector_destroy(&ce);
+}
+
 int main(int argc, char **argv) {
     (void)argc;
     (void)argv;
@@ -337,6 +396,8 @@ int main(int argc, char **argv) {
         run_test(name, test_legacy_client_c_server);
     }
     cipher_on = 1;
+    run_test("legacy: a C client's burst reaches a legacy server in call order",
+             test_c_client_call_order);
     run_test("legacy: C client, legacy server, wrong secret", test_c_client_wrong_secret);
     run_test("legacy: legacy client, C server, wrong secret", test_legacy_client_wrong_secret);
     free_certificates();
