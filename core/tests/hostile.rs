@@ -430,3 +430,56 @@ async fn hostile_inputs_close_only_the_offender() {
     }
     eprintln!("good client: {answered} requests answered, 0 errors\n");
 }
+
+/// Issue 13, defect 1, the receiver's side: a repeated or escaped member is read as legacy's
+/// `JSON.parse` reads it (decoded, the last one winning) instead of closing the connection, so
+/// no sender can make one receiver refuse what another accepts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_and_escaped_members_are_read_as_json_parse_reads_them() {
+    let server = server(server_options()).await;
+    let got = Arc::new(std::sync::Mutex::new(Vec::<Value>::new()));
+    let g = got.clone();
+    server.on("b", move |msg, _, _| g.lock().unwrap().push(msg.value()));
+    let mut raw = raw_handshake(&server, SECRET, true, "dup").await.unwrap();
+    let mut out = Vec::new();
+    for line in [
+        r#"{"op":"a","op":"b","n":1,"n":2}"#,
+        r#"{"\u006fp":"b","n":3}"#,
+        r#"{"_req":"r1","req":{"op":"nosuch"},"req":{"op":"echo","v":2}}"#,
+    ] {
+        raw.est.sealer.seal(line, &mut out).unwrap();
+    }
+    raw.io.write_all(&out).await.unwrap();
+    until("both events", || got.lock().unwrap().len() == 2).await;
+    assert_eq!(
+        *got.lock().unwrap(),
+        vec![
+            serde_json::json!({"op":"b","n":2}),
+            serde_json::json!({"op":"b","n":3})
+        ]
+    );
+    let answer = tokio::time::timeout(WAIT, async {
+        let mut plain = Vec::new();
+        loop {
+            if let Some(line) = raw.lines.next_line().unwrap() {
+                let line = line.to_vec();
+                let p = raw.est.opener.open(&line, &mut plain).unwrap();
+                return serde_json::from_str::<Value>(p.text).unwrap();
+            }
+            let n = tokio::io::AsyncReadExt::read(&mut raw.io, raw.lines.read_buf(4096))
+                .await
+                .unwrap();
+            raw.lines.filled(n);
+            assert!(n > 0, "the server closed the connection");
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        answer["resp"],
+        serde_json::json!({"op":"echo","v":2}),
+        "{answer}"
+    );
+    assert_eq!(server.peers().len(), 1);
+    server.close().await;
+}
