@@ -73,6 +73,10 @@ export interface CommonOptions {
   maxLine?: number;
   authTimeout?: number;
   maxUnauthenticated?: number;
+  /** Longest line before the peer proves the secret, bytes (8192). */
+  maxHandshakeLine?: number;
+  /** Bytes all unauthenticated connections of a server may hold together (4 MiB). */
+  maxUnauthenticatedBytes?: number;
   maxConnections?: number;
   maxPending?: number;
   maxQueueBytes?: number;
@@ -218,6 +222,10 @@ export interface RouterSideOptions {
   maxLine?: number;
   authTimeout?: number;
   maxUnauthenticated?: number;
+  /** Longest line before the peer proves the secret, bytes (8192). */
+  maxHandshakeLine?: number;
+  /** Bytes all unauthenticated connections of a server may hold together (4 MiB). */
+  maxUnauthenticatedBytes?: number;
   maxConnections?: number;
   maxPending?: number;
   maxQueueBytes?: number;

@@ -195,6 +195,8 @@ const PASS_THROUGH = [
   'maxLine',
   'authTimeout',
   'maxUnauthenticated',
+  'maxHandshakeLine',
+  'maxUnauthenticatedBytes',
   'maxConnections',
   'maxPending',
   'maxQueueBytes',

@@ -70,6 +70,8 @@ pub struct Stats {
     pub connections: usize,
     /// Connections still in TLS or authentication (servers).
     pub unauthenticated: usize,
+    /// Bytes their line buffers hold (against `max_unauthenticated_bytes`).
+    pub unauthenticated_bytes: usize,
     /// Authenticated streams.
     pub streams: usize,
     /// Requests awaiting an answer, over all streams.
@@ -356,6 +358,7 @@ pub(crate) struct Engine {
     pub(crate) live_tasks: AtomicUsize,
     pub(crate) tasks_done: Notify,
     pub(crate) unauthenticated: AtomicUsize,
+    pub(crate) unauthenticated_bytes: AtomicUsize,
     pub(crate) connections: AtomicUsize,
     closed_events: AtomicBool,
     /// Legacy peers already warned about (bounded by [`LEGACY_WARNED_MAX`]).
@@ -411,6 +414,7 @@ impl Engine {
             live_tasks: AtomicUsize::new(0),
             tasks_done: Notify::new(),
             unauthenticated: AtomicUsize::new(0),
+            unauthenticated_bytes: AtomicUsize::new(0),
             connections: AtomicUsize::new(0),
             closed_events: AtomicBool::new(false),
             legacy_warned: Mutex::new(std::collections::HashSet::new()),
@@ -695,6 +699,7 @@ impl Engine {
         Stats {
             connections: self.connections.load(Ordering::SeqCst),
             unauthenticated: self.unauthenticated.load(Ordering::SeqCst),
+            unauthenticated_bytes: self.unauthenticated_bytes.load(Ordering::SeqCst),
             streams: streams.len(),
             pending: streams.iter().map(|s| s.lock_pending().len()).sum(),
             queued_bytes: streams

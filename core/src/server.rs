@@ -9,7 +9,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
 use crate::api::{shared_api, spawn_pinger};
-use crate::connection::{handshake, serve, Handshake};
+use crate::connection::{handshake, serve, Handshake, HandshakeBudget};
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::event::Event;
@@ -138,7 +138,12 @@ async fn connection(engine: &Arc<Engine>, tcp: TcpStream, addr: SocketAddr, acce
             .await
             .map_err(|e| Error::Tls(e.to_string()))?;
         let cb = crate::connection::channel_binding(&**tls.get_ref().1);
-        match handshake(&mut tls, &mut lines, Handshake::server(engine, cb)).await {
+        let budget = HandshakeBudget::new(
+            &engine.unauthenticated_bytes,
+            engine.opts.limits.max_unauthenticated_bytes,
+        );
+        let hs = Handshake::server(engine, cb);
+        match handshake(&mut tls, &mut lines, hs, Some(budget)).await {
             Ok(est) => Ok((tls, est)),
             Err(e) => {
                 // Refuse cleanly (close_notify), telling the peer nothing more.
