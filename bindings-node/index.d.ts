@@ -77,6 +77,8 @@ export interface CommonOptions {
   maxHandshakeLine?: number;
   /** Bytes all unauthenticated connections of a server may hold together (4 MiB). */
   maxUnauthenticatedBytes?: number;
+  /** Uuids one peer may announce as reachable through it (100000); past it, it is dropped. */
+  maxRoutesPerPeer?: number;
   maxConnections?: number;
   maxPending?: number;
   maxQueueBytes?: number;
@@ -226,10 +228,14 @@ export interface RouterSideOptions {
   maxHandshakeLine?: number;
   /** Bytes all unauthenticated connections of a server may hold together (4 MiB). */
   maxUnauthenticatedBytes?: number;
+  /** Uuids one peer may announce as reachable through it (100000); past it, it is dropped. */
+  maxRoutesPerPeer?: number;
   maxConnections?: number;
   maxPending?: number;
   maxQueueBytes?: number;
   eventQueue?: number;
+  /** Router events buffered for the reader (4096); past it, new ones are dropped. */
+  routerEventQueue?: number;
 }
 
 /** The legacy Router options: a frontend `port` and exactly one of `client` or `server`. */

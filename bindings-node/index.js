@@ -197,6 +197,8 @@ const PASS_THROUGH = [
   'maxUnauthenticated',
   'maxHandshakeLine',
   'maxUnauthenticatedBytes',
+  'maxRoutesPerPeer',
+  'routerEventQueue',
   'maxConnections',
   'maxPending',
   'maxQueueBytes',

@@ -28,6 +28,14 @@ pub struct Limits {
     /// Bytes that all unauthenticated connections of a server may hold together in their
     /// line buffers (default 4 MiB). A connection whose read would cross it is closed.
     pub max_unauthenticated_bytes: usize,
+    /// Uuids one peer may announce as reachable through it (`routes`, `rpc::online`; default
+    /// 100,000). A peer announcing more is disconnected (`limit exceeded: more than ... routes
+    /// announced (max_routes_per_peer)`).
+    pub max_routes_per_peer: usize,
+    /// Events a [`crate::Router`] buffers for [`crate::Router::events`] (default 4,096). A router
+    /// never waits for its reader: past this, new events are dropped, counted
+    /// ([`crate::Router::dropped_events`]) and logged. Read from the frontend's options.
+    pub router_event_queue: usize,
     /// Total connections per server (default unlimited).
     pub max_connections: Option<usize>,
     /// Requests awaiting an answer per stream (default 100,000).
@@ -50,6 +58,8 @@ impl Default for Limits {
             max_unauthenticated: 1024,
             max_handshake_line: 8 * 1024,
             max_unauthenticated_bytes: 4 * 1024 * 1024,
+            max_routes_per_peer: 100_000,
+            router_event_queue: 4096,
             max_connections: None,
             max_pending: 100_000,
             max_queue_bytes: 64 * 1024 * 1024,
@@ -324,6 +334,8 @@ impl Options {
             || l.event_queue == 0
             || l.max_handshake_line == 0
             || l.max_unauthenticated_bytes == 0
+            || l.max_routes_per_peer == 0
+            || l.router_event_queue == 0
         {
             return Err(Error::Config("limits must be greater than zero".into()));
         }
@@ -414,6 +426,10 @@ struct RawOptions {
     max_handshake_line: Option<usize>,
     #[serde(alias = "maxUnauthenticatedBytes")]
     max_unauthenticated_bytes: Option<usize>,
+    #[serde(alias = "maxRoutesPerPeer")]
+    max_routes_per_peer: Option<usize>,
+    #[serde(alias = "routerEventQueue")]
+    router_event_queue: Option<usize>,
     #[serde(alias = "maxConnections")]
     max_connections: Option<usize>,
     #[serde(alias = "maxPending")]
@@ -530,6 +546,12 @@ impl RawOptions {
         }
         if let Some(v) = self.max_unauthenticated_bytes {
             l.max_unauthenticated_bytes = v;
+        }
+        if let Some(v) = self.max_routes_per_peer {
+            l.max_routes_per_peer = v;
+        }
+        if let Some(v) = self.router_event_queue {
+            l.router_event_queue = v;
         }
         if self.max_connections.is_some() {
             l.max_connections = self.max_connections;

@@ -10,6 +10,7 @@
 //! with `_uuid` go to that peer only, others to every frontend peer. Requests relay both ways
 //! and settle exactly once (answer, error, timeout, disconnect).
 
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
 use serde_json::{json, Value};
@@ -78,12 +79,45 @@ pub enum RouterEvent {
     },
 }
 
+/// The receiver of a router's events (see [`Router::events`]).
+pub type RouterEvents = tokio::sync::mpsc::Receiver<RouterEvent>;
+
 /// A running router.
 pub struct Router {
     frontend: Server,
     backend: Link,
     tasks: Vec<tokio::task::JoinHandle<()>>,
-    events: std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<RouterEvent>>>,
+    events: std::sync::Mutex<Option<RouterEvents>>,
+    report: Arc<Reporter>,
+}
+
+/// Where the relays report events: a bounded queue that never makes a relay wait (a relay
+/// that waited for a slow or absent reader would stop relaying).
+struct Reporter {
+    tx: tokio::sync::mpsc::Sender<RouterEvent>,
+    dropped: AtomicU64,
+    /// Whether [`Router::events`] was taken (only then is a drop worth a warning).
+    taken: AtomicBool,
+}
+
+impl Reporter {
+    fn send(&self, ev: RouterEvent) {
+        if let Err(tokio::sync::mpsc::error::TrySendError::Full(_)) = self.tx.try_send(ev) {
+            let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            // Logged at 1, 2, 4, 8, ... drops, so a reader that stalls cannot flood the log.
+            if n.is_power_of_two() {
+                if self.taken.load(Ordering::Relaxed) {
+                    tracing::warn!(
+                        dropped = n,
+                        capacity = self.tx.max_capacity(),
+                        "router: event queue full (router_event_queue), events dropped"
+                    );
+                } else {
+                    tracing::debug!(dropped = n, "router: nobody reads the events; dropped");
+                }
+            }
+        }
+    }
 }
 
 enum Link {
@@ -160,7 +194,12 @@ impl Router {
         let (wf, wb) = (Arc::downgrade(&fe), Arc::downgrade(&be));
         fe.set_route_provider(Arc::new(move || reachable(&wb)));
         be.set_route_provider(Arc::new(move || reachable(&wf)));
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let (tx, rx) = tokio::sync::mpsc::channel(fe.opts.limits.router_event_queue);
+        let report = Arc::new(Reporter {
+            tx,
+            dropped: AtomicU64::new(0),
+            taken: AtomicBool::new(false),
+        });
         let tasks = vec![
             tokio::spawn(relay(
                 fev,
@@ -168,7 +207,7 @@ impl Router {
                 be.clone(),
                 Side::Frontend,
                 true,
-                tx.clone(),
+                report.clone(),
             )),
             tokio::spawn(relay(
                 bev,
@@ -176,7 +215,7 @@ impl Router {
                 fe.clone(),
                 Side::Backend,
                 backend_is_server,
-                tx,
+                report.clone(),
             )),
         ];
         Ok(Router {
@@ -184,6 +223,7 @@ impl Router {
             backend,
             tasks,
             events: std::sync::Mutex::new(Some(rx)),
+            report,
         })
     }
 
@@ -227,9 +267,19 @@ impl Router {
         }
     }
 
-    /// The router's events (peers coming and going, errors); the first call takes them.
-    pub fn events(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<RouterEvent>> {
-        self.events.lock().ok().and_then(|mut e| e.take())
+    /// The router's events (peers coming and going, errors); the first call takes them. At
+    /// most `router_event_queue` wait to be read; past that, new ones are dropped.
+    pub fn events(&self) -> Option<RouterEvents> {
+        let events = self.events.lock().ok().and_then(|mut e| e.take());
+        if events.is_some() {
+            self.report.taken.store(true, Ordering::Relaxed);
+        }
+        events
+    }
+
+    /// Events dropped so far because the queue was full (nobody reading, or too slowly).
+    pub fn dropped_events(&self) -> u64 {
+        self.report.dropped.load(Ordering::Relaxed)
     }
 
     /// Stops both sides.
@@ -252,7 +302,7 @@ async fn relay(
     to: Arc<Engine>,
     side: Side,
     tag_sender: bool,
-    report: tokio::sync::mpsc::UnboundedSender<RouterEvent>,
+    report: Arc<Reporter>,
 ) {
     let frontend = side == Side::Frontend;
     while let Some(ev) = events.next().await {
@@ -261,10 +311,10 @@ async fn relay(
                 if frontend && holds(&to, peer.uuid()) {
                     tracing::warn!(uuid = %peer.uuid(), "router: refused a peer claiming a uuid held on the other side");
                     peer.end();
-                    let _ = report.send(RouterEvent::Refused { peer });
+                    report.send(RouterEvent::Refused { peer });
                     continue;
                 }
-                let _ = report.send(RouterEvent::Connect {
+                report.send(RouterEvent::Connect {
                     side,
                     peer: peer.clone(),
                 });
@@ -280,7 +330,7 @@ async fn relay(
             }
             Event::Disconnect { peer, reason } => {
                 tracing::info!(uuid = %peer.uuid(), frontend, "router: peer disconnected");
-                let _ = report.send(RouterEvent::Disconnect {
+                report.send(RouterEvent::Disconnect {
                     side,
                     peer: peer.clone(),
                     reason,
@@ -302,7 +352,7 @@ async fn relay(
             }
             Event::Error { error, address } => {
                 tracing::debug!(%error, ?address, frontend, "router: connection error");
-                let _ = report.send(RouterEvent::Error {
+                report.send(RouterEvent::Error {
                     side,
                     error,
                     address,

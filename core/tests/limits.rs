@@ -262,3 +262,60 @@ async fn max_unauthenticated_bytes_bounds_what_handshakes_hold_together() {
     assert!(late.is_ok(), "a client was refused after the flood");
     server.close().await;
 }
+
+/// Issue 13: a peer could announce routes (`rpc::online`) forever. Past
+/// `max_routes_per_peer` its stream is closed with a clear reason, and its routes go with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_routes_per_peer_closes_a_peer_that_announces_more() {
+    let mut opts = server_options();
+    opts.limits.max_routes_per_peer = 10;
+    let server = server(opts).await;
+    let mut events = server.events();
+    let mut raw = raw_handshake(&server, SECRET, true, "flood").await.unwrap();
+    let mut out = Vec::new();
+    for i in 0..10 {
+        raw.est
+            .sealer
+            .seal(
+                &format!(r#"{{"op":"rpc::online","uuid":"r{i}"}}"#),
+                &mut out,
+            )
+            .unwrap();
+    }
+    // Announcing one it already holds again costs nothing.
+    raw.est
+        .sealer
+        .seal(r#"{"op":"rpc::online","uuid":"r0"}"#, &mut out)
+        .unwrap();
+    raw.io.write_all(&out).await.unwrap();
+    until("ten routes", || server.routes().len() == 10).await;
+    assert_eq!(server.peers().len(), 1);
+    out.clear();
+    raw.est
+        .sealer
+        .seal(r#"{"op":"rpc::online","uuid":"r10"}"#, &mut out)
+        .unwrap();
+    raw.io.write_all(&out).await.unwrap();
+    let reason = match next_matching(&mut events, |e| matches!(e, Event::Disconnect { .. })).await {
+        Event::Disconnect { reason, .. } => reason,
+        _ => unreachable!(),
+    };
+    assert_eq!(
+        reason,
+        "limit exceeded: more than 10 routes announced (max_routes_per_peer)"
+    );
+    until("routes gone", || server.routes().is_empty()).await;
+
+    // The same through the routes of rpc::init.
+    let mut o = Options::new(SECRET).address(server.local_addr().to_string());
+    o.routes = (0..11).map(|i| format!("init-{i}")).collect();
+    let client = Client::connect(o).unwrap();
+    let reason = match next_matching(&mut events, |e| matches!(e, Event::Disconnect { .. })).await {
+        Event::Disconnect { reason, .. } => reason,
+        _ => unreachable!(),
+    };
+    assert!(reason.contains("(max_routes_per_peer)"), "{reason}");
+    assert!(server.routes().is_empty());
+    client.close().await;
+    server.close().await;
+}

@@ -486,3 +486,46 @@ async fn escaped_and_duplicate_keys_are_relayed_as_receivers_read_them() {
     router.close().await;
     server.close().await;
 }
+
+/// Issue 13: the router's event queue was unbounded, so a router whose events nobody read
+/// grew with every connect, disconnect and error. Now it holds `router_event_queue` events;
+/// past that, new ones are dropped and counted, and relaying never waits for the reader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_router_event_queue_is_bounded_and_never_stalls_the_relay() {
+    let server = server(server_options().uuid("backend")).await;
+    let mut b = Options::new(SECRET)
+        .address(server.local_addr().to_string())
+        .uuid("router");
+    b.reconnect_initial = Duration::from_millis(100);
+    let mut front = server_options().port("127.0.0.1:0").uuid("router-front");
+    front.limits.router_event_queue = 4;
+    let router = Router::start(front, Backend::Client(b)).await.unwrap();
+    let raddr = router.local_addr().to_string();
+    // Nobody reads: 10 clients come and go (20 events on the frontend, 1 on the backend).
+    for i in 0..10 {
+        let c = Client::connect(client_opts(&raddr, &format!("c{i}"))).unwrap();
+        c.wait_connected(WAIT).await.unwrap();
+        c.close().await;
+    }
+    until("the drops counted", || router.dropped_events() >= 21 - 4).await;
+    let mut events = router.events().unwrap();
+    let mut queued = 0;
+    while events.try_recv().is_ok() {
+        queued += 1;
+    }
+    assert_eq!(queued, 4);
+    // Relaying went on throughout, and goes on.
+    let c = Client::connect(client_opts(&raddr, "last")).unwrap();
+    c.wait_connected(WAIT).await.unwrap();
+    until("last routed", || has_route(&server, "last")).await;
+    let r = c.request(json!({"op": "echo", "n": 1})).await.unwrap();
+    assert_eq!(r["n"], 1);
+    let ev = tokio::time::timeout(WAIT, events.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(matches!(ev, RouterEvent::Connect { .. }), "{ev:?}");
+    c.close().await;
+    router.close().await;
+    server.close().await;
+}
