@@ -9,6 +9,12 @@
 //! Events from the frontend reach the backend with `_r: {uuid, designation}`; backend messages
 //! with `_uuid` go to that peer only, others to every frontend peer. Requests relay both ways
 //! and settle exactly once (answer, error, timeout, disconnect).
+//!
+//! Legacy peers: of the control messages a router sends (`rpc::online`, `rpc::offline`, the
+//! `rpc::init` of the handshake, `ping`), iris-rpc 0.2.20 takes all but `rpc::offline`, whose
+//! handler throws and ends the stream; legacy-mode peers never get it. Nor
+//! are they relayed events that legacy would run as one of its own handlers
+//! ([`crate::protocol::message::misread_by_legacy`]).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
@@ -22,7 +28,8 @@ use crate::event::{Event, IncomingRequest};
 use crate::message::Message;
 use crate::options::Options;
 use crate::peer::Peer;
-use crate::protocol::message::{body_meta, rewrite};
+use crate::protocol::message::{body_meta, legacy_handles, misread_by_legacy, ops, rewrite};
+use crate::protocol::Mode;
 use crate::server::Server;
 
 /// The router's other side.
@@ -156,12 +163,47 @@ fn control(op: &str, uuid: &str) -> Option<Message> {
     Message::new(&json!({ "op": op, "uuid": uuid })).ok()
 }
 
+/// Whether a peer may be sent what a legacy peer cannot take. A peer in the legacy session
+/// mode may be the iris-rpc 0.2.20 package or ours with `security: legacy`: the handshake is
+/// the same byte for byte, so they cannot be told apart, and both are treated as the package.
+fn speaks_ours(p: &Peer) -> bool {
+    p.mode() != Mode::Legacy
+}
+
+/// Sends `m` to each peer of `to` that `keep` accepts.
+fn send_where(to: &Engine, m: &Message, keep: impl Fn(&Peer) -> bool) {
+    for p in to.peers().iter().filter(|p| keep(p)) {
+        let _ = to.dispatch_to(p.uuid(), m);
+    }
+}
+
+/// `rpc::online`/`rpc::offline` for `uuids` to every peer of `to`. Legacy's `rpc::offline`
+/// handler throws (it reads an undefined variable), which ends its stream, so legacy-mode
+/// peers never get one: they keep the route, as legacy itself does (it never reads its
+/// routes); our peers in legacy mode drop it when the router's stream ends.
 fn announce(to: &Engine, op: &str, uuids: &[String]) {
     for u in uuids {
         if let Some(m) = control(op, u) {
-            let _ = to.dispatch(&m);
+            if op == ops::OFFLINE {
+                send_where(to, &m, speaks_ours);
+            } else {
+                let _ = to.dispatch(&m);
+            }
         }
     }
+}
+
+/// True when `uuid` is reached (directly or through a route) over a legacy-mode stream.
+fn reached_over_legacy(engine: &Engine, uuid: &str) -> bool {
+    let via = match engine.stream(uuid) {
+        Some(s) => return !speaks_ours(&s.peer),
+        None => engine
+            .route_table()
+            .into_iter()
+            .find_map(|(u, via)| (u == uuid).then_some(via)),
+    };
+    via.and_then(|v| engine.stream(&v))
+        .is_some_and(|s| !speaks_ours(&s.peer))
 }
 
 impl Router {
@@ -397,8 +439,22 @@ fn forward_event(to: &Engine, msg: Message, uuid: &str, peer: &Peer, tag_sender:
     let Ok(m) = Message::from_json(&body) else {
         return;
     };
+    // What a legacy peer would run as one of its own handlers instead of delivering (and that
+    // can end its stream) goes to our peers only.
+    let misread = match m.op() {
+        Some(op) => legacy_handles(op),
+        None => misread_by_legacy(m.as_str()),
+    };
     let result = match target {
+        Some(t) if misread && reached_over_legacy(to, &t) => {
+            tracing::debug!(uuid = %t, "router: not relayed to a legacy peer: its op names a legacy handler");
+            Ok(())
+        }
         Some(t) => to.dispatch_to(&t, &m),
+        None if misread => {
+            send_where(to, &m, speaks_ours);
+            Ok(())
+        }
         None => to.dispatch(&m).map(|_| ()),
     };
     if let Err(e) = result {

@@ -485,6 +485,71 @@ pub fn member<'a>(text: &'a str, name: &str) -> Result<Option<&'a RawValue>, Bad
         .map(|(_, v)| v))
 }
 
+/// What legacy's `self.iface[msg.op]` finds before it would deliver a message: its control
+/// handlers, and the members of `Object.prototype` (Node 20), since `iface` is a plain object.
+const LEGACY_IFACE_KEYS: &[&str] = &[
+    ops::AUTH_REQUEST,
+    ops::AUTH_CHALLENGE,
+    ops::AUTH_RESPONSE,
+    ops::INIT,
+    ops::ONLINE,
+    ops::OFFLINE,
+    "constructor",
+    "__defineGetter__",
+    "__defineSetter__",
+    "hasOwnProperty",
+    "__lookupGetter__",
+    "__lookupSetter__",
+    "isPrototypeOf",
+    "propertyIsEnumerable",
+    "toString",
+    "valueOf",
+    "__proto__",
+    "toLocaleString",
+];
+
+/// True when a legacy peer receiving a message whose `op` is the string `op` would look it up
+/// among its own handlers instead of delivering it (see [`misread_by_legacy`]).
+pub fn legacy_handles(op: &str) -> bool {
+    LEGACY_IFACE_KEYS.contains(&op)
+}
+
+/// The property name JavaScript makes of an `op` value, when it can be one of
+/// `LEGACY_IFACE_KEYS`: a string, or an array of one such value (arrays join their elements
+/// with commas, and no such name holds one).
+fn js_key(op: &RawValue) -> Option<Cow<'_, str>> {
+    let text = op.get();
+    if text.starts_with('"') {
+        return serde_json::from_str::<LooseStr<'_>>(text).ok()?.0;
+    }
+    if text.starts_with('[') {
+        let items: Vec<&RawValue> = serde_json::from_str(text).ok()?;
+        return match items.as_slice() {
+            [one] => js_key(one),
+            _ => None,
+        };
+    }
+    None
+}
+
+/// True when a legacy peer (iris-rpc 0.2.20) would not deliver this message to its listeners
+/// but run what its `self.iface[msg.op]` finds: `op` (the last one, in any spelling) read as
+/// JavaScript reads a property name names a control handler or an `Object.prototype` member.
+/// An `op` of `["rpc::offline"]` runs the `rpc::offline` handler, which throws and ends the
+/// stream; `["rpc::init"]` with `data` rebinds the stream to another uuid;
+/// `["rpc::auth::challenge"]` resets its sequence numbers; `"__proto__"` and
+/// `"__defineGetter__"` throw. None of these reaches a legacy listener, so a router never
+/// relays them to a legacy peer.
+pub fn misread_by_legacy(text: &str) -> bool {
+    if !may_have_member(text, std::iter::once("op")).unwrap_or(false) {
+        return false;
+    }
+    match member(text, "op") {
+        Ok(Some(op)) => js_key(op).is_some_and(|k| legacy_handles(&k)),
+        _ => false,
+    }
+}
+
 /// Rewrites top-level members of a JSON object text: removes `remove`, then sets each of
 /// `set` as the last members, in order. Other members keep their order.
 ///
@@ -749,6 +814,28 @@ mod tests {
             rewrite(r#"{"a":{"_uuid":1},"s":"\u0041"}"#, &["_uuid"], &[]).unwrap(),
             r#"{"a":{"_uuid":1},"s":"\u0041"}"#
         );
+    }
+
+    #[test]
+    fn ops_legacy_would_misread() {
+        for bad in [
+            r#"{"op":["rpc::offline"],"uuid":"x"}"#,
+            r#"{"op":[["rpc::init"]],"data":{}}"#,
+            r#"{"op":"__proto__"}"#,
+            r#"{"op":"x","\u006fp":["toString"]}"#,
+        ] {
+            assert!(misread_by_legacy(bad), "{bad}");
+        }
+        for fine in [
+            r#"{"op":"ping"}"#,
+            r#"{"op":["rpc::offline","x"]}"#,
+            r#"{"op":{"a":"rpc::offline"}}"#,
+            r#"{"op":5}"#,
+            r#"{"nop":"__proto__"}"#,
+            r#"{"a":{"op":"__proto__"}}"#,
+        ] {
+            assert!(!misread_by_legacy(fine), "{fine}");
+        }
     }
 
     #[test]
