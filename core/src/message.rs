@@ -13,7 +13,8 @@ use serde_json::Value;
 use crate::error::{Error, Result};
 use crate::protocol::message::strip_sig;
 
-// A searcher built once: `memmem::find` would build one per message.
+// Searchers built once: `memmem::find` would build one per message.
+static ESCAPE: LazyLock<memmem::Finder<'static>> = LazyLock::new(|| memmem::Finder::new(b"\\u"));
 static OP_TIMEOUT_KEY: LazyLock<memmem::Finder<'static>> =
     LazyLock::new(|| memmem::Finder::new(b"\"op_timeout\""));
 
@@ -113,7 +114,7 @@ impl Message {
     pub(crate) fn op_timeout(&self) -> Option<u64> {
         // Spelled literally unless the text holds a `\u` escape.
         if OP_TIMEOUT_KEY.find(self.text.as_bytes()).is_none()
-            && memmem::find(self.text.as_bytes(), b"\\u").is_none()
+            && ESCAPE.find(self.text.as_bytes()).is_none()
         {
             return None;
         }
@@ -252,6 +253,8 @@ mod tests {
     fn from_json_reads_keys_as_json_parse_does() {
         let m = Message::from_json(r#"{"op":"a","\u006fp":"b"}"#).unwrap();
         assert_eq!(m.op(), Some("b"));
+        let m = Message::from_json(r#"{"op":"a","op_timeout":1,"op\u005ftimeout":250}"#).unwrap();
+        assert_eq!(m.op_timeout(), Some(250));
         // A caller's own `_sig`, in any spelling, is dropped.
         let m = Message::from_json(r#"{"\u005fsig":"x","op":"a"}"#).unwrap();
         assert_eq!(m.as_str(), r#"{"op":"a"}"#);

@@ -8,6 +8,9 @@
 //! any spelling, so what they produce holds each member they touch exactly once.
 
 use std::borrow::Cow;
+use std::sync::LazyLock;
+
+use memchr::memmem;
 
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde::Deserialize;
@@ -459,20 +462,33 @@ fn may_have_member<'k>(
     debug_assert!(names
         .clone()
         .all(|n| n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')));
-    if memchr::memmem::find(text.as_bytes(), b"\\u").is_some() {
+    if ESCAPE.find(text.as_bytes()).is_some() {
         let MemberList(members) =
             serde_json::from_str(text).map_err(|e| BadMessage(format!("invalid JSON: {e}")))?;
         return Ok(members.iter().any(|(k, _)| names.clone().any(|n| n == k)));
     }
-    let mut quoted = Vec::with_capacity(34);
     Ok(names.into_iter().any(|n| {
-        quoted.clear();
-        quoted.push(b'"');
-        quoted.extend_from_slice(n.as_bytes());
-        quoted.push(b'"');
-        memchr::memmem::find(text.as_bytes(), &quoted).is_some()
+        let found = |f: &memchr::memmem::Finder<'_>| f.find(text.as_bytes()).is_some();
+        match n {
+            "_sig" => found(&QUOTED_SIG),
+            "_r" => found(&QUOTED_R),
+            "_uuid" => found(&QUOTED_UUID),
+            "op" => found(&QUOTED_OP),
+            _ => found(&memchr::memmem::Finder::new(format!("\"{n}\"").as_bytes())),
+        }
     }))
 }
+
+// Searchers built once: `memmem::find` would build one per message.
+static ESCAPE: LazyLock<memmem::Finder<'static>> = LazyLock::new(|| memmem::Finder::new(b"\\u"));
+static QUOTED_SIG: LazyLock<memmem::Finder<'static>> =
+    LazyLock::new(|| memmem::Finder::new(b"\"_sig\""));
+static QUOTED_R: LazyLock<memmem::Finder<'static>> =
+    LazyLock::new(|| memmem::Finder::new(b"\"_r\""));
+static QUOTED_UUID: LazyLock<memmem::Finder<'static>> =
+    LazyLock::new(|| memmem::Finder::new(b"\"_uuid\""));
+static QUOTED_OP: LazyLock<memmem::Finder<'static>> =
+    LazyLock::new(|| memmem::Finder::new(b"\"op\""));
 
 /// The value of the top-level member `name` (the last one, in any spelling), if any.
 pub fn member<'a>(text: &'a str, name: &str) -> Result<Option<&'a RawValue>, BadMessage> {
