@@ -73,6 +73,12 @@ export interface CommonOptions {
   maxLine?: number;
   authTimeout?: number;
   maxUnauthenticated?: number;
+  /** Longest line before the peer proves the secret, bytes (8192). */
+  maxHandshakeLine?: number;
+  /** Bytes all unauthenticated connections of a server may hold together (4 MiB). */
+  maxUnauthenticatedBytes?: number;
+  /** Uuids one peer may announce as reachable through it (100000); past it, it is dropped. */
+  maxRoutesPerPeer?: number;
   maxConnections?: number;
   maxPending?: number;
   maxQueueBytes?: number;
@@ -218,10 +224,18 @@ export interface RouterSideOptions {
   maxLine?: number;
   authTimeout?: number;
   maxUnauthenticated?: number;
+  /** Longest line before the peer proves the secret, bytes (8192). */
+  maxHandshakeLine?: number;
+  /** Bytes all unauthenticated connections of a server may hold together (4 MiB). */
+  maxUnauthenticatedBytes?: number;
+  /** Uuids one peer may announce as reachable through it (100000); past it, it is dropped. */
+  maxRoutesPerPeer?: number;
   maxConnections?: number;
   maxPending?: number;
   maxQueueBytes?: number;
   eventQueue?: number;
+  /** Router events buffered for the reader (4096); past it, new ones are dropped. */
+  routerEventQueue?: number;
 }
 
 /** The legacy Router options: a frontend `port` and exactly one of `client` or `server`. */

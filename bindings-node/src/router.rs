@@ -314,7 +314,7 @@ fn encode(ev: RouterEvent, announced: &mut Announced, b: &mut Batch) {
 }
 
 async fn pump(
-    mut events: Option<mpsc::UnboundedReceiver<RouterEvent>>,
+    mut events: Option<iris_rpc::RouterEvents>,
     mut closed: mpsc::UnboundedReceiver<()>,
     tsfn: BatchFn,
     mut batch: Batch,

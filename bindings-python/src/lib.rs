@@ -689,7 +689,7 @@ fn parse_side(py: Python<'_>, side: &str) -> PyResult<Side> {
 pub struct NativeRouter {
     rt: Arc<Runtime>,
     router: Arc<Router>,
-    events: Mutex<Option<mpsc::UnboundedReceiver<RouterEvent>>>,
+    events: Mutex<Option<iris_rpc::RouterEvents>>,
     local_addr: String,
     backend_addr: Option<String>,
     closed: AtomicBool,

@@ -74,6 +74,28 @@ struct Common {
     /// Certificate PEM file.
     #[arg(long, requires = "key")]
     cert: Option<PathBuf>,
+    #[command(flatten)]
+    limits: HandshakeLimits,
+}
+
+/// The limits on connections that have not authenticated yet (shared with the router).
+#[derive(Args, Clone, Copy)]
+pub(crate) struct HandshakeLimits {
+    /// Longest line before the peer proves the secret, in bytes.
+    #[arg(long, default_value_t = iris_rpc::Limits::default().max_handshake_line)]
+    max_handshake_line: usize,
+    /// Bytes all unauthenticated connections of a server may hold together.
+    #[arg(long, default_value_t = iris_rpc::Limits::default().max_unauthenticated_bytes)]
+    max_unauthenticated_bytes: usize,
+}
+
+impl HandshakeLimits {
+    /// `o` with these limits.
+    pub(crate) fn apply(self, mut o: Options) -> Options {
+        o.limits.max_handshake_line = self.max_handshake_line;
+        o.limits.max_unauthenticated_bytes = self.max_unauthenticated_bytes;
+        o
+    }
 }
 
 impl Common {
@@ -82,6 +104,7 @@ impl Common {
             .cipher(!self.no_cipher)
             .security(self.security)
             .designation(self.designation.clone());
+        o = self.limits.apply(o);
         if let Some(u) = &self.uuid {
             o = o.uuid(u.clone());
         }

@@ -44,6 +44,8 @@ pub struct RouterArgs {
     /// Certificate PEM file.
     #[arg(long, requires = "key")]
     cert: Option<PathBuf>,
+    #[command(flatten)]
+    limits: crate::HandshakeLimits,
 }
 
 fn side(s: Side) -> &'static str {
@@ -59,14 +61,18 @@ pub async fn run(a: RouterArgs) -> Result<(), Error> {
         (Some(k), Some(c)) => Certificates::new(k.display().to_string(), c.display().to_string()),
         _ => Certificates::self_signed()?,
     };
-    let frontend = Options::new(a.auth.clone())
+    let frontend = a
+        .limits
+        .apply(Options::new(a.auth.clone()))
         .port(a.port.as_str())
         .cipher(!a.no_cipher)
         .security(a.security)
         .designation("router")
         .certificates(certs.clone());
     let secret = a.backend_auth.clone().unwrap_or_else(|| a.auth.clone());
-    let mut back = Options::new(secret)
+    let mut back = a
+        .limits
+        .apply(Options::new(secret))
         .cipher(!a.no_cipher)
         .security(a.security)
         .designation("router")

@@ -164,7 +164,7 @@ async fn connect_once(
             .await
             .map_err(|e| Error::Tls(e.to_string()))?;
         let cb = crate::connection::channel_binding(&**tls.get_ref().1);
-        let est = handshake(&mut tls, &mut lines, Handshake::client(engine, cb)).await?;
+        let est = handshake(&mut tls, &mut lines, Handshake::client(engine, cb), None).await?;
         Ok::<_, Error>((tls, est))
     };
     let connected = tokio::select! {

@@ -32,9 +32,16 @@ const WRITE_BATCH: usize = 1024;
 /// the noise; 16 and 32 less).
 const PASS_LINES: usize = 128;
 
-pub(crate) enum Handshake {
+pub(crate) enum Role {
     Client(ClientHandshake),
     Server(ServerHandshake),
+}
+
+/// One handshake: the role's state machine and the limits it reads under.
+pub(crate) struct Handshake {
+    role: Role,
+    /// Line limit until the peer's proof (then the buffer's own, `max_line`).
+    max_line: usize,
 }
 
 impl Handshake {
@@ -53,7 +60,10 @@ impl Handshake {
         if let Some(cb) = channel_binding {
             h = h.with_channel_binding(cb);
         }
-        Handshake::Client(h)
+        Handshake {
+            role: Role::Client(h),
+            max_line: handshake_line(engine),
+        }
     }
 
     /// The server role; `channel_binding` as for [`Handshake::client`].
@@ -71,14 +81,74 @@ impl Handshake {
         if let Some(cb) = channel_binding {
             h = h.with_channel_binding(cb);
         }
-        Handshake::Server(h)
+        Handshake {
+            role: Role::Server(h),
+            max_line: handshake_line(engine),
+        }
     }
 
     fn on_line(&mut self, line: &[u8]) -> std::result::Result<Step, HandshakeError> {
-        match self {
-            Handshake::Client(h) => h.on_line(line),
-            Handshake::Server(h) => h.on_line(line),
+        match &mut self.role {
+            Role::Client(h) => h.on_line(line),
+            Role::Server(h) => h.on_line(line),
         }
+    }
+
+    fn awaits_init(&self) -> bool {
+        match &self.role {
+            Role::Client(h) => h.awaits_init(),
+            Role::Server(h) => h.awaits_init(),
+        }
+    }
+}
+
+fn handshake_line(engine: &Engine) -> usize {
+    let l = &engine.opts.limits;
+    l.max_handshake_line.min(l.max_line)
+}
+
+/// What the unauthenticated connections of one server hold in their line buffers, against
+/// `max_unauthenticated_bytes`. Each connection charges its buffer's allocation as it grows
+/// and gives it back when its handshake ends, however it ends.
+pub(crate) struct HandshakeBudget<'a> {
+    total: &'a AtomicUsize,
+    max: usize,
+    held: usize,
+}
+
+impl<'a> HandshakeBudget<'a> {
+    pub(crate) fn new(total: &'a AtomicUsize, max: usize) -> Self {
+        HandshakeBudget {
+            total,
+            max,
+            held: 0,
+        }
+    }
+
+    /// Charges `now` bytes held in all; fails when that takes the total past the maximum.
+    fn hold(&mut self, now: usize) -> Result<()> {
+        if now > self.held {
+            let more = now - self.held;
+            let before = self.total.fetch_add(more, Ordering::SeqCst);
+            self.held = now;
+            if before + more > self.max {
+                return Err(Error::LimitExceeded(format!(
+                    "unauthenticated connections would hold more than the {} byte limit \
+                     (max_unauthenticated_bytes)",
+                    self.max
+                )));
+            }
+        } else {
+            self.total.fetch_sub(self.held - now, Ordering::SeqCst);
+            self.held = now;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for HandshakeBudget<'_> {
+    fn drop(&mut self) {
+        self.total.fetch_sub(self.held, Ordering::SeqCst);
     }
 }
 
@@ -101,65 +171,88 @@ pub(crate) fn channel_binding<D>(conn: &rustls::ConnectionCommon<D>) -> Option<[
     .ok()
 }
 
-/// Runs the handshake on an established TLS stream.
+/// Runs the handshake on an established TLS stream. Lines before the peer's proof are read
+/// under the handshake's own small limit, then `lines` gets its own maximum back; a server
+/// charges its buffer to `budget` meanwhile.
 pub(crate) async fn handshake<IO: AsyncRead + AsyncWrite + Unpin>(
     io: &mut IO,
     lines: &mut LineBuffer,
     mut hs: Handshake,
+    mut budget: Option<HandshakeBudget<'_>>,
 ) -> Result<Established> {
-    if let Handshake::Client(c) = &hs {
-        io.write_all(&c.hello()).await?;
-        io.flush().await?;
-    }
-    loop {
-        let line = loop {
-            match lines.next_line() {
-                Ok(Some(l)) => break l.to_vec(),
-                Ok(None) => {}
-                Err(e) => return Err(Error::LimitExceeded(e.to_string())),
-            }
-            let n = match io.read(lines.read_buf(READ_MIN)).await {
-                Ok(n) => n,
-                // A peer that drops TLS without close_notify has closed all the same.
-                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => 0,
-                Err(e) => return Err(e.into()),
-            };
-            lines.filled(n);
-            if n == 0 {
-                return Err(match hs {
-                    Handshake::Client(_) => Error::Auth(
-                        "server closed the connection during authentication (wrong secret, or \
-                         a cipher setting the server refuses?)"
-                            .into(),
-                    ),
-                    Handshake::Server(_) => {
-                        Error::Protocol("client closed the connection during the handshake".into())
-                    }
-                });
-            }
-        };
-        if line.is_empty() {
-            continue;
+    let stream_max = lines.max();
+    let result = async {
+        if let Role::Client(c) = &hs.role {
+            io.write_all(&c.hello()).await?;
+            io.flush().await?;
         }
-        match hs.on_line(&line).map_err(handshake_error)? {
-            Step::Send(out) => {
-                io.write_all(&out).await?;
-                io.flush().await?;
+        loop {
+            let max = if hs.awaits_init() {
+                stream_max
+            } else {
+                hs.max_line.min(stream_max)
+            };
+            lines.set_max(max);
+            let line = loop {
+                match lines.next_line() {
+                    Ok(Some(l)) => break l.to_vec(),
+                    Ok(None) => {}
+                    Err(e) if max < stream_max => {
+                        return Err(Error::LimitExceeded(format!(
+                            "{e} before authentication (max_handshake_line)"
+                        )))
+                    }
+                    Err(e) => return Err(Error::LimitExceeded(e.to_string())),
+                }
+                let n = match io.read(lines.read_buf(READ_MIN)).await {
+                    Ok(n) => n,
+                    // A peer that drops TLS without close_notify has closed all the same.
+                    Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => 0,
+                    Err(e) => return Err(e.into()),
+                };
+                lines.filled(n);
+                if let Some(b) = budget.as_mut() {
+                    b.hold(lines.capacity())?;
+                }
+                if n == 0 {
+                    return Err(match hs.role {
+                        Role::Client(_) => Error::Auth(
+                            "server closed the connection during authentication (wrong secret, \
+                             or a cipher setting the server refuses?)"
+                                .into(),
+                        ),
+                        Role::Server(_) => Error::Protocol(
+                            "client closed the connection during the handshake".into(),
+                        ),
+                    });
+                }
+            };
+            if line.is_empty() {
+                continue;
             }
-            Step::Refuse { send, error } => {
-                io.write_all(&send).await?;
-                io.flush().await?;
-                return Err(handshake_error(error));
-            }
-            Step::Done { send, established } => {
-                if let Some(out) = send {
+            match hs.on_line(&line).map_err(handshake_error)? {
+                Step::Send(out) => {
                     io.write_all(&out).await?;
                     io.flush().await?;
                 }
-                return Ok(*established);
+                Step::Refuse { send, error } => {
+                    io.write_all(&send).await?;
+                    io.flush().await?;
+                    return Err(handshake_error(error));
+                }
+                Step::Done { send, established } => {
+                    if let Some(out) = send {
+                        io.write_all(&out).await?;
+                        io.flush().await?;
+                    }
+                    return Ok(*established);
+                }
             }
         }
     }
+    .await;
+    lines.set_max(stream_max);
+    result
 }
 
 /// Serves an authenticated stream until it ends; returns why it ended.

@@ -21,6 +21,7 @@ use crate::message::Message;
 use crate::options::Options;
 use crate::peer::Peer;
 use crate::protocol::{Identity, Keys};
+use crate::route_table::RouteTable;
 use crate::routes::RouteProvider;
 use crate::shutdown::Shutdown;
 use crate::stream::Stream;
@@ -48,6 +49,8 @@ pub struct Stats {
     pub connections: usize,
     /// Connections still in TLS or authentication (servers).
     pub unauthenticated: usize,
+    /// Bytes their line buffers hold (against `max_unauthenticated_bytes`).
+    pub unauthenticated_bytes: usize,
     /// Authenticated streams.
     pub streams: usize,
     /// Requests awaiting an answer, over all streams.
@@ -73,7 +76,7 @@ pub(crate) struct Engine {
     /// Authenticated streams by uuid (see `streams.rs`).
     pub(crate) streams: RwLock<HashMap<String, Arc<Stream>>>,
     /// Uuids reachable through a stream (`rpc::online`, `routes`), mapped to that stream's uuid.
-    pub(crate) remote_routes: RwLock<HashMap<String, String>>,
+    pub(crate) remote_routes: RwLock<RouteTable>,
     /// Extra uuids announced as reachable through us (a router's other side).
     pub(crate) route_provider: RwLock<Option<RouteProvider>>,
     pub(crate) handlers: Handlers,
@@ -83,6 +86,7 @@ pub(crate) struct Engine {
     pub(crate) live_tasks: AtomicUsize,
     pub(crate) tasks_done: Notify,
     pub(crate) unauthenticated: AtomicUsize,
+    pub(crate) unauthenticated_bytes: AtomicUsize,
     pub(crate) connections: AtomicUsize,
     /// Legacy peers already warned about (bounded by [`LEGACY_WARNED_MAX`]).
     legacy_warned: Mutex<HashSet<String>>,
@@ -109,7 +113,7 @@ impl Engine {
             identity,
             keys,
             streams: RwLock::new(HashMap::new()),
-            remote_routes: RwLock::new(HashMap::new()),
+            remote_routes: RwLock::new(RouteTable::default()),
             route_provider: RwLock::new(None),
             handlers: Handlers::default(),
             events: Mutex::new(EventSink::default()),
@@ -118,6 +122,7 @@ impl Engine {
             live_tasks: AtomicUsize::new(0),
             tasks_done: Notify::new(),
             unauthenticated: AtomicUsize::new(0),
+            unauthenticated_bytes: AtomicUsize::new(0),
             connections: AtomicUsize::new(0),
             legacy_warned: Mutex::new(HashSet::new()),
         }))
@@ -271,6 +276,7 @@ impl Engine {
         Stats {
             connections: self.connections.load(Ordering::SeqCst),
             unauthenticated: self.unauthenticated.load(Ordering::SeqCst),
+            unauthenticated_bytes: self.unauthenticated_bytes.load(Ordering::SeqCst),
             streams: streams.len(),
             pending: streams.iter().map(|s| s.pending().len()).sum(),
             queued_bytes: streams

@@ -124,10 +124,7 @@ impl Handlers {
     }
 
     /// The digests and the listeners of `op`, as they are now.
-    pub(crate) fn for_event(
-        &self,
-        op: Option<&str>,
-    ) -> (Listeners, Option<Listeners>) {
+    pub(crate) fn for_event(&self, op: Option<&str>) -> (Listeners, Option<Listeners>) {
         let r = self.read();
         let l = op.and_then(|op| r.listeners.get(op).cloned());
         (r.digests.clone(), l)

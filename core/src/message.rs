@@ -14,8 +14,7 @@ use crate::error::{Error, Result};
 use crate::protocol::message::strip_sig;
 
 // Searchers built once: `memmem::find` would build one per message.
-static SIG_KEY: LazyLock<memmem::Finder<'static>> =
-    LazyLock::new(|| memmem::Finder::new(b"\"_sig\""));
+static ESCAPE: LazyLock<memmem::Finder<'static>> = LazyLock::new(|| memmem::Finder::new(b"\\u"));
 static OP_TIMEOUT_KEY: LazyLock<memmem::Finder<'static>> =
     LazyLock::new(|| memmem::Finder::new(b"\"op_timeout\""));
 
@@ -49,7 +48,9 @@ impl Message {
         Self::checked(text)
     }
 
-    /// A message from JSON text, validated; it must be an object.
+    /// A message from JSON text, validated; it must be an object. Text spread over several
+    /// lines (pretty-printed) is made compact: a message travels as one line, and a raw
+    /// newline would cut it in two on the wire.
     pub fn from_json(text: &str) -> Result<Self> {
         Self::checked(text.to_owned())
     }
@@ -59,15 +60,16 @@ impl Message {
         if !text.trim_start().starts_with('{') {
             return Err(Error::Config("a message must be a JSON object".into()));
         }
-        // `_sig` is the protocol's; a caller's own is dropped, as it would be overwritten.
-        let text = if SIG_KEY.find(text.as_bytes()).is_some() {
-            strip_sig(&text).into_owned()
-        } else {
-            text
-        };
-        let op = crate::protocol::message::op_of(&text)
+        let op: Option<Arc<str>> = crate::protocol::message::op_of(&text)
             .map_err(|e| Error::Config(format!("message is not valid JSON: {e}")))?
             .map(|o| Arc::from(o.as_ref()));
+        let text = compact(text);
+        // `_sig` is the protocol's; a caller's own is dropped, as it would be overwritten.
+        let stripped = match strip_sig(&text) {
+            std::borrow::Cow::Owned(s) => Some(s),
+            std::borrow::Cow::Borrowed(_) => None,
+        };
+        let text = stripped.unwrap_or(text);
         Ok(Message {
             text: Arc::from(text),
             op,
@@ -110,17 +112,45 @@ impl Message {
 
     /// `op_timeout` in milliseconds, if the message sets one.
     pub(crate) fn op_timeout(&self) -> Option<u64> {
-        #[derive(serde::Deserialize)]
-        struct T {
-            op_timeout: Option<Value>,
+        // Spelled literally unless the text holds a `\u` escape.
+        if OP_TIMEOUT_KEY.find(self.text.as_bytes()).is_none()
+            && ESCAPE.find(self.text.as_bytes()).is_none()
+        {
+            return None;
         }
-        OP_TIMEOUT_KEY.find(self.text.as_bytes())?;
-        let t: T = serde_json::from_str(&self.text).ok()?;
-        match t.op_timeout? {
+        let raw = crate::protocol::message::member(&self.text, "op_timeout").ok()??;
+        match serde_json::from_str::<Value>(raw.get()).ok()? {
             Value::Number(n) => n.as_f64().filter(|f| *f > 0.0).map(|f| f as u64),
             _ => None,
         }
     }
+}
+
+/// Valid JSON `text` without insignificant whitespace, when it holds a line break (only
+/// whitespace can: JSON strings cannot hold a raw one). Other text is returned as it is.
+fn compact(text: String) -> String {
+    if memchr::memchr2(b'\n', b'\r', text.as_bytes()).is_none() {
+        return text;
+    }
+    let mut out = Vec::with_capacity(text.len());
+    let (mut in_string, mut escaped) = (false, false);
+    for &b in text.as_bytes() {
+        if in_string {
+            out.push(b);
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+        } else if !matches!(b, b' ' | b'\t' | b'\n' | b'\r') {
+            in_string = b == b'"';
+            out.push(b);
+        }
+    }
+    // Only ASCII whitespace outside strings was removed: still UTF-8.
+    String::from_utf8(out).unwrap_or(text)
 }
 
 /// Anything that can be sent as a message: a [`Message`], a [`Value`] object, or JSON text.
@@ -203,5 +233,30 @@ mod tests {
         }
         let m = Message::from_json(r#"{"op":"x","_sig":"0123456789abcdef"}"#).unwrap();
         assert_eq!((m.as_str(), m.op()), (r#"{"op":"x"}"#, Some("x")));
+    }
+
+    #[test]
+    fn from_json_never_lets_a_line_break_into_a_line() {
+        let pretty = "{\n  \"op\": \"x\",\r\n  \"s\": \"a b\\n\\\" }\",\n  \"n\": [1, 2]\n}\n";
+        let m = Message::from_json(pretty).unwrap();
+        assert_eq!(m.as_str(), r#"{"op":"x","s":"a b\n\" }","n":[1,2]}"#);
+        assert_eq!(m.op(), Some("x"));
+        assert_eq!(m.value(), serde_json::from_str::<Value>(pretty).unwrap());
+        // Invalid text stays an error, whatever whitespace removal would make of it.
+        assert!(Message::from_json("{\"a\":tr\nue}").is_err());
+        // One-line text is kept exactly as written.
+        let spaced = r#"{ "op" : "x" }"#;
+        assert_eq!(Message::from_json(spaced).unwrap().as_str(), spaced);
+    }
+
+    #[test]
+    fn from_json_reads_keys_as_json_parse_does() {
+        let m = Message::from_json(r#"{"op":"a","\u006fp":"b"}"#).unwrap();
+        assert_eq!(m.op(), Some("b"));
+        let m = Message::from_json(r#"{"op":"a","op_timeout":1,"op\u005ftimeout":250}"#).unwrap();
+        assert_eq!(m.op_timeout(), Some(250));
+        // A caller's own `_sig`, in any spelling, is dropped.
+        let m = Message::from_json(r#"{"\u005fsig":"x","op":"a"}"#).unwrap();
+        assert_eq!(m.as_str(), r#"{"op":"a"}"#);
     }
 }

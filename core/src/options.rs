@@ -18,6 +18,24 @@ pub struct Limits {
     pub auth_timeout: Duration,
     /// Connections accepted but not yet authenticated, per server (default 1,024).
     pub max_unauthenticated: usize,
+    /// Longest line before the peer has proven the secret (default 8 KiB; `max_line` if
+    /// smaller). The longest legitimate one, a legacy `rpc::auth::response` with the cipher
+    /// on, is about twice the length of the client's uuid, designation and mac (as JSON)
+    /// plus 300 bytes: 8 KiB leaves them about 3.5 KiB. Once the secret is proven, `rpc::init` (whose
+    /// `routes` grow with a router's peers) is read under `max_line`: on a server only after
+    /// the client's proof, on a client from the server it chose to connect to.
+    pub max_handshake_line: usize,
+    /// Bytes that all unauthenticated connections of a server may hold together in their
+    /// line buffers (default 4 MiB). A connection whose read would cross it is closed.
+    pub max_unauthenticated_bytes: usize,
+    /// Uuids one peer may announce as reachable through it (`routes`, `rpc::online`; default
+    /// 100,000). A peer announcing more is disconnected (`limit exceeded: more than ... routes
+    /// announced (max_routes_per_peer)`).
+    pub max_routes_per_peer: usize,
+    /// Events a [`crate::Router`] buffers for [`crate::Router::events`] (default 4,096). A router
+    /// never waits for its reader: past this, new events are dropped, counted
+    /// ([`crate::Router::dropped_events`]) and logged. Read from the frontend's options.
+    pub router_event_queue: usize,
     /// Total connections per server (default unlimited).
     pub max_connections: Option<usize>,
     /// Requests awaiting an answer per stream (default 100,000).
@@ -38,6 +56,10 @@ impl Default for Limits {
             max_line: 16 * 1024 * 1024,
             auth_timeout: Duration::from_secs(10),
             max_unauthenticated: 1024,
+            max_handshake_line: 8 * 1024,
+            max_unauthenticated_bytes: 4 * 1024 * 1024,
+            max_routes_per_peer: 100_000,
+            router_event_queue: 4096,
             max_connections: None,
             max_pending: 100_000,
             max_queue_bytes: 64 * 1024 * 1024,
@@ -306,7 +328,15 @@ impl Options {
             return Err(Error::Config("missing 'auth' (the shared secret)".into()));
         }
         let l = &self.limits;
-        if l.max_line == 0 || l.max_pending == 0 || l.max_queue_bytes == 0 || l.event_queue == 0 {
+        if l.max_line == 0
+            || l.max_pending == 0
+            || l.max_queue_bytes == 0
+            || l.event_queue == 0
+            || l.max_handshake_line == 0
+            || l.max_unauthenticated_bytes == 0
+            || l.max_routes_per_peer == 0
+            || l.router_event_queue == 0
+        {
             return Err(Error::Config("limits must be greater than zero".into()));
         }
         if l.dead_peer_timeout.is_some_and(|t| t.is_zero()) {
@@ -392,6 +422,14 @@ struct RawOptions {
     auth_timeout: Option<u64>,
     #[serde(alias = "maxUnauthenticated")]
     max_unauthenticated: Option<usize>,
+    #[serde(alias = "maxHandshakeLine")]
+    max_handshake_line: Option<usize>,
+    #[serde(alias = "maxUnauthenticatedBytes")]
+    max_unauthenticated_bytes: Option<usize>,
+    #[serde(alias = "maxRoutesPerPeer")]
+    max_routes_per_peer: Option<usize>,
+    #[serde(alias = "routerEventQueue")]
+    router_event_queue: Option<usize>,
     #[serde(alias = "maxConnections")]
     max_connections: Option<usize>,
     #[serde(alias = "maxPending")]
@@ -503,6 +541,18 @@ impl RawOptions {
         if let Some(v) = self.max_unauthenticated {
             l.max_unauthenticated = v;
         }
+        if let Some(v) = self.max_handshake_line {
+            l.max_handshake_line = v;
+        }
+        if let Some(v) = self.max_unauthenticated_bytes {
+            l.max_unauthenticated_bytes = v;
+        }
+        if let Some(v) = self.max_routes_per_peer {
+            l.max_routes_per_peer = v;
+        }
+        if let Some(v) = self.router_event_queue {
+            l.router_event_queue = v;
+        }
         if self.max_connections.is_some() {
             l.max_connections = self.max_connections;
         }
@@ -551,6 +601,17 @@ mod tests {
             }
         );
         assert_eq!(o.certificates.unwrap().ca.len(), 1);
+        let o = Options::from_json(&json!({
+            "auth": "s", "maxHandshakeLine": 1000, "max_unauthenticated_bytes": 5000
+        }))
+        .unwrap();
+        assert_eq!(
+            (
+                o.limits.max_handshake_line,
+                o.limits.max_unauthenticated_bytes
+            ),
+            (1000, 5000)
+        );
         assert!(Options::from_json(&json!({})).is_err());
         assert!(Options::from_json(&json!({"auth": "s", "cipher": "aes-128-cbc"})).is_err());
         assert!(Options::from_json(&json!({"auth": "s", "port": "a:b:c"})).is_err());

@@ -9,7 +9,14 @@
 //! Events from the frontend reach the backend with `_r: {uuid, designation}`; backend messages
 //! with `_uuid` go to that peer only, others to every frontend peer. Requests relay both ways
 //! and settle exactly once (answer, error, timeout, disconnect).
+//!
+//! Legacy peers: of the control messages a router sends (`rpc::online`, `rpc::offline`, the
+//! `rpc::init` of the handshake, `ping`), iris-rpc 0.2.20 takes all but `rpc::offline`, whose
+//! handler throws and ends the stream; legacy-mode peers never get it. Nor
+//! are they relayed events that legacy would run as one of its own handlers
+//! ([`crate::protocol::message::misread_by_legacy`]).
 
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
 use serde_json::{json, Value};
@@ -22,7 +29,8 @@ use crate::link::Link;
 use crate::message::Message;
 use crate::options::Options;
 use crate::peer::Peer;
-use crate::protocol::message::{body_meta, rewrite};
+use crate::protocol::message::{body_meta, legacy_handles, misread_by_legacy, ops, rewrite};
+use crate::protocol::Mode;
 use crate::server::Server;
 
 /// The router's other side.
@@ -79,12 +87,45 @@ pub enum RouterEvent {
     },
 }
 
+/// The receiver of a router's events (see [`Router::events`]).
+pub type RouterEvents = tokio::sync::mpsc::Receiver<RouterEvent>;
+
 /// A running router.
 pub struct Router {
     frontend: Server,
     backend: Link,
     tasks: Vec<tokio::task::JoinHandle<()>>,
-    events: std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<RouterEvent>>>,
+    events: std::sync::Mutex<Option<RouterEvents>>,
+    report: Arc<Reporter>,
+}
+
+/// Where the relays report events: a bounded queue that never makes a relay wait (a relay
+/// that waited for a slow or absent reader would stop relaying).
+struct Reporter {
+    tx: tokio::sync::mpsc::Sender<RouterEvent>,
+    dropped: AtomicU64,
+    /// Whether [`Router::events`] was taken (only then is a drop worth a warning).
+    taken: AtomicBool,
+}
+
+impl Reporter {
+    fn send(&self, ev: RouterEvent) {
+        if let Err(tokio::sync::mpsc::error::TrySendError::Full(_)) = self.tx.try_send(ev) {
+            let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            // Logged at 1, 2, 4, 8, ... drops, so a reader that stalls cannot flood the log.
+            if n.is_power_of_two() {
+                if self.taken.load(Ordering::Relaxed) {
+                    tracing::warn!(
+                        dropped = n,
+                        capacity = self.tx.max_capacity(),
+                        "router: event queue full (router_event_queue), events dropped"
+                    );
+                } else {
+                    tracing::debug!(dropped = n, "router: nobody reads the events; dropped");
+                }
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for Router {
@@ -109,12 +150,47 @@ fn control(op: &str, uuid: &str) -> Option<Message> {
     Message::new(&json!({ "op": op, "uuid": uuid })).ok()
 }
 
+/// Whether a peer may be sent what a legacy peer cannot take. A peer in the legacy session
+/// mode may be the iris-rpc 0.2.20 package or ours with `security: legacy`: the handshake is
+/// the same byte for byte, so they cannot be told apart, and both are treated as the package.
+fn speaks_ours(p: &Peer) -> bool {
+    p.mode() != Mode::Legacy
+}
+
+/// Sends `m` to each peer of `to` that `keep` accepts.
+fn send_where(to: &Engine, m: &Message, keep: impl Fn(&Peer) -> bool) {
+    for p in to.peers().iter().filter(|p| keep(p)) {
+        let _ = to.dispatch_to(p.uuid(), m);
+    }
+}
+
+/// `rpc::online`/`rpc::offline` for `uuids` to every peer of `to`. Legacy's `rpc::offline`
+/// handler throws (it reads an undefined variable), which ends its stream, so legacy-mode
+/// peers never get one: they keep the route, as legacy itself does (it never reads its
+/// routes); our peers in legacy mode drop it when the router's stream ends.
 fn announce(to: &Engine, op: &str, uuids: &[String]) {
     for u in uuids {
         if let Some(m) = control(op, u) {
-            let _ = to.dispatch(&m);
+            if op == ops::OFFLINE {
+                send_where(to, &m, speaks_ours);
+            } else {
+                let _ = to.dispatch(&m);
+            }
         }
     }
+}
+
+/// True when `uuid` is reached (directly or through a route) over a legacy-mode stream.
+fn reached_over_legacy(engine: &Engine, uuid: &str) -> bool {
+    let via = match engine.stream(uuid) {
+        Some(s) => return !speaks_ours(&s.peer),
+        None => engine
+            .route_table()
+            .into_iter()
+            .find_map(|(u, via)| (u == uuid).then_some(via)),
+    };
+    via.and_then(|v| engine.stream(&v))
+        .is_some_and(|s| !speaks_ours(&s.peer))
 }
 
 impl Router {
@@ -147,7 +223,12 @@ impl Router {
         let (wf, wb) = (Arc::downgrade(&fe), Arc::downgrade(&be));
         fe.set_route_provider(Arc::new(move || reachable(&wb)));
         be.set_route_provider(Arc::new(move || reachable(&wf)));
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let (tx, rx) = tokio::sync::mpsc::channel(fe.opts.limits.router_event_queue);
+        let report = Arc::new(Reporter {
+            tx,
+            dropped: AtomicU64::new(0),
+            taken: AtomicBool::new(false),
+        });
         let tasks = vec![
             tokio::spawn(relay(
                 fev,
@@ -155,7 +236,7 @@ impl Router {
                 be.clone(),
                 Side::Frontend,
                 true,
-                tx.clone(),
+                report.clone(),
             )),
             tokio::spawn(relay(
                 bev,
@@ -163,7 +244,7 @@ impl Router {
                 fe.clone(),
                 Side::Backend,
                 backend_is_server,
-                tx,
+                report.clone(),
             )),
         ];
         Ok(Router {
@@ -171,6 +252,7 @@ impl Router {
             backend,
             tasks,
             events: std::sync::Mutex::new(Some(rx)),
+            report,
         })
     }
 
@@ -214,9 +296,19 @@ impl Router {
         }
     }
 
-    /// The router's events (peers coming and going, errors); the first call takes them.
-    pub fn events(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<RouterEvent>> {
-        self.events.lock().ok().and_then(|mut e| e.take())
+    /// The router's events (peers coming and going, errors); the first call takes them. At
+    /// most `router_event_queue` wait to be read; past that, new ones are dropped.
+    pub fn events(&self) -> Option<RouterEvents> {
+        let events = self.events.lock().ok().and_then(|mut e| e.take());
+        if events.is_some() {
+            self.report.taken.store(true, Ordering::Relaxed);
+        }
+        events
+    }
+
+    /// Events dropped so far because the queue was full (nobody reading, or too slowly).
+    pub fn dropped_events(&self) -> u64 {
+        self.report.dropped.load(Ordering::Relaxed)
     }
 
     /// Stops both sides.
@@ -236,7 +328,7 @@ async fn relay(
     to: Arc<Engine>,
     side: Side,
     tag_sender: bool,
-    report: tokio::sync::mpsc::UnboundedSender<RouterEvent>,
+    report: Arc<Reporter>,
 ) {
     let frontend = side == Side::Frontend;
     while let Some(ev) = events.next().await {
@@ -245,10 +337,10 @@ async fn relay(
                 if frontend && holds(&to, peer.uuid()) {
                     tracing::warn!(uuid = %peer.uuid(), "router: refused a peer claiming a uuid held on the other side");
                     peer.end();
-                    let _ = report.send(RouterEvent::Refused { peer });
+                    report.send(RouterEvent::Refused { peer });
                     continue;
                 }
-                let _ = report.send(RouterEvent::Connect {
+                report.send(RouterEvent::Connect {
                     side,
                     peer: peer.clone(),
                 });
@@ -264,7 +356,7 @@ async fn relay(
             }
             Event::Disconnect { peer, reason } => {
                 tracing::info!(uuid = %peer.uuid(), frontend, "router: peer disconnected");
-                let _ = report.send(RouterEvent::Disconnect {
+                report.send(RouterEvent::Disconnect {
                     side,
                     peer: peer.clone(),
                     reason,
@@ -286,7 +378,7 @@ async fn relay(
             }
             Event::Error { error, address } => {
                 tracing::debug!(%error, ?address, frontend, "router: connection error");
-                let _ = report.send(RouterEvent::Error {
+                report.send(RouterEvent::Error {
                     side,
                     error,
                     address,
@@ -331,8 +423,22 @@ fn forward_event(to: &Engine, msg: Message, uuid: &str, peer: &Peer, tag_sender:
     let Ok(m) = Message::from_json(&body) else {
         return;
     };
+    // What a legacy peer would run as one of its own handlers instead of delivering (and that
+    // can end its stream) goes to our peers only.
+    let misread = match m.op() {
+        Some(op) => legacy_handles(op),
+        None => misread_by_legacy(m.as_str()),
+    };
     let result = match target {
+        Some(t) if misread && reached_over_legacy(to, &t) => {
+            tracing::debug!(uuid = %t, "router: not relayed to a legacy peer: its op names a legacy handler");
+            Ok(())
+        }
         Some(t) => to.dispatch_to(&t, &m),
+        None if misread => {
+            send_where(to, &m, speaks_ours);
+            Ok(())
+        }
         None => to.dispatch(&m).map(|_| ()),
     };
     if let Err(e) = result {

@@ -34,6 +34,7 @@ impl Engine {
     pub(crate) async fn add_routes(&self, peer: &Peer, routes: &[String]) {
         let via = peer.uuid();
         let mut added = Vec::new();
+        let mut refused = 0;
         {
             let streams = self.streams();
             let Ok(mut table) = self.remote_routes.write() else {
@@ -48,6 +49,12 @@ impl Engine {
                     tracing::warn!(peer = %via, route = %u, "route refused: uuid already held");
                     continue;
                 }
+                if table.get(u).is_none()
+                    && table.count(via) >= self.opts.limits.max_routes_per_peer
+                {
+                    refused += 1;
+                    continue;
+                }
                 if table.insert(u.clone(), via.to_owned()).is_none() {
                     added.push(u.clone());
                 }
@@ -60,6 +67,18 @@ impl Engine {
                 offline: Vec::new(),
             })
             .await;
+        }
+        if refused > 0 {
+            // A peer past its share is misbehaving or misconfigured: its stream is closed
+            // (with the routes it holds), as for any other limit a peer crosses.
+            let reason = format!(
+                "limit exceeded: more than {} routes announced (max_routes_per_peer)",
+                self.opts.limits.max_routes_per_peer
+            );
+            tracing::warn!(peer = %via, %reason, "closing the stream");
+            if let Some(s) = self.stream(via).filter(|s| s.peer.same_stream(peer)) {
+                s.close(reason);
+            }
         }
     }
 

@@ -8,7 +8,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
-use crate::connection::{handshake, serve, Handshake};
+use crate::connection::{handshake, serve, Handshake, HandshakeBudget};
 use crate::endpoint::{spawn_pinger, Endpoint};
 use crate::engine::Engine;
 use crate::error::{Error, Result};
@@ -139,6 +139,8 @@ async fn accept_loop(engine: Arc<Engine>, listener: TcpListener, acceptor: TlsAc
             e.task_finished();
         });
     }
+    // The port is free once close() returns: the listener goes before the task counts done.
+    drop(listener);
     engine.task_finished();
 }
 
@@ -151,7 +153,12 @@ async fn connection(engine: &Arc<Engine>, tcp: TcpStream, addr: SocketAddr, acce
             .await
             .map_err(|e| Error::Tls(e.to_string()))?;
         let cb = crate::connection::channel_binding(&**tls.get_ref().1);
-        match handshake(&mut tls, &mut lines, Handshake::server(engine, cb)).await {
+        let budget = HandshakeBudget::new(
+            &engine.unauthenticated_bytes,
+            engine.opts.limits.max_unauthenticated_bytes,
+        );
+        let hs = Handshake::server(engine, cb);
+        match handshake(&mut tls, &mut lines, hs, Some(budget)).await {
             Ok(est) => Ok((tls, est)),
             Err(e) => {
                 // Refuse cleanly (close_notify), telling the peer nothing more.

@@ -339,3 +339,193 @@ async fn a_failed_start_leaves_nothing_listening() {
     // The frontend port is free again.
     assert!(std::net::TcpListener::bind(front_addr.as_str()).is_ok());
 }
+
+/// Top-level member names of a JSON object text, decoded, in order (duplicates kept).
+fn member_names(text: &str) -> Vec<String> {
+    struct Names(Vec<String>);
+    impl<'de> serde::Deserialize<'de> for Names {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V;
+            impl<'de> serde::de::Visitor<'de> for V {
+                type Value = Names;
+                fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                    f.write_str("an object")
+                }
+                fn visit_map<A: serde::de::MapAccess<'de>>(
+                    self,
+                    mut a: A,
+                ) -> Result<Names, A::Error> {
+                    let mut out = Vec::new();
+                    while let Some(k) = a.next_key::<String>()? {
+                        a.next_value::<serde::de::IgnoredAny>()?;
+                        out.push(k);
+                    }
+                    Ok(Names(out))
+                }
+            }
+            d.deserialize_map(V)
+        }
+    }
+    serde_json::from_str::<Names>(text).unwrap().0
+}
+
+/// Issue 13, defect 1: a frontend peer spelling `_r` or `_uuid` with an escape, or repeating a
+/// key, used to make the relay append a second `_r` (its fast path looked for the literal
+/// `"_r"` only) and the backend's strict parser then dropped the router's backend link, failing
+/// every client's requests. Now the relay and every receiver read keys decoded and keep the
+/// last of duplicates (as legacy's `JSON.parse` does), and the relay sends exactly one `_r`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn escaped_and_duplicate_keys_are_relayed_as_receivers_read_them() {
+    let server = server(server_options().uuid("backend")).await;
+    let got = Arc::new(Mutex::new(Vec::<(String, String)>::new()));
+    let g = got.clone();
+    server.on("spoof", move |msg, uuid, _| {
+        g.lock()
+            .unwrap()
+            .push((msg.as_str().to_owned(), uuid.to_owned()));
+    });
+    let router = router_to(&server.local_addr().to_string(), "127.0.0.1:0").await;
+    let mut rev = router.events().unwrap();
+    let raddr = router.local_addr();
+    let good = Client::connect(client_opts(&raddr.to_string(), "good")).unwrap();
+    good.wait_connected(WAIT).await.unwrap();
+    until("good routed", || has_route(&server, "good")).await;
+
+    let cases = [
+        r#"{"\u005fr":{"uuid":"x"},"op":"spoof","case":1}"#,
+        r#"{"_r":{"uuid":"x"},"op":"spoof","_r":{"uuid":"y"},"case":2}"#,
+        r#"{"\u005fuuid":"backend","op":"spoof","case":3}"#,
+        r#"{"op":"nothing","\u006fp":"spoof","case":4}"#,
+        r#"{"op":"spoof","_r":5,"case":5,"case":6}"#,
+    ];
+    let mut raw = raw_handshake_to(raddr, SECRET, true, "hostile")
+        .await
+        .unwrap();
+    until("hostile routed", || has_route(&server, "hostile")).await;
+    for line in cases {
+        let mut out = Vec::new();
+        raw.est.sealer.seal(line, &mut out).unwrap();
+        tokio::io::AsyncWriteExt::write_all(&mut raw.io, &out)
+            .await
+            .unwrap();
+    }
+    // A request whose body spells `_r` escaped is relayed and answered too.
+    let mut out = Vec::new();
+    raw.est
+        .sealer
+        .seal(
+            r#"{"_req":"r1","req":{"\u005fr":{"uuid":"x"},"op":"echo","n":7}}"#,
+            &mut out,
+        )
+        .unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut raw.io, &out)
+        .await
+        .unwrap();
+    // A good client keeps being served meanwhile.
+    for n in 0..20 {
+        let r = good.request(json!({"op": "echo", "n": n})).await.unwrap();
+        assert_eq!(r["n"], n);
+    }
+    until("every case delivered", || {
+        got.lock().unwrap().len() == cases.len()
+    })
+    .await;
+    let answer = tokio::time::timeout(WAIT, async {
+        let mut plain = Vec::new();
+        loop {
+            while let Some(line) = raw.lines.next_line().unwrap() {
+                let line = line.to_vec();
+                let p = raw.est.opener.open(&line, &mut plain).unwrap();
+                if p.text.contains("\"_resp\"") {
+                    return serde_json::from_str::<Value>(p.text).unwrap();
+                }
+            }
+            let n = tokio::io::AsyncReadExt::read(&mut raw.io, raw.lines.read_buf(4096))
+                .await
+                .unwrap();
+            raw.lines.filled(n);
+            assert!(n > 0, "the router closed the hostile peer");
+        }
+    })
+    .await
+    .expect("no answer to the escaped request");
+    assert_eq!(answer["_resp"], "r1");
+    assert_eq!(answer["resp"]["n"], 7);
+    assert_eq!(answer["resp"]["_r"]["uuid"], "hostile", "{answer}");
+
+    for (text, uuid) in got.lock().unwrap().iter() {
+        let names = member_names(text);
+        assert_eq!(uuid, "hostile", "{text}");
+        assert_eq!(
+            names.iter().filter(|n| *n == "_r").count(),
+            1,
+            "exactly one _r: {text}"
+        );
+        assert!(!names.iter().any(|n| n == "_uuid"), "{text}");
+        let v: Value = serde_json::from_str(text).unwrap();
+        assert_eq!(v["_r"]["uuid"], "hostile", "{text}");
+    }
+    let last_case = |c: i64| {
+        got.lock()
+            .unwrap()
+            .iter()
+            .any(|(t, _)| serde_json::from_str::<Value>(t).unwrap()["case"] == c)
+    };
+    assert!(last_case(6) && !last_case(5), "the last duplicate wins");
+    // The backend link never dropped.
+    while let Ok(ev) = rev.try_recv() {
+        if let RouterEvent::Disconnect { side, peer, reason } = ev {
+            assert!(
+                side != Side::Backend,
+                "the router's backend link dropped: {} {reason}",
+                peer.uuid()
+            );
+        }
+    }
+    good.close().await;
+    router.close().await;
+    server.close().await;
+}
+
+/// Issue 13: the router's event queue was unbounded, so a router whose events nobody read
+/// grew with every connect, disconnect and error. Now it holds `router_event_queue` events;
+/// past that, new ones are dropped and counted, and relaying never waits for the reader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_router_event_queue_is_bounded_and_never_stalls_the_relay() {
+    let server = server(server_options().uuid("backend")).await;
+    let mut b = Options::new(SECRET)
+        .address(server.local_addr().to_string())
+        .uuid("router");
+    b.reconnect_initial = Duration::from_millis(100);
+    let mut front = server_options().port("127.0.0.1:0").uuid("router-front");
+    front.limits.router_event_queue = 4;
+    let router = Router::start(front, Backend::Client(b)).await.unwrap();
+    let raddr = router.local_addr().to_string();
+    // Nobody reads: 10 clients come and go (20 events on the frontend, 1 on the backend).
+    for i in 0..10 {
+        let c = Client::connect(client_opts(&raddr, &format!("c{i}"))).unwrap();
+        c.wait_connected(WAIT).await.unwrap();
+        c.close().await;
+    }
+    until("the drops counted", || router.dropped_events() >= 21 - 4).await;
+    let mut events = router.events().unwrap();
+    let mut queued = 0;
+    while events.try_recv().is_ok() {
+        queued += 1;
+    }
+    assert_eq!(queued, 4);
+    // Relaying went on throughout, and goes on.
+    let c = Client::connect(client_opts(&raddr, "last")).unwrap();
+    c.wait_connected(WAIT).await.unwrap();
+    until("last routed", || has_route(&server, "last")).await;
+    let r = c.request(json!({"op": "echo", "n": 1})).await.unwrap();
+    assert_eq!(r["n"], 1);
+    let ev = tokio::time::timeout(WAIT, events.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(matches!(ev, RouterEvent::Connect { .. }), "{ev:?}");
+    c.close().await;
+    router.close().await;
+    server.close().await;
+}

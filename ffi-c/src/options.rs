@@ -11,7 +11,7 @@ use crate::strings::{arg_opt_str, arg_str, arg_text, need_out, owned_c_string};
 /// `designation`, `mac`, `certificates`, `cipher`, `signatures`, `ping`, `pingFreq`,
 /// `pingDataObject`, `timeout`, `rejectUnauthorized`, `address`, `port`, `routes`) in camelCase
 /// or snake_case, durations in milliseconds, plus the core's limits (`max_line`,
-/// `auth_timeout`, `max_pending`, ...). Certificates are PEM text or file paths.
+/// `max_handshake_line`, `max_unauthenticated_bytes`, `auth_timeout`, `max_pending`, ...). Certificates are PEM text or file paths.
 ///
 /// `security` (a string) picks the session modes spoken: `"prefer-v2"` (the default: the v2
 /// session with iris-rpc peers that offer it, the legacy protocol with iris-rpc 0.2.20 peers),

@@ -9,12 +9,17 @@
 // stdin, one JSON command per line:
 //   {"cmd":"dispatch","msg":{..}}               to every stream
 //   {"cmd":"dispatch","uuid":"u","msg":{..}}    to one stream
+//   {"cmd":"dispatchText","text":"{..}"}        this JSON object text, as written, to every
+//                                                stream (signed and encrypted as legacy does):
+//                                                legacy's dispatch would re-serialize it
 //   {"cmd":"request","id":1,"msg":{..}[,"uuid":"u"]}  -> {"ev":"response","id":1,"err":..,"resp":..}
 //   {"cmd":"connected"}                          -> {"ev":"connected","value":bool}
 //   {"cmd":"exit"}
 // stdout, one JSON event per line: ready, listen, connect, disconnect, message, response, error.
 // The legacy package logs with console.log; that goes to stderr so stdout stays JSON lines.
 'use strict';
+
+const crypto = require('crypto');
 
 const out = (o) => process.stdout.write(JSON.stringify(o) + '\n');
 console.log = (...args) => console.error(...args);
@@ -88,6 +93,25 @@ function handle(c) {
     case 'dispatch':
       if (c.uuid) rpc.dispatch(c.uuid, c.msg);
       else rpc.dispatch(c.msg);
+      break;
+    case 'dispatchText':
+      for (const s of Object.values(rpc.streams)) {
+        let text = c.text;
+        if (s.signatures) {
+          const sig = crypto
+            .createHmac('sha256', rpc.pk)
+            .update(s.sequenceTX + '')
+            .digest('hex')
+            .substring(0, 16);
+          s.sequenceTX++;
+          text = text.replace(/}\s*$/, ',"_sig":"' + sig + '"}');
+        }
+        if (s.cipher) {
+          const enc = crypto.createCipher(s.cipher, rpc.pk);
+          text = enc.update(text, 'utf8', 'hex') + enc.final('hex');
+        }
+        s.writeTEXT(text);
+      }
       break;
     case 'request': {
       const cb = (err, resp) =>

@@ -246,3 +246,178 @@ async fn our_clients_through_our_router_to_a_legacy_server() {
     router.close().await;
     server.kill().await;
 }
+
+/// Issue 14, item 7: our router sent `rpc::offline` to a legacy server when a frontend client
+/// left; legacy's handler throws (it reads an undefined variable) and ends the stream, so the
+/// router's backend link dropped and requests in flight failed. Nor may a relayed event make
+/// legacy's `self.iface[msg.op]` lookup find a control handler (an `op` of `["rpc::offline"]`
+/// is looked up as `"rpc::offline"`) or an `Object.prototype` member (`"__proto__"` throws).
+/// A router in front of the real legacy server: 50 clients come and go and a frontend peer
+/// sends such events while a steady client makes a request every 20 ms: none fails and the
+/// backend link never drops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leaving_clients_and_hostile_ops_never_break_a_legacy_backend() {
+    let sport = free_port();
+    let mut server = LegacyPeer::server(sport, "secret", true, json!({"uuid": "legacy-srv"})).await;
+    let rport = free_port();
+    let router = router(rport, &format!("127.0.0.1:{sport}")).await;
+    let mut revents = router.events().unwrap();
+    server.expect("connect", |v| v["uuid"] == "router").await;
+    let addr = format!("127.0.0.1:{rport}");
+
+    let steady = std::sync::Arc::new(
+        Client::connect(Options::new("secret").address(addr.as_str()).uuid("steady")).unwrap(),
+    );
+    steady.wait_connected(WAIT).await.unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let worker = {
+        let (c, stop) = (steady.clone(), stop.clone());
+        tokio::spawn(async move {
+            let (mut ok, mut failed) = (0u64, Vec::new());
+            let mut n = 0i64;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                n += 1;
+                match c.request(json!({"op": "add", "a": n, "b": 1})).await {
+                    Ok(r) if r == json!({"sum": n + 1}) => ok += 1,
+                    Ok(r) => failed.push(format!("wrong answer {r}")),
+                    Err(e) => failed.push(e.to_string()),
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            (ok, failed)
+        })
+    };
+
+    // 50 clients come and go, five at a time.
+    for round in 0..10 {
+        let mut batch = Vec::new();
+        for i in 0..5 {
+            let uuid = format!("churn-{round}-{i}");
+            batch.push(
+                Client::connect(Options::new("secret").address(addr.as_str()).uuid(uuid)).unwrap(),
+            );
+        }
+        for c in &batch {
+            c.wait_connected(WAIT).await.unwrap();
+        }
+        for c in batch {
+            c.close().await;
+        }
+    }
+    // A frontend peer sends events legacy would dispatch to a handler or a prototype member.
+    let hostile = Client::connect(
+        Options::new("secret")
+            .address(addr.as_str())
+            .uuid("hostile"),
+    )
+    .unwrap();
+    hostile.wait_connected(WAIT).await.unwrap();
+    for op in [
+        json!(["rpc::offline"]),
+        json!([["rpc::init"]]),
+        json!(["rpc::auth::challenge"]),
+        json!("__proto__"),
+        json!("__defineGetter__"),
+        json!("toString"),
+    ] {
+        hostile
+            .dispatch(json!({"op": op, "uuid": "x", "vector": "v", "data": {"uuid": "hijack"}}))
+            .unwrap();
+    }
+    hostile.dispatch(json!({"op": "after-hostile"})).unwrap();
+    let m = server
+        .expect("message", |v| v["msg"]["op"] == "after-hostile")
+        .await;
+    assert_eq!(m["uuid"], "hostile");
+    // Give the steady client time for more requests after the last offence.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (ok, failed) = worker.await.unwrap();
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed: {:?}",
+        failed.len(),
+        ok + failed.len() as u64,
+        &failed[..failed.len().min(3)]
+    );
+    assert!(ok > 20, "only {ok} requests answered");
+    let disconnects = server
+        .collect_for("disconnect", Duration::from_millis(100))
+        .await;
+    assert!(
+        disconnects.is_empty(),
+        "the legacy server lost streams: {disconnects:?}"
+    );
+    while let Ok(ev) = revents.try_recv() {
+        if let iris_rpc::RouterEvent::Disconnect {
+            side: Side::Backend,
+            reason,
+            ..
+        } = ev
+        {
+            panic!("the router's backend link dropped: {reason}");
+        }
+    }
+    eprintln!("steady client: {ok} requests answered, 0 failed, while 50 clients came and went");
+    hostile.close().await;
+    steady.close().await;
+    router.close().await;
+    server.kill().await;
+}
+
+/// Issue 14, item 7, the other roles: legacy clients on both sides of a router whose backend is
+/// a server (clients meet in the middle) never get `rpc::offline` either, as our clients come
+/// and go on the other side, and stay connected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn legacy_clients_on_either_side_survive_peers_leaving_the_other() {
+    let (fport, bport) = (free_port(), free_port());
+    let router = Router::start(
+        Options::new("secret")
+            .port(format!("127.0.0.1:{fport}"))
+            .uuid("front")
+            .certificates(certs()),
+        Backend::Server(
+            Options::new("secret")
+                .port(format!("127.0.0.1:{bport}"))
+                .uuid("back")
+                .certificates(certs()),
+        ),
+    )
+    .await
+    .unwrap();
+    let (front, back) = (format!("127.0.0.1:{fport}"), format!("127.0.0.1:{bport}"));
+    let mut lf = LegacyPeer::client(&front, "secret", true, json!({"uuid": "legacy-front"})).await;
+    let mut lb = LegacyPeer::client(&back, "secret", true, json!({"uuid": "legacy-back"})).await;
+    lf.expect("connect", |_| true).await;
+    lb.expect("connect", |_| true).await;
+    for round in 0..5 {
+        let mut batch = Vec::new();
+        for i in 0..5 {
+            let side = if i % 2 == 0 { &front } else { &back };
+            let uuid = format!("churn-{round}-{i}");
+            batch.push(
+                Client::connect(Options::new("secret").address(side.as_str()).uuid(uuid)).unwrap(),
+            );
+        }
+        for c in &batch {
+            c.wait_connected(WAIT).await.unwrap();
+        }
+        for c in batch {
+            c.close().await;
+        }
+    }
+    // Still connected, and still reachable across the router.
+    lf.send(json!({"cmd": "dispatch", "msg": {"op": "across", "n": 1}}))
+        .await;
+    let m = lb.expect("message", |v| v["msg"]["op"] == "across").await;
+    assert_eq!(m["uuid"], "legacy-front");
+    for p in [&mut lf, &mut lb] {
+        let d = p
+            .collect_for("disconnect", Duration::from_millis(100))
+            .await;
+        assert!(d.is_empty(), "a legacy client lost its stream: {d:?}");
+    }
+    router.close().await;
+    lf.kill().await;
+    lb.kill().await;
+}

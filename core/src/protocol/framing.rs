@@ -49,6 +49,17 @@ impl LineBuffer {
         self.max
     }
 
+    /// Changes the maximum line length from the next [`LineBuffer::next_line`] on (the
+    /// handshake reads with a small one, the authenticated stream with its own).
+    pub fn set_max(&mut self, max: usize) {
+        self.max = max;
+    }
+
+    /// Bytes allocated, buffered or not: what this buffer costs in memory.
+    pub fn capacity(&self) -> usize {
+        self.buf.capacity()
+    }
+
     /// Appends bytes read from the peer.
     pub fn extend(&mut self, data: &[u8]) {
         self.discard_unfilled();
@@ -193,6 +204,17 @@ mod tests {
         let mut b = LineBuffer::new(4);
         b.extend(b"abcde\n");
         assert_eq!(b.next_line(), Err(LineTooLong { max: 4 }));
+    }
+
+    #[test]
+    fn the_limit_can_change_between_lines() {
+        let mut b = LineBuffer::new(4);
+        b.extend(b"abc\nlonger line\n");
+        assert_eq!(b.next_line().unwrap(), Some(&b"abc"[..]));
+        assert_eq!(b.next_line(), Err(LineTooLong { max: 4 }));
+        b.set_max(100);
+        assert_eq!(b.next_line().unwrap(), Some(&b"longer line"[..]));
+        assert!(b.capacity() >= 16);
     }
 
     #[test]

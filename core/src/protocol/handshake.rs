@@ -294,6 +294,15 @@ fn no_channel_binding() -> HandshakeError {
 }
 
 impl ClientHandshake {
+    /// True once the client's proof is sent and the next line is the server's `rpc::init`,
+    /// whose `routes` may be long (a router announces every peer of its other side).
+    pub fn awaits_init(&self) -> bool {
+        matches!(
+            self.state,
+            ClientState::AwaitInit { .. } | ClientState::AwaitV2Init { .. }
+        )
+    }
+
     /// A client handshake with the given keys and options.
     pub fn new(keys: Arc<Keys>, config: ClientConfig) -> Self {
         ClientHandshake {
@@ -605,6 +614,12 @@ pub fn new_vector() -> String {
 }
 
 impl ServerHandshake {
+    /// True once the client has proven the secret and the next line is its `rpc::init`,
+    /// whose `routes` may be long (a router announces every peer of its other side).
+    pub fn awaits_init(&self) -> bool {
+        matches!(self.state, ServerState::AwaitInit { .. })
+    }
+
     /// A server handshake with the given keys and options.
     pub fn new(keys: Arc<Keys>, config: ServerConfig) -> Self {
         ServerHandshake {

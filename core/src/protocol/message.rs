@@ -1,7 +1,16 @@
 //! Message classification: what a received line means (event, request, response or control),
 //! read from one borrowed parse of the JSON text, and how outgoing messages get their `_sig`.
+//!
+//! Member names are read decoded (`"\u005fr"` is `_r`) and a repeated member is read as its
+//! last occurrence, as legacy's `JSON.parse` (and V8's, CPython's and serde_json's `Value`
+//! parsers) read it: every receiver and the router's relay agree on what a message says,
+//! whatever its spelling. [`rewrite`] and [`strip_sig`] remove every occurrence of a member in
+//! any spelling, so what they produce holds each member they touch exactly once.
 
 use std::borrow::Cow;
+use std::sync::LazyLock;
+
+use memchr::memmem;
 
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde::Deserialize;
@@ -90,41 +99,149 @@ impl<'de: 'a, 'a> Deserialize<'de> for LooseStr<'a> {
     }
 }
 
+/// A member name, decoded; borrowed from the text when it has no escapes.
+struct Key<'a>(Cow<'a, str>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Key<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a member name")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Key(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Key(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
+                Ok(Key(Cow::Owned(v)))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+/// The members of an object that a [`LastWins`] reads. Each call reads the value of one
+/// member named `key` (decoded) and overwrites what an earlier one set; `Ok(false)` for a
+/// member it does not read (skipped unparsed).
+trait Members<'de>: Default {
+    fn member<A: MapAccess<'de>>(&mut self, key: &str, a: &mut A) -> Result<bool, A::Error>;
+}
+
+/// An object read member by member, the last of repeated members winning, as `JSON.parse`
+/// reads it. (serde's derived structs refuse repeated fields instead, so a peer could make us
+/// read a message differently from a legacy peer, or drop a connection that relayed it.) Any
+/// other JSON type reads as the default, as legacy reads a property of a non-object as
+/// `undefined`.
+struct LastWins<T>(T);
+
+impl<'de, T: Members<'de>> Deserialize<'de> for LastWins<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Members<'de>> Visitor<'de> for V<T> {
+            type Value = LastWins<T>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<Self::Value, A::Error> {
+                let mut out = T::default();
+                while let Some(k) = a.next_key::<Key<'de>>()? {
+                    if !out.member(&k.0, &mut a)? {
+                        a.next_value::<IgnoredAny>()?;
+                    }
+                }
+                Ok(LastWins(out))
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut a: A) -> Result<Self::Value, A::Error> {
+                while a.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(LastWins(T::default()))
+            }
+            fn visit_borrowed_str<E: de::Error>(self, _: &'de str) -> Result<Self::Value, E> {
+                Ok(LastWins(T::default()))
+            }
+            fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
+                Ok(LastWins(T::default()))
+            }
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+                Ok(LastWins(T::default()))
+            }
+            fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
+                Ok(LastWins(T::default()))
+            }
+            fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
+                Ok(LastWins(T::default()))
+            }
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+                Ok(LastWins(T::default()))
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(LastWins(T::default()))
+            }
+        }
+        d.deserialize_any(V(std::marker::PhantomData))
+    }
+}
+
 /// `_r`: the original sender of a routed message.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default)]
 struct RouteTag<'a> {
-    #[serde(borrow, default)]
     uuid: LooseStr<'a>,
 }
 
+impl<'de> Members<'de> for RouteTag<'de> {
+    fn member<A: MapAccess<'de>>(&mut self, key: &str, a: &mut A) -> Result<bool, A::Error> {
+        if key != "uuid" {
+            return Ok(false);
+        }
+        self.uuid = a.next_value()?;
+        Ok(true)
+    }
+}
+
+/// `_r` as legacy reads it: `msg._r ? msg._r.uuid : ...` (a non-object names nobody).
+fn route_of(v: Option<LastWins<RouteTag<'_>>>) -> Option<Cow<'_, str>> {
+    v.and_then(|r| r.0.uuid.0)
+}
+
 /// Only the fields that decide what a message is; everything else is skipped unparsed.
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
+#[derive(Debug, Default)]
 struct Envelope<'a> {
-    #[serde(borrow, rename = "_sig")]
     sig: Option<&'a RawValue>,
-    #[serde(borrow)]
     op: LooseStr<'a>,
-    #[serde(borrow, rename = "_req")]
     req_id: Option<&'a RawValue>,
-    #[serde(borrow)]
     req: Option<&'a RawValue>,
-    #[serde(borrow, rename = "_resp")]
     resp_id: Option<&'a RawValue>,
-    #[serde(borrow)]
     err: Option<&'a RawValue>,
-    #[serde(borrow)]
     resp: Option<&'a RawValue>,
-    #[serde(borrow, rename = "_r")]
-    route: Option<RouteTag<'a>>,
-    #[serde(borrow, rename = "_uuid")]
+    route: Option<Cow<'a, str>>,
     target: LooseStr<'a>,
-    #[serde(borrow)]
     uuid: LooseStr<'a>,
-    #[serde(borrow)]
     data: Option<&'a RawValue>,
-    #[serde(borrow)]
     routes: Option<&'a RawValue>,
+}
+
+impl<'de> Members<'de> for Envelope<'de> {
+    fn member<A: MapAccess<'de>>(&mut self, key: &str, a: &mut A) -> Result<bool, A::Error> {
+        match key {
+            "_sig" => self.sig = a.next_value()?,
+            "op" => self.op = a.next_value()?,
+            "_req" => self.req_id = a.next_value()?,
+            "req" => self.req = a.next_value()?,
+            "_resp" => self.resp_id = a.next_value()?,
+            "err" => self.err = a.next_value()?,
+            "resp" => self.resp = a.next_value()?,
+            "_r" => self.route = route_of(a.next_value()?),
+            "_uuid" => self.target = a.next_value()?,
+            "uuid" => self.uuid = a.next_value()?,
+            "data" => self.data = a.next_value()?,
+            "routes" => self.routes = a.next_value()?,
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
 }
 
 /// What a received message is.
@@ -200,8 +317,8 @@ pub fn parse(text: &str) -> Result<Parsed<'_>, BadMessage> {
     if !trimmed.starts_with('{') {
         return Err(BadMessage("message is not a JSON object".into()));
     }
-    let env: Envelope<'_> =
-        serde_json::from_str(text).map_err(|e| BadMessage(format!("invalid JSON: {e}")))?;
+    let LastWins(env) = serde_json::from_str::<LastWins<Envelope<'_>>>(text)
+        .map_err(|e| BadMessage(format!("invalid JSON: {e}")))?;
     let sig = env
         .sig
         .map(|raw| serde_json::from_str::<Cow<'_, str>>(raw.get()).map_err(|_| ()));
@@ -240,7 +357,7 @@ pub fn parse(text: &str) -> Result<Parsed<'_>, BadMessage> {
             }
             _ => Kind::Event {
                 op: env.op.0,
-                routed_from: env.route.and_then(|r| r.uuid.0),
+                routed_from: env.route,
                 target: env.target.0,
             },
         }
@@ -257,16 +374,25 @@ impl<'de> Deserialize<'de> for LooseStrOwned {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Default)]
 struct OpOnly<'a> {
-    #[serde(borrow, default)]
     op: LooseStr<'a>,
 }
 
-/// `op` of a JSON object text, if it is a string.
+impl<'de> Members<'de> for OpOnly<'de> {
+    fn member<A: MapAccess<'de>>(&mut self, key: &str, a: &mut A) -> Result<bool, A::Error> {
+        if key != "op" {
+            return Ok(false);
+        }
+        self.op = a.next_value()?;
+        Ok(true)
+    }
+}
+
+/// `op` of a JSON object text (the last `op`, in any spelling), if it is a string.
 pub fn op_of(text: &str) -> Result<Option<Cow<'_, str>>, BadMessage> {
-    serde_json::from_str::<OpOnly<'_>>(text)
-        .map(|o| o.op.0)
+    serde_json::from_str::<LastWins<OpOnly<'_>>>(text)
+        .map(|o| o.0.op.0)
         .map_err(|e| BadMessage(format!("invalid JSON: {e}")))
 }
 
@@ -282,43 +408,180 @@ pub struct BodyMeta<'a> {
     pub target: Option<Cow<'a, str>>,
 }
 
-#[derive(Deserialize, Default)]
-#[serde(default)]
-struct BodyFields<'a> {
-    #[serde(borrow)]
-    op: LooseStr<'a>,
-    #[serde(borrow, rename = "_r")]
-    route: Option<RouteTag<'a>>,
-    #[serde(borrow, rename = "_uuid")]
-    target: LooseStr<'a>,
+impl<'de> Members<'de> for BodyMeta<'de> {
+    fn member<A: MapAccess<'de>>(&mut self, key: &str, a: &mut A) -> Result<bool, A::Error> {
+        match key {
+            "op" => self.op = a.next_value::<LooseStr<'de>>()?.0,
+            "_r" => self.routed_from = route_of(a.next_value()?),
+            "_uuid" => self.target = a.next_value::<LooseStr<'de>>()?.0,
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
 }
 
 /// Reads [`BodyMeta`] from a JSON object text.
 pub fn body_meta(text: &str) -> Result<BodyMeta<'_>, BadMessage> {
-    let f: BodyFields<'_> =
+    serde_json::from_str::<LastWins<BodyMeta<'_>>>(text)
+        .map(|m| m.0)
+        .map_err(|e| BadMessage(format!("invalid JSON: {e}")))
+}
+
+/// Top-level members of an object text in order: names decoded, values as written.
+struct MemberList<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for MemberList<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = MemberList<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<Self::Value, A::Error> {
+                let mut out = Vec::new();
+                while let Some(k) = a.next_key::<Key<'de>>()? {
+                    out.push((k.0, a.next_value::<&'de RawValue>()?));
+                }
+                Ok(MemberList(out))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+/// Whether `text` may have a top-level member with one of `names` (each made of ASCII
+/// letters, digits and `_`, as the protocol's are). Such a name can be spelled other than
+/// literally only with a `\u` escape: without one in the text, a text that nowhere holds
+/// `"name"` has no such member (a mention inside a string or a nested object merely answers
+/// yes). With one, the top-level names are read decoded.
+fn may_have_member<'k>(
+    text: &str,
+    names: impl Iterator<Item = &'k str> + Clone,
+) -> Result<bool, BadMessage> {
+    debug_assert!(names
+        .clone()
+        .all(|n| n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')));
+    if ESCAPE.find(text.as_bytes()).is_some() {
+        let MemberList(members) =
+            serde_json::from_str(text).map_err(|e| BadMessage(format!("invalid JSON: {e}")))?;
+        return Ok(members.iter().any(|(k, _)| names.clone().any(|n| n == k)));
+    }
+    Ok(names.into_iter().any(|n| {
+        let found = |f: &memchr::memmem::Finder<'_>| f.find(text.as_bytes()).is_some();
+        match n {
+            "_sig" => found(&QUOTED_SIG),
+            "_r" => found(&QUOTED_R),
+            "_uuid" => found(&QUOTED_UUID),
+            "op" => found(&QUOTED_OP),
+            _ => found(&memchr::memmem::Finder::new(format!("\"{n}\"").as_bytes())),
+        }
+    }))
+}
+
+// Searchers built once: `memmem::find` would build one per message.
+static ESCAPE: LazyLock<memmem::Finder<'static>> = LazyLock::new(|| memmem::Finder::new(b"\\u"));
+static QUOTED_SIG: LazyLock<memmem::Finder<'static>> =
+    LazyLock::new(|| memmem::Finder::new(b"\"_sig\""));
+static QUOTED_R: LazyLock<memmem::Finder<'static>> =
+    LazyLock::new(|| memmem::Finder::new(b"\"_r\""));
+static QUOTED_UUID: LazyLock<memmem::Finder<'static>> =
+    LazyLock::new(|| memmem::Finder::new(b"\"_uuid\""));
+static QUOTED_OP: LazyLock<memmem::Finder<'static>> =
+    LazyLock::new(|| memmem::Finder::new(b"\"op\""));
+
+/// The value of the top-level member `name` (the last one, in any spelling), if any.
+pub fn member<'a>(text: &'a str, name: &str) -> Result<Option<&'a RawValue>, BadMessage> {
+    let MemberList(members) =
         serde_json::from_str(text).map_err(|e| BadMessage(format!("invalid JSON: {e}")))?;
-    Ok(BodyMeta {
-        op: f.op.0,
-        routed_from: f.route.and_then(|r| r.uuid.0),
-        target: f.target.0,
-    })
+    Ok(members
+        .into_iter()
+        .rev()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v))
+}
+
+/// What legacy's `self.iface[msg.op]` finds before it would deliver a message: its control
+/// handlers, and the members of `Object.prototype` (Node 20), since `iface` is a plain object.
+const LEGACY_IFACE_KEYS: &[&str] = &[
+    ops::AUTH_REQUEST,
+    ops::AUTH_CHALLENGE,
+    ops::AUTH_RESPONSE,
+    ops::INIT,
+    ops::ONLINE,
+    ops::OFFLINE,
+    "constructor",
+    "__defineGetter__",
+    "__defineSetter__",
+    "hasOwnProperty",
+    "__lookupGetter__",
+    "__lookupSetter__",
+    "isPrototypeOf",
+    "propertyIsEnumerable",
+    "toString",
+    "valueOf",
+    "__proto__",
+    "toLocaleString",
+];
+
+/// True when a legacy peer receiving a message whose `op` is the string `op` would look it up
+/// among its own handlers instead of delivering it (see [`misread_by_legacy`]).
+pub fn legacy_handles(op: &str) -> bool {
+    LEGACY_IFACE_KEYS.contains(&op)
+}
+
+/// The property name JavaScript makes of an `op` value, when it can be one of
+/// `LEGACY_IFACE_KEYS`: a string, or an array of one such value (arrays join their elements
+/// with commas, and no such name holds one).
+fn js_key(op: &RawValue) -> Option<Cow<'_, str>> {
+    let text = op.get();
+    if text.starts_with('"') {
+        return serde_json::from_str::<LooseStr<'_>>(text).ok()?.0;
+    }
+    if text.starts_with('[') {
+        let items: Vec<&RawValue> = serde_json::from_str(text).ok()?;
+        return match items.as_slice() {
+            [one] => js_key(one),
+            _ => None,
+        };
+    }
+    None
+}
+
+/// True when a legacy peer (iris-rpc 0.2.20) would not deliver this message to its listeners
+/// but run what its `self.iface[msg.op]` finds: `op` (the last one, in any spelling) read as
+/// JavaScript reads a property name names a control handler or an `Object.prototype` member.
+/// An `op` of `["rpc::offline"]` runs the `rpc::offline` handler, which throws and ends the
+/// stream; `["rpc::init"]` with `data` rebinds the stream to another uuid;
+/// `["rpc::auth::challenge"]` resets its sequence numbers; `"__proto__"` and
+/// `"__defineGetter__"` throw. None of these reaches a legacy listener, so a router never
+/// relays them to a legacy peer.
+pub fn misread_by_legacy(text: &str) -> bool {
+    if !may_have_member(text, std::iter::once("op")).unwrap_or(false) {
+        return false;
+    }
+    match member(text, "op") {
+        Ok(Some(op)) => js_key(op).is_some_and(|k| legacy_handles(&k)),
+        _ => false,
+    }
 }
 
 /// Rewrites top-level members of a JSON object text: removes `remove`, then sets each of
 /// `set` as the last members, in order. Other members keep their order.
+///
+/// Every occurrence of a removed or set member goes, in any spelling, so the result holds each
+/// member of `set` exactly once and none of `remove`, whatever the input repeated or escaped.
 pub fn rewrite(
     text: &str,
     remove: &[&str],
     set: &[(&str, serde_json::Value)],
 ) -> Result<String, BadMessage> {
-    // Fast path: none of the keys occurs anywhere in the text (not even inside a string), so
-    // nothing needs removing and the new members can be appended before the closing brace.
-    let mentions = |k: &str| memchr::memmem::find(text.as_bytes(), format!("\"{k}\"").as_bytes());
+    // Fast path: none of the keys is a member of the text, so nothing needs removing and the
+    // new members can be appended before the closing brace.
     let trimmed = text.trim_end();
     if let Some(body) = trimmed.strip_suffix('}') {
-        let untouched = remove.iter().all(|k| mentions(k).is_none())
-            && set.iter().all(|(k, _)| mentions(k).is_none());
-        if untouched && trimmed.trim_start().starts_with('{') {
+        let names = remove.iter().copied().chain(set.iter().map(|(k, _)| *k));
+        if trimmed.trim_start().starts_with('{') && !may_have_member(text, names)? {
             let mut out = String::with_capacity(text.len() + 64);
             out.push_str(body);
             let mut empty = body.trim_end().ends_with('{');
@@ -335,53 +598,110 @@ pub fn rewrite(
             return Ok(out);
         }
     }
-    let mut map: serde_json::Map<String, serde_json::Value> =
-        serde_json::from_str(text).map_err(|e| BadMessage(format!("invalid JSON: {e}")))?;
-    for k in remove {
-        map.shift_remove(*k);
-    }
-    for (k, v) in set {
-        map.shift_remove(*k);
-        map.insert((*k).to_owned(), v.clone());
-    }
-    serde_json::to_string(&map).map_err(|e| BadMessage(e.to_string()))
+    Ok(rebuild(text, remove, set)?.unwrap_or_else(|| text.to_owned()))
 }
 
-/// The message text without its top-level `_sig`, as legacy deletes it before delivery.
+/// The object rebuilt from its members: names written plainly, a repeated member kept once (at
+/// its first place with its last value, as `JSON.parse` keeps it), the members named in
+/// `remove` or `set` dropped, then `set` appended. Values are copied as written, so numbers
+/// keep every digit. `None` when that would change nothing but whitespace (no member dropped
+/// or repeated, none to set).
+fn rebuild(
+    text: &str,
+    remove: &[&str],
+    set: &[(&str, serde_json::Value)],
+) -> Result<Option<String>, BadMessage> {
+    let MemberList(members) =
+        serde_json::from_str(text).map_err(|e| BadMessage(format!("invalid JSON: {e}")))?;
+    let dropped = |k: &str| remove.contains(&k) || set.iter().any(|(s, _)| *s == k);
+    let mut kept: Vec<(Cow<'_, str>, &RawValue)> = Vec::with_capacity(members.len());
+    let mut index: std::collections::HashMap<Cow<'_, str>, usize> =
+        std::collections::HashMap::with_capacity(members.len());
+    let mut changed = !set.is_empty();
+    for (k, v) in members {
+        if dropped(&k) {
+            changed = true;
+            continue;
+        }
+        match index.get(&k) {
+            Some(&i) => {
+                changed = true;
+                kept[i].1 = v;
+            }
+            None => {
+                index.insert(k.clone(), kept.len());
+                kept.push((k, v));
+            }
+        }
+    }
+    if !changed {
+        return Ok(None);
+    }
+    let mut out = String::with_capacity(text.len() + 64);
+    out.push('{');
+    let name = |k: &str| serde_json::to_string(k).map_err(|e| BadMessage(e.to_string()));
+    for (i, (k, v)) in kept.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(&name(k)?);
+        out.push(':');
+        out.push_str(v.get());
+    }
+    for (i, (k, v)) in set.iter().enumerate() {
+        if i > 0 || !kept.is_empty() {
+            out.push(',');
+        }
+        out.push_str(&name(k)?);
+        out.push(':');
+        out.push_str(&serde_json::to_string(v).map_err(|e| BadMessage(e.to_string()))?);
+    }
+    out.push('}');
+    Ok(Some(out))
+}
+
+/// The message text without its top-level `_sig` (every one, in any spelling), as legacy
+/// deletes it before delivery.
 ///
 /// Legacy peers append `_sig` last, so this is usually a slice; otherwise the object is rebuilt.
 pub fn strip_sig(text: &str) -> Cow<'_, str> {
+    let sig = || std::iter::once("_sig");
     let t = text.trim_end();
     // `,"_sig":"<16 chars>"}` as the very end of a valid object is necessarily its last
     // top-level member: none of those quotes can be escaped or inside another string.
     if let Some(body) = t.strip_suffix("\"}") {
         let cut = body.len().saturating_sub(16);
         if body.len() >= 16 + 9 && body.is_char_boundary(cut) {
-            let (head, sig) = body.split_at(cut);
-            if !sig.contains(['"', '\\']) {
-                if let Some(rest) = head.strip_suffix(",\"_sig\":\"") {
+            let (head, tail) = body.split_at(cut);
+            if !tail.contains(['"', '\\']) {
+                let rest = if let Some(rest) = head.strip_suffix(",\"_sig\":\"") {
                     let mut out = String::with_capacity(rest.len() + 1);
                     out.push_str(rest);
                     out.push('}');
-                    return Cow::Owned(out);
-                }
-                if let Some(rest) = head.strip_suffix("{\"_sig\":\"") {
-                    let mut out = String::with_capacity(rest.len() + 2);
-                    out.push_str(rest);
-                    out.push_str("{}");
-                    return Cow::Owned(out);
+                    Some(out)
+                } else {
+                    head.strip_suffix("{\"_sig\":\"").map(|rest| {
+                        let mut out = String::with_capacity(rest.len() + 2);
+                        out.push_str(rest);
+                        out.push_str("{}");
+                        out
+                    })
+                };
+                // Another `_sig` before it would become the message's: rebuild instead.
+                if let Some(out) = rest {
+                    if !may_have_member(&out, sig()).unwrap_or(true) {
+                        return Cow::Owned(out);
+                    }
                 }
             }
         }
     }
-    match serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(text) {
-        Ok(mut map) => {
-            if map.shift_remove("_sig").is_none() {
-                return Cow::Borrowed(text);
-            }
-            Cow::Owned(serde_json::to_string(&map).unwrap_or_else(|_| text.to_owned()))
-        }
-        Err(_) => Cow::Borrowed(text),
+    if !may_have_member(text, sig()).unwrap_or(false) {
+        return Cow::Borrowed(text);
+    }
+    match rebuild(text, &["_sig"], &[]) {
+        Ok(Some(out)) => Cow::Owned(out),
+        Ok(None) | Err(_) => Cow::Borrowed(text),
     }
 }
 
@@ -441,6 +761,113 @@ mod tests {
         assert!(parse("[1]").is_err());
         assert!(parse("{\"a\":").is_err());
         assert!(parse(r#"{"_req":"x"}"#).is_err());
+    }
+
+    #[test]
+    fn keys_are_read_decoded_and_the_last_duplicate_wins() {
+        // As legacy's JSON.parse reads them; serde's derive would refuse the duplicates.
+        let p = parse(
+            r#"{"op":"a","\u006fp":"b","_r":{"uuid":"x"},"\u005fr":{"uuid":"y","uuid":"z"}}"#,
+        )
+        .unwrap();
+        assert!(
+            matches!(p.kind, Kind::Event { op: Some(ref o), routed_from: Some(ref r), .. } if o == "b" && r == "z")
+        );
+        let p =
+            parse(r#"{"_req":"1","req":{"op":"a"},"req":{"op":"b","_uuid":"t","\u005fuuid":"u"}}"#)
+                .unwrap();
+        assert!(
+            matches!(p.kind, Kind::Request { meta: BodyMeta { op: Some(ref o), target: Some(ref t), .. }, .. } if o == "b" && t == "u")
+        );
+        // A non-object `_r` names nobody (legacy reads `_r.uuid` as undefined).
+        for r in ["5", "\"s\"", "[\"x\"]", "null"] {
+            let text = format!(r#"{{"op":"a","_r":{r}}}"#);
+            let p = parse(&text).unwrap();
+            assert!(
+                matches!(
+                    p.kind,
+                    Kind::Event {
+                        routed_from: None,
+                        ..
+                    }
+                ),
+                "{r}"
+            );
+        }
+        assert_eq!(op_of(r#"{"op":1,"op":"z"}"#).unwrap().as_deref(), Some("z"));
+        assert_eq!(
+            member(r#"{"op_timeout":1,"op\u005ftimeout":2}"#, "op_timeout")
+                .unwrap()
+                .map(RawValue::get),
+            Some("2")
+        );
+    }
+
+    #[test]
+    fn rewrite_touches_every_spelling_and_duplicate() {
+        let v = serde_json::json!({"uuid": "a"});
+        for text in [
+            r#"{"\u005fr":{"uuid":"x"},"op":"x"}"#,
+            r#"{"_r":{"uuid":"x"},"op":"x","_r":1}"#,
+            r#"{"_\u0072":2,"op":"x","\u005fuuid":"t"}"#,
+        ] {
+            let out = rewrite(text, &["_uuid"], &[("_r", v.clone())]).unwrap();
+            assert_eq!(out, r#"{"op":"x","_r":{"uuid":"a"}}"#, "{text}");
+        }
+        // Other members keep their first place with their last value, and their digits.
+        let out = rewrite(
+            r#"{"n":1,"\u005fr":0,"big":123456789012345678901234567890,"n":2.50}"#,
+            &[],
+            &[("_r", v.clone())],
+        )
+        .unwrap();
+        assert_eq!(
+            out,
+            r#"{"n":2.50,"big":123456789012345678901234567890,"_r":{"uuid":"a"}}"#
+        );
+        // A mention that is no top-level member leaves the text as it was.
+        assert_eq!(
+            rewrite(r#"{"a":{"_uuid":1},"s":"\u0041"}"#, &["_uuid"], &[]).unwrap(),
+            r#"{"a":{"_uuid":1},"s":"\u0041"}"#
+        );
+    }
+
+    #[test]
+    fn ops_legacy_would_misread() {
+        for bad in [
+            r#"{"op":["rpc::offline"],"uuid":"x"}"#,
+            r#"{"op":[["rpc::init"]],"data":{}}"#,
+            r#"{"op":"__proto__"}"#,
+            r#"{"op":"x","\u006fp":["toString"]}"#,
+        ] {
+            assert!(misread_by_legacy(bad), "{bad}");
+        }
+        for fine in [
+            r#"{"op":"ping"}"#,
+            r#"{"op":["rpc::offline","x"]}"#,
+            r#"{"op":{"a":"rpc::offline"}}"#,
+            r#"{"op":5}"#,
+            r#"{"nop":"__proto__"}"#,
+            r#"{"a":{"op":"__proto__"}}"#,
+        ] {
+            assert!(!misread_by_legacy(fine), "{fine}");
+        }
+    }
+
+    #[test]
+    fn strip_sig_removes_every_sig() {
+        assert_eq!(
+            strip_sig(r#"{"_sig":"evil","op":"a","_sig":"0123456789abcdef"}"#),
+            r#"{"op":"a"}"#
+        );
+        assert_eq!(
+            strip_sig(r#"{"\u005fsig":"evil","op":"a","_sig":"0123456789abcdef"}"#),
+            r#"{"op":"a"}"#
+        );
+        assert_eq!(
+            strip_sig(r#"{"op":"a","s":"\u0041"}"#),
+            r#"{"op":"a","s":"\u0041"}"#
+        );
     }
 
     #[test]
