@@ -66,7 +66,10 @@ export interface CommonOptions {
   rejectUnauthorized?: boolean;
   /** Uuids announced as reachable through this instance. */
   routes?: string[] | Record<string, unknown>;
-  /** Beyond legacy: first and longest reconnect delay in ms (1000, 30000). */
+  /**
+   * Beyond legacy: first and longest reconnect delay in ms (1000, 1000: a retry every second,
+   * as legacy; a larger reconnectMax doubles the delay after each failure up to it).
+   */
   reconnectInitial?: number;
   reconnectMax?: number;
   /** Beyond legacy: limits (see the core's `Limits`). */
