@@ -127,6 +127,18 @@ macro_rules! shared_api {
                 self.engine().request(uuid, msg).await
             }
 
+            /// A request answered whole: the answer's `err` and `resp` exactly as the peer sent
+            /// them ([`crate::Response::sent_err`], [`crate::Response::sent_resp`]), even when
+            /// `err` is set, as legacy callbacks get both. Only local failures (timeout,
+            /// disconnect, close, ...) are errors.
+            pub async fn request_answer(
+                &self,
+                uuid: Option<&str>,
+                msg: &$crate::message::Message,
+            ) -> $crate::error::Result<$crate::message::Response> {
+                self.engine().request_answer(uuid, msg, None).await
+            }
+
             /// [`Self::request_raw`] with its own timeout, overriding `op_timeout` and the
             /// `timeout` option.
             pub async fn request_raw_timeout(

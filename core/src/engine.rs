@@ -249,13 +249,11 @@ impl Stream {
         let Some(entry) = self.lock_pending().take(id) else {
             return false;
         };
-        let result = match err {
-            Some(e) => Err(Error::Remote(Arc::from(e.get()))),
-            None => Ok(Response {
-                resp: resp.map(|r| r.to_owned()),
-            }),
-        };
-        let _ = entry.tx.send(result);
+        // The answer as sent; `request_with` turns an error in it into `Error::Remote`.
+        let _ = entry.tx.send(Ok(Response {
+            resp: resp.map(|r| r.to_owned()),
+            err: err.map(|e| e.to_owned()),
+        }));
         true
     }
 }
@@ -292,14 +290,22 @@ impl Responder {
     /// Answers with a value or an error value.
     pub fn respond(mut self, result: std::result::Result<Value, Value>) {
         let (err, resp) = match result {
-            Ok(v) => (None, Some(v.to_string())),
-            Err(e) => (Some(e.to_string()), None),
+            Ok(v) => ("null".to_owned(), Some(v.to_string())),
+            Err(e) => (e.to_string(), None),
         };
-        self.send(err.as_deref(), resp.as_deref());
+        self.send(Some(&err), resp.as_deref());
     }
 
-    /// Answers with JSON texts; an invalid text is answered as an error instead.
-    pub fn respond_raw(mut self, err: Option<&str>, resp: Option<&str>) {
+    /// Answers with JSON texts (`err` absent is written `"err":null`, `resp` absent is left
+    /// out); an invalid text is answered as an error instead.
+    pub fn respond_raw(self, err: Option<&str>, resp: Option<&str>) {
+        self.respond_exact(Some(err.unwrap_or("null")), resp);
+    }
+
+    /// Answers with JSON texts written as given, an absent one left out, as legacy's
+    /// `JSON.stringify` does for `cb(undefined, ..)`: `cb()` is `{"_resp":ID}`. An invalid text
+    /// is answered as an error instead.
+    pub fn respond_exact(mut self, err: Option<&str>, resp: Option<&str>) {
         let valid = |t: Option<&str>| {
             t.is_none_or(|t| serde_json::from_str::<serde::de::IgnoredAny>(t).is_ok())
         };
@@ -319,8 +325,10 @@ impl Responder {
         );
         text.push_str("{\"_resp\":");
         text.push_str(self.id.get());
-        text.push_str(",\"err\":");
-        text.push_str(err.unwrap_or("null"));
+        if let Some(e) = err {
+            text.push_str(",\"err\":");
+            text.push_str(e);
+        }
         if let Some(r) = resp {
             text.push_str(",\"resp\":");
             text.push_str(r);
@@ -796,6 +804,18 @@ impl Engine {
 
     /// A request with an explicit timeout (else `op_timeout`, else the `timeout` option).
     pub(crate) async fn request_with(
+        &self,
+        uuid: Option<&str>,
+        msg: &Message,
+        timeout: Option<Duration>,
+    ) -> Result<Response> {
+        self.request_answer(uuid, msg, timeout)
+            .await
+            .and_then(Response::checked)
+    }
+
+    /// [`Engine::request_with`] whose answer comes back whole, `err` included.
+    pub(crate) async fn request_answer(
         &self,
         uuid: Option<&str>,
         msg: &Message,

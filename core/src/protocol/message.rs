@@ -111,9 +111,11 @@ struct Envelope<'a> {
     req: Option<&'a RawValue>,
     #[serde(borrow, rename = "_resp")]
     resp_id: Option<&'a RawValue>,
-    #[serde(borrow)]
+    // `null` is kept (as the raw text "null"), apart from an absent key: legacy callbacks
+    // tell them apart (null against undefined).
+    #[serde(borrow, deserialize_with = "present")]
     err: Option<&'a RawValue>,
-    #[serde(borrow)]
+    #[serde(borrow, deserialize_with = "present")]
     resp: Option<&'a RawValue>,
     #[serde(borrow, rename = "_r")]
     route: Option<RouteTag<'a>>,
@@ -125,6 +127,11 @@ struct Envelope<'a> {
     data: Option<&'a RawValue>,
     #[serde(borrow)]
     routes: Option<&'a RawValue>,
+}
+
+/// A field that is present, `null` included (absent fields stay `None` by `default`).
+fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&'de RawValue>::deserialize(d).map(Some)
 }
 
 /// What a received message is.
@@ -143,9 +150,9 @@ pub enum Kind<'a> {
     Response {
         /// The request id (ours are strings; anything else matches nothing).
         id: Option<Cow<'a, str>>,
-        /// `err` unless absent or `null`.
+        /// `err` as sent: `None` when absent, the text `null` for null.
         err: Option<&'a RawValue>,
-        /// `resp`, absent reads as `None`.
+        /// `resp` as sent: `None` when absent, the text `null` for null.
         resp: Option<&'a RawValue>,
     },
     /// `rpc::init`, `rpc::online`, `rpc::offline` or an `rpc::auth::*` op.
@@ -220,7 +227,7 @@ pub fn parse(text: &str) -> Result<Parsed<'_>, BadMessage> {
     } else if let Some(id) = truthy(env.resp_id) {
         Kind::Response {
             id: serde_json::from_str::<Cow<'_, str>>(id.get()).ok(),
-            err: env.err.filter(|e| e.get() != "null"),
+            err: env.err,
             resp: env.resp,
         }
     } else {
@@ -425,10 +432,19 @@ mod tests {
         assert!(matches!(
             p.kind,
             Kind::Response {
-                err: None,
+                err: Some(e),
                 resp: Some(_),
                 ..
-            }
+            } if e.get() == "null"
+        ));
+        let p = parse(r#"{"_resp":"x","resp":null}"#).unwrap();
+        assert!(matches!(
+            p.kind,
+            Kind::Response {
+                err: None,
+                resp: Some(r),
+                ..
+            } if r.get() == "null"
         ));
         let p = parse(r#"{"op":"rpc::init","v":1,"routes":["a",1]}"#).unwrap();
         assert!(
