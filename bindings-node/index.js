@@ -595,6 +595,11 @@ class Interface extends EventEmitter {
 
   /** An answer arrived: filters see it first, as `{_resp, err, resp}` (legacy). */
   #answered(id, call, answer) {
+    const seen = this.listenerCount('stream::message') > 0;
+    if (!this.filters.length && !seen) {
+      this.#settle(call, true, answer);
+      return;
+    }
     const msg = { _resp: String(id) };
     if ('err' in answer) msg.err = answer.err;
     if ('resp' in answer) msg.resp = answer.resp;
@@ -612,7 +617,7 @@ class Interface extends EventEmitter {
         setTimeout(() => this.#settle(call, false, failure), Math.max(0, call.ts + timeout - Date.now()));
       });
     }
-    if (this.listenerCount('stream::message')) this.emit('stream::message', msg, call.stream);
+    if (seen) this.emit('stream::message', msg, call.stream);
   }
 
   #closed() {
