@@ -696,6 +696,7 @@ class Interface extends EventEmitter {
         // Legacy order: 'disconnect' while the stream is still in `streams`, then its pending
         // requests fail, then it is forgotten; 'stream::end' (or 'stream::error') last.
         this.emitToListeners('disconnect', stream.uuid, stream);
+        for (const fail of stream._failed.splice(0)) fail();
         this.#forget(stream);
         const reason = e[2];
         stream._ending = {
@@ -703,8 +704,7 @@ class Interface extends EventEmitter {
             ? new IrisError({ code: 'io', message: reason, legacy: { error: reason } })
             : null,
         };
-        for (const fail of stream._failed.splice(0)) fail();
-        // Once its requests have failed (their settlements may still be on their way).
+        // Once all its requests have failed (some settlements may still be on their way).
         if (!stream._open) this.#ended(stream);
         break;
       }
