@@ -243,7 +243,8 @@ class TlsStreamShim extends EventEmitter {
     this.destroyed = true;
     if (!error) this.emit('end');
     else if (this.listenerCount('error')) this.emit('error', error);
-    this.emit('close', !!error);
+    // Later, as a socket's: after what the stream's end set off (tlsServer.close's callback).
+    setImmediate(() => this.emit('close', !!error));
   }
 }
 
@@ -738,9 +739,10 @@ class Interface extends EventEmitter {
     const { error } = stream._ending;
     if (stream._ending.done) return;
     stream._ending.done = true;
-    stream.tlsStream._ended(error);
+    // Legacy's socket listeners emitted these first; the user's own socket listeners ran after.
     if (error) this.emit('stream::error', error, stream);
     else this.emit('stream::end', stream);
+    stream.tlsStream._ended(error);
     this.#checkUnlisten();
   }
 

@@ -192,7 +192,11 @@ const sameIds = (e) => JSON.parse(JSON.stringify(e).replace(/"_resp":"[^"]*"/g, 
 function seen(p, after) {
   return p.events
     .slice(after)
-    .filter((e) => ['connect', 'disconnect', 'response', 'filter', 'stream::message', 'stream::end', 'stream::error', 'unlistened'].includes(e.ev))
+    .filter((e) =>
+      ['connect', 'disconnect', 'response', 'filter', 'stream::message', 'stream::end', 'stream::error', 'tls-end', 'tls-close', 'unlistened'].includes(
+        e.ev,
+      ),
+    )
     .filter((e) => !(e.ev === 'stream::message' && HANDSHAKE.test(e.op || '')))
     .map(sameIds);
 }
@@ -277,8 +281,9 @@ async function streamScenario({ clientImpl, serverImpl }) {
     await s.wait((e) => e.ev === 'stream::message' && e.op === 'slow', { after: sm, what: 'pending request at server' });
     sm = s.mark();
     s.send({ cmd: 'end' });
-    await c.wait((e) => e.ev === 'stream::end', { after: cm, what: 'client stream::end' });
+    await c.wait((e) => e.ev === 'tls-close', { after: cm, what: 'client socket closed' });
     await s.wait((e) => e.ev === 'unlistened', { after: sm, what: 'server closed' });
+    await settled(s);
     t.endClient = seen(c, cm);
     t.endServer = seen(s, sm);
     return t;
@@ -300,7 +305,7 @@ describe('stream events and objects (item 4)', () => {
     assert.ok(r.trafficClient.some((e) => e.ev === 'filter' && e.msg._resp));
     assert.equal(r.refusedAfterUnlisten, true);
     const order = r.endClient.map((e) => e.ev);
-    assert.ok(order.indexOf('disconnect') < order.indexOf('response'), order.join());
+    assert.deepEqual(order, ['disconnect', 'response', 'stream::end', 'tls-end', 'tls-close']);
     assert.deepEqual(r.endClient.find((e) => e.ev === 'disconnect'), {
       ev: 'disconnect',
       uuid: 'srv',
