@@ -66,7 +66,10 @@ export interface CommonOptions {
   rejectUnauthorized?: boolean;
   /** Uuids announced as reachable through this instance. */
   routes?: string[] | Record<string, unknown>;
-  /** Beyond legacy: first and longest reconnect delay in ms (1000, 30000). */
+  /**
+   * Beyond legacy: first and longest reconnect delay in ms (1000, 1000: a retry every second,
+   * as legacy; a larger reconnectMax doubles the delay after each failure up to it).
+   */
   reconnectInitial?: number;
   reconnectMax?: number;
   /** Beyond legacy: limits (see the core's `Limits`). */
@@ -97,6 +100,35 @@ export interface ServerOptions extends CommonOptions {
   certificates: CertificateSet;
 }
 
+/**
+ * What user code reads of legacy's `stream.tlsStream` (the TLS socket), read-only: the socket
+ * stays in the core. Emits 'end' (or 'error', when listened to) and then 'close' when the
+ * stream has ended.
+ */
+export interface TlsStream extends EventEmitter {
+  /** The peer's host (an IP address on a server; on a client, the host it was given). */
+  readonly remoteAddress: string;
+  readonly remotePort?: number;
+  readonly remoteFamily: 'IPv4' | 'IPv6';
+  readonly encrypted: true;
+  readonly destroyed: boolean;
+  /** Ends the stream (as `stream.end()`). */
+  end(): this;
+  destroy(): this;
+}
+
+/** What user code reads of legacy's `rpc.tlsServer` (the listening `tls.Server`). */
+export interface TlsServer extends EventEmitter {
+  readonly listening: boolean;
+  /** The bound address, as Node's `server.address()`; null when not listening. */
+  address(): { address: string; family: 'IPv4' | 'IPv6'; port: number } | null;
+  /**
+   * Stops accepting connections (streams already up go on); `callback` once none is left, or
+   * with `ERR_SERVER_NOT_RUNNING` when not listening.
+   */
+  close(callback?: (err?: Error) => void): this;
+}
+
 /** One authenticated peer's stream, as passed to listeners. */
 export interface Stream {
   readonly uuid: string;
@@ -111,11 +143,17 @@ export interface Stream {
   /** Beyond legacy: the session mode negotiated with this peer. */
   readonly mode: Mode;
   connected: boolean;
+  /** A read-only stand-in for the TLS socket. */
+  readonly tlsStream: TlsStream;
   /** Closes this stream (a client reconnects a second later). */
   end(): void;
 }
 
-/** Legacy request callback: `err` is null on success. */
+/**
+ * Legacy request callback: an answer gives exactly the `err` and `resp` the handler passed
+ * (`undefined` for what it left out; an `Error` rebuilt), a local failure (timeout,
+ * disconnect, not connected) the legacy error value alone.
+ */
 export type RequestCallback = (err: any, resp?: any) => void;
 /** Legacy request handler, registered with `on(op, handler)`: exactly one per op. */
 export type RequestHandler = (req: Message, callback: RequestCallback) => void;
@@ -156,6 +194,12 @@ declare class Interface extends EventEmitter {
   /** Beyond legacy: a connection failed or was refused (wrong secret, TLS, refused cipher...). */
   on(event: 'rpc::stream::error', listener: (err: IrisError, address?: string) => void): this;
   on(event: 'close', listener: () => void): this;
+  /** Every message received on a stream after the handshake, once it has been handled. */
+  on(event: 'stream::message', listener: (msg: Message, stream: Stream | null) => void): this;
+  /** A stream ended (after its 'disconnect'). */
+  on(event: 'stream::end', listener: (stream: Stream) => void): this;
+  /** A stream ended with a socket error, or a connection failed (then `stream` has no uuid). */
+  on(event: 'stream::error', listener: (err: IrisError, stream: Stream | { address?: string }) => void): this;
   /** An event message with this `op` (msg, uuid, stream), or a request handler (req, callback). */
   on(event: string, listener: ((msg: Message, uuid: string, stream: Stream) => void) | RequestHandler): this;
 
@@ -163,6 +207,8 @@ declare class Interface extends EventEmitter {
   dispatch(msg: Message, callback?: RequestCallback): void;
   /** Sends to the stream of peer `uuid` (or a peer routed through a Router); with a callback, a request. */
   dispatch(uuid: string, msg: Message, callback?: RequestCallback): void;
+  /** Sends on `stream` (to its uuid: with two streams of one uuid, the newest); with a callback, a request. */
+  dispatchToStream(stream: Stream, msg: Message, callback?: RequestCallback): true;
   /** Beyond legacy: a request to the only connected stream. */
   request<T = any>(msg: Message): Promise<T>;
   /** Beyond legacy: a request to the stream of peer `uuid`. */
@@ -188,6 +234,8 @@ export class Server extends Interface {
   localAddress?: string;
   /** The bound port, once listening (useful with port 0). */
   localPort?: number;
+  /** A stand-in for the listening `tls.Server`: `address()`, `close()`. */
+  readonly tlsServer: TlsServer;
   on(event: 'server::listen', listener: (err?: Error) => void): this;
   on(event: 'connect', listener: (address: string, uuid: string, stream: Stream) => void): this;
   on(event: 'disconnect', listener: (uuid: string, stream: Stream) => void): this;

@@ -205,11 +205,98 @@ const PASS_THROUGH = [
   'eventQueue',
 ];
 
+/** `host` and `port` of a `host:port` address (IPv6 hosts without brackets). */
+function splitAddress(address) {
+  const s = String(address || '');
+  const i = s.lastIndexOf(':');
+  if (i < 0) return { host: s, port: undefined };
+  const port = Number(s.slice(i + 1));
+  return { host: s.slice(0, i).replace(/^\[|\]$/g, ''), port: Number.isInteger(port) ? port : undefined };
+}
+
+const familyOf = (host) => (host.includes(':') ? 'IPv6' : 'IPv4');
+
+/**
+ * What user code reads of legacy's `stream.tlsStream` (the TLS socket), read-only: the socket
+ * itself stays in the core, where nothing can write unsigned or unencrypted lines to it.
+ * `end()`/`destroy()` end the stream; 'end' and 'close' are emitted when it has ended.
+ */
+class TlsStreamShim extends EventEmitter {
+  constructor(stream) {
+    super();
+    Object.defineProperty(this, '_stream', { value: stream });
+    const { host, port } = splitAddress(stream.address);
+    this.remoteAddress = host;
+    this.remotePort = port;
+    this.remoteFamily = familyOf(host);
+    this.encrypted = true;
+    this.destroyed = false;
+  }
+
+  end() {
+    this._stream.end();
+    return this;
+  }
+
+  destroy() {
+    this._stream.end();
+    return this;
+  }
+
+  _ended(error) {
+    this.destroyed = true;
+    if (!error) this.emit('end');
+    else if (this.listenerCount('error')) this.emit('error', error);
+    // Later, as a socket's: after what the stream's end set off (tlsServer.close's callback).
+    setImmediate(() => this.emit('close', !!error));
+  }
+}
+
+/**
+ * What user code reads of legacy's `rpc.tlsServer` (the listening `tls.Server`): `address()`,
+ * `listening`, and `close(cb)`, which stops accepting connections (streams already up go on)
+ * and calls `cb` once none is left, as Node's does.
+ */
+class TlsServerShim extends EventEmitter {
+  constructor(iface) {
+    super();
+    Object.defineProperty(this, '_iface', { value: iface });
+    this.listening = false;
+  }
+
+  address() {
+    const a = this._iface.localAddress;
+    if (!a || !this.listening) return null;
+    const { host, port } = splitAddress(a);
+    return { address: host, family: familyOf(host), port };
+  }
+
+  close(callback) {
+    if (!this.listening) {
+      const err = new Error('Server is not running.');
+      err.code = 'ERR_SERVER_NOT_RUNNING';
+      if (callback) process.nextTick(callback, err);
+      return this;
+    }
+    this.listening = false;
+    this._iface._stopListening(() => {
+      this.emit('close');
+      if (callback) callback();
+    });
+    return this;
+  }
+}
+
 /** The stream of one authenticated peer, as legacy passes it to listeners. */
 class Stream {
   constructor(iface, sid, uuid, address, designation, mac, cipher, mode) {
     Object.defineProperty(this, '_iface', { value: iface });
     Object.defineProperty(this, '_sid', { value: sid });
+    // Settlements of its requests held back until its 'disconnect' has been emitted; requests
+    // not settled yet; set once it has ended ('stream::end' waits for its requests to settle).
+    Object.defineProperty(this, '_failed', { value: [] });
+    Object.defineProperty(this, '_open', { value: 0, writable: true });
+    Object.defineProperty(this, '_ending', { value: null, writable: true });
     this.uuid = uuid;
     this.address = address;
     this.designation = designation === null ? undefined : designation;
@@ -219,6 +306,7 @@ class Stream {
     this.cipher = cipher === true ? (mode === 'v2' ? 'chacha20-poly1305' : 'aes-256-cbc') : undefined;
     this.mode = mode;
     this.connected = true;
+    this.tlsStream = new TlsStreamShim(this);
   }
 
   /** Closes this stream; a client reconnects after a second. */
@@ -231,7 +319,10 @@ class Stream {
 class Interface extends EventEmitter {
   #native = null;
   #byId = new Map();
+  /** Streams by uuid, oldest first; `streams[uuid]` is the newest (legacy: the last to connect). */
+  #byUuid = new Map();
   #count = 0;
+  #unlistenWaiters = [];
   #calls = new Map();
   #nextCall = 0;
   #pingTimer = null;
@@ -339,6 +430,21 @@ class Interface extends EventEmitter {
   }
 
   /**
+   * Sends `msg` on `stream` (legacy `dispatchToStream`); with a callback it is a request:
+   * `callback(err, resp)`. It goes to the stream's uuid: with two streams of one uuid, the
+   * newest.
+   */
+  dispatchToStream(stream, msg, callback) {
+    if (!(stream instanceof Stream)) throw new TypeError('iris-rpc: dispatchToStream() needs a stream');
+    if (callback) {
+      this.#request(stream.uuid, msg, legacyDone(callback), stream);
+    } else if (this.#native && stream.connected) {
+      this.#native.dispatchTo(stream.uuid, JSON.stringify(msg));
+    }
+    return true;
+  }
+
+  /**
    * `await rpc.request(msg)` or `await rpc.request(uuid, msg)`: the response, or a rejection
    * with an IrisError carrying the peer's error (see IrisError).
    */
@@ -350,7 +456,12 @@ class Interface extends EventEmitter {
       uuid = String(uuid);
     }
     return new Promise((resolve, reject) => {
-      this.#request(uuid, msg, (ok, payload) => (ok ? resolve(payload) : reject(new IrisError(payload))));
+      this.#request(uuid, msg, (ok, payload) => {
+        if (!ok) reject(new IrisError(payload));
+        else if (payload.err !== undefined && payload.err !== null) {
+          reject(new IrisError({ code: 'remote', message: 'remote error', legacy: payload.err }));
+        } else resolve(payload.resp);
+      });
     });
   }
 
@@ -427,27 +538,91 @@ class Interface extends EventEmitter {
     if (this.#native) this.#native.endStream(sid);
   }
 
-  #request(uuid, msg, done) {
+  /** tlsServer.close(): stops accepting; `done` once no stream is left. */
+  _stopListening(done) {
+    if (this.#native && !this.#nativeClosed) this.#native.stopListening();
+    this.#unlistenWaiters.push(done);
+    this.#checkUnlisten();
+  }
+
+  #checkUnlisten() {
+    if (!this.#unlistenWaiters.length || this.#byId.size) return;
+    for (const done of this.#unlistenWaiters.splice(0)) process.nextTick(done);
+  }
+
+  /** Settles a call; an exception from the callback is logged, as legacy does for answers. */
+  #settle(call, ok, payload) {
+    const stream = call.stream;
+    if (stream) stream._open--;
+    try {
+      call.done(ok, payload);
+    } catch (ex) {
+      logError('Error in callback for response:', ok ? payload : payload.legacy);
+      logError(ex && ex.stack);
+    }
+    if (stream && stream._ending && !stream._open) this.#ended(stream);
+  }
+
+  #request(uuid, msg, done, stream) {
+    const call = { done, msg, ts: Date.now(), stream: null };
     if (this.#closePromise || this.#nativeClosed || !this.#native) {
-      process.nextTick(done, false, CLOSED_ERROR);
+      process.nextTick(() => this.#settle(call, false, CLOSED_ERROR));
       return;
     }
     let text;
     try {
       text = JSON.stringify(msg);
     } catch (ex) {
-      process.nextTick(done, false, { code: 'config', message: ex.message, legacy: { error: ex.message } });
+      const failure = { code: 'config', message: ex.message, legacy: { error: ex.message } };
+      process.nextTick(() => this.#settle(call, false, failure));
       return;
     }
+    // The stream it goes to: its disconnect is emitted before the request fails, and filters
+    // see the answer with it (legacy order).
+    call.stream = stream || (uuid === null ? this.#onlyStream() : this.streams[uuid]) || null;
+    if (call.stream) call.stream._open++;
     this.#nextCall = (this.#nextCall + 1) >>> 0;
     const id = this.#nextCall;
-    this.#calls.set(id, done);
+    this.#calls.set(id, call);
     try {
       this.#native.request(id, uuid, text);
     } catch (ex) {
       this.#calls.delete(id);
-      process.nextTick(done, false, nativeThrow(ex));
+      const failure = nativeThrow(ex);
+      process.nextTick(() => this.#settle(call, false, failure));
     }
+  }
+
+  #onlyStream() {
+    for (const k in this.streams) return this.streams[k];
+    return null;
+  }
+
+  /** An answer arrived: filters see it first, as `{_resp, err, resp}` (legacy). */
+  #answered(id, call, answer) {
+    const seen = this.listenerCount('stream::message') > 0;
+    if (!this.filters.length && !seen) {
+      this.#settle(call, true, answer);
+      return;
+    }
+    const msg = { _resp: String(id) };
+    if ('err' in answer) msg.err = answer.err;
+    if ('resp' in answer) msg.resp = answer.resp;
+    if (!this.filters.length) {
+      this.#settle(call, true, answer);
+    } else {
+      this.#filtered(msg, call.stream, () => this.#settle(call, true, answer), () => {
+        // Legacy drops a refused answer: the request times out as if none had come.
+        const timeout = (isObject(call.msg) && call.msg.op_timeout) || this.timeout;
+        const failure = {
+          code: 'timeout',
+          message: 'Connection Timed Out',
+          legacy: { error: 'Connection Timed Out', timeout: this.timeout, req: call.msg },
+        };
+        setTimeout(() => this.#settle(call, false, failure), Math.max(0, call.ts + timeout - Date.now()));
+      });
+    }
+    if (seen) this.emit('stream::message', msg, call.stream);
   }
 
   #closed() {
@@ -466,28 +641,54 @@ class Interface extends EventEmitter {
   }
 
   #entry(e) {
+    // Exceptions thrown by user code (listeners, filters, callbacks) are logged and emitted
+    // as 'rpc::error', as legacy does: they never take the process down.
+    try {
+      this.#handle(e);
+    } catch (ex) {
+      logError('iris-rpc: error while processing message');
+      logError(ex && ex.stack);
+      this.emitToListeners('rpc::error', ex);
+    }
+  }
+
+  #handle(e) {
     switch (e[0]) {
       case MESSAGE: {
         const stream = this.#byId.get(e[1]);
         this.#incoming(e[3], stream, e[2], null);
+        if (this.listenerCount('stream::message')) this.emit('stream::message', e[3], stream);
         break;
       }
       case SETTLED: {
-        const done = this.#calls.get(e[1]);
-        if (!done) break;
+        const call = this.#calls.get(e[1]);
+        if (!call) break;
         this.#calls.delete(e[1]);
-        done(e[2] === 1, e[3]);
+        if (e[2] === 1) {
+          this.#answered(e[1], call, e[3]);
+        } else if (e[3].code === 'disconnected' && call.stream && this.#byId.get(call.stream._sid) === call.stream) {
+          // Its stream's 'disconnect' comes first (legacy order): held until then.
+          call.stream._failed.push(() => this.#settle(call, false, e[3]));
+        } else {
+          this.#settle(call, false, e[3]);
+        }
         break;
       }
       case REQUEST: {
         const stream = this.#byId.get(e[1]);
         this.#incoming(e[4], stream, e[3], e[2]);
+        if (this.listenerCount('stream::message')) this.emit('stream::message', { _req: String(e[2]), req: e[4] }, stream);
         break;
       }
       case CONNECT: {
         const stream = new Stream(this, e[1], e[2], e[3], e[4], e[5], e[6], e[7]);
         this.#byId.set(e[1], stream);
-        if (!this.streams[stream.uuid]) this.#count++;
+        const same = this.#byUuid.get(stream.uuid);
+        if (same) same.push(stream);
+        else {
+          this.#byUuid.set(stream.uuid, [stream]);
+          this.#count++;
+        }
         this.streams[stream.uuid] = stream;
         this.emitToListeners('connect', stream.address, stream.uuid, stream);
         break;
@@ -497,11 +698,19 @@ class Interface extends EventEmitter {
         if (!stream) break;
         this.#byId.delete(e[1]);
         stream.connected = false;
-        if (this.streams[stream.uuid] === stream) {
-          delete this.streams[stream.uuid];
-          this.#count--;
-        }
+        // Legacy order: 'disconnect' while the stream is still in `streams`, then its pending
+        // requests fail, then it is forgotten; 'stream::end' (or 'stream::error') last.
         this.emitToListeners('disconnect', stream.uuid, stream);
+        for (const fail of stream._failed.splice(0)) fail();
+        this.#forget(stream);
+        const reason = e[2];
+        stream._ending = {
+          error: /^(read error|dead peer)/.test(reason)
+            ? new IrisError({ code: 'io', message: reason, legacy: { error: reason } })
+            : null,
+        };
+        // Once all its requests have failed (some settlements may still be on their way).
+        if (!stream._open) this.#ended(stream);
         break;
       }
       case LISTEN:
@@ -513,10 +722,15 @@ class Interface extends EventEmitter {
         if (config.verbose > 1 || (config.verbose && err.code !== 'io')) {
           console.log('iris-rpc tls stream error:', err.message, ' | ', `${this.designation}@${e[2]}`);
         }
-        this.emit('rpc::stream::error', new IrisError(err), e[2]);
+        const error = new IrisError(err);
+        this.emit('rpc::stream::error', error, e[2]);
+        // Legacy emits 'stream::error' for a connection that failed before authenticating too,
+        // with a stream that has no uuid.
+        if (this.listenerCount('stream::error')) this.emit('stream::error', error, { address: e[2] === null ? undefined : e[2] });
         break;
       }
       case CLOSED:
+        for (const stream of this.#byId.values()) for (const fail of stream._failed.splice(0)) fail();
         this.#closed();
         break;
       default:
@@ -524,28 +738,67 @@ class Interface extends EventEmitter {
     }
   }
 
+  /** The last of a stream: 'stream::end' (or 'stream::error'), as legacy emits them. */
+  #ended(stream) {
+    const { error } = stream._ending;
+    if (stream._ending.done) return;
+    stream._ending.done = true;
+    // Legacy's socket listeners emitted these first; the user's own socket listeners ran after.
+    if (error) this.emit('stream::error', error, stream);
+    else this.emit('stream::end', stream);
+    stream.tlsStream._ended(error);
+    this.#checkUnlisten();
+  }
+
+  /** Forgets an ended stream; an older stream of the same uuid takes its place (as in the core). */
+  #forget(stream) {
+    const same = this.#byUuid.get(stream.uuid);
+    if (!same) return;
+    const i = same.indexOf(stream);
+    if (i >= 0) same.splice(i, 1);
+    if (!same.length) {
+      this.#byUuid.delete(stream.uuid);
+      if (this.streams[stream.uuid] === stream) delete this.streams[stream.uuid];
+      this.#count--;
+    } else if (this.streams[stream.uuid] === stream) {
+      this.streams[stream.uuid] = same[same.length - 1];
+    }
+  }
+
+  /** Runs the filters (legacy order and arguments) on `msg`, then `pass()` or `refuse(err)`. */
+  #filtered(msg, stream, pass, refuse) {
+    const filters = this.filters.slice();
+    const next = () => {
+      const filter = filters.shift();
+      if (!filter) return pass();
+      try {
+        filter.call(this, msg, stream, (err, disallow) => {
+          if (err) return refuse(err);
+          if (disallow) return refuse(disallow);
+          next();
+        });
+      } catch (ex) {
+        // Legacy: a filter that throws ends the stream the message came on.
+        logError(ex && ex.stack);
+        if (stream && stream.connected) stream.end();
+      }
+    };
+    next();
+  }
+
   #incoming(msg, stream, uuid, rid) {
     if (!this.filters.length) {
       this.#digest(msg, stream, uuid, rid);
       return;
     }
-    const filters = this.filters.slice();
-    const fail = (err) => {
-      if (rid !== null) this.#respond(rid, err, undefined);
-    };
-    const next = () => {
-      const filter = filters.shift();
-      if (!filter) {
-        this.#digest(msg, stream, uuid, rid);
-        return;
-      }
-      filter.call(this, msg, stream, (err, disallow) => {
-        if (err) return fail(err);
-        if (disallow) return fail(disallow);
-        next();
-      });
-    };
-    next();
+    this.#filtered(
+      msg,
+      stream,
+      () => this.#digest(msg, stream, uuid, rid),
+      (err) => {
+        if (rid !== null) this.#respond(rid, err, undefined);
+      },
+    );
   }
 
   #digest(msg, stream, uuid, rid) {
@@ -575,6 +828,8 @@ class Interface extends EventEmitter {
     }
   }
 
+  /** Answers request `rid` as legacy's JSON.stringify writes `{_resp, err, resp}`: an
+   * undefined `err` or `resp` is left out (`cb()` is `{"_resp":ID}`), null is written. */
   #respond(rid, err, resp) {
     if (!this.#native) return;
     const errText = err === undefined ? undefined : JSON.stringify(wireError(err));
@@ -591,11 +846,16 @@ function legacyListenError(e) {
   return err;
 }
 
-/** Adapts a legacy `callback(err, resp)` to the internal settle function. */
+/**
+ * Adapts a legacy `callback(err, resp)` to the internal settle function: an answer gives
+ * exactly the `err` and `resp` the peer sent (undefined when absent, an `_Error` rebuilt), a
+ * local failure (timeout, disconnect, ...) the legacy error value alone.
+ */
 function legacyDone(callback) {
   return (ok, payload) => {
-    if (ok) callback(null, payload);
-    else callback(legacyError(payload));
+    if (!ok) return callback(legacyError(payload));
+    const err = payload.err;
+    callback(isObject(err) && err._Error ? rebuildError(err) : err, payload.resp);
   };
 }
 
@@ -620,6 +880,7 @@ class Server extends Interface {
     this.initCallback = initCallback;
     this.localAddress = undefined;
     this.localPort = undefined;
+    this.tlsServer = new TlsServerShim(this);
     const o = this._nativeOptions(options);
     o.port = typeof options.port === 'string' ? options.port : Number(options.port);
     if (options.host) o.host = String(options.host);
@@ -633,6 +894,7 @@ class Server extends Interface {
     } else {
       this.localAddress = address;
       this.localPort = Number(address.slice(address.lastIndexOf(':') + 1));
+      this.tlsServer.listening = true;
     }
     this.emitToListeners('server::listen', err);
     if (this.initCallback) this.initCallback(err);

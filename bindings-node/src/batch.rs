@@ -13,7 +13,7 @@
 //! | `[3, SID, "uuid", MSG]` | event message (uuid is `_r.uuid` when routed) |
 //! | `[4, SID, RID, "uuid", MSG]` | incoming request, answer with `respond(RID, ..)` |
 //! | `[5, ERR]` | a connection failed or was refused |
-//! | `[6, CID, 1]` / `[6, CID, 1, RESP]` / `[6, CID, 0, ERR]` | outgoing request settled |
+//! | `[6, CID, 1, {"err":E,"resp":R}]` / `[6, CID, 0, ERR]` | outgoing request answered (`err` and `resp` as the peer sent them, each left out when it was absent) / failed here |
 //! | `[7]` | the object is closed; nothing follows |
 //!
 //! `ERR` is `{"code":..,"message":..,"legacy":..}`: the stable core error kind, its text, and
@@ -106,6 +106,25 @@ impl Batch {
             // The peer's own error value, as received (already validated JSON).
             Error::Remote(text) => self.text.push_str(text),
             other => self.text.push_str(&other.to_legacy_value().to_string()),
+        }
+        self.text.push('}');
+        self
+    }
+
+    /// An answer's `err` and `resp` (JSON texts, as sent) as one object; an absent one is left
+    /// out, so that JavaScript reads it as `undefined`.
+    pub(crate) fn answer(&mut self, err: Option<&str>, resp: Option<&str>) -> &mut Self {
+        self.text.push_str(",{");
+        if let Some(e) = err {
+            self.text.push_str("\"err\":");
+            self.text.push_str(e);
+        }
+        if let Some(r) = resp {
+            if err.is_some() {
+                self.text.push(',');
+            }
+            self.text.push_str("\"resp\":");
+            self.text.push_str(r);
         }
         self.text.push('}');
         self

@@ -271,7 +271,7 @@ impl NativePeer {
         runtime()?.spawn(async move {
             let result = with_api!(
                 &shared.role,
-                |x| x.request_raw(uuid.as_deref(), &msg).await,
+                |x| x.request_answer(uuid.as_deref(), &msg).await,
                 Err(Error::NotConnected {
                     req: Some(msg.text().clone())
                 })
@@ -281,13 +281,14 @@ impl NativePeer {
         Ok(())
     }
 
-    /// Answers incoming request `rid` with JSON texts (`err` absent means no error, `resp`
-    /// absent leaves it out). Unknown or already answered ids are ignored.
+    /// Answers incoming request `rid` with JSON texts, an absent one left out of the answer
+    /// as legacy's `JSON.stringify` leaves out `undefined` (`cb()` is `{"_resp":ID}`). Unknown
+    /// or already answered ids are ignored.
     #[napi(catch_unwind)]
     pub fn respond(&self, rid: u32, err_json: Option<String>, resp_json: Option<String>) {
         let responder = lock(&self.shared.responders).open.remove(&rid);
         if let Some((_, r)) = responder {
-            r.respond_raw(err_json.as_deref(), resp_json.as_deref());
+            r.respond_exact(err_json.as_deref(), resp_json.as_deref());
         }
     }
 
@@ -296,6 +297,16 @@ impl NativePeer {
     pub fn end_stream(&self, sid: u32) {
         if let Some(p) = lock(&self.shared.streams).by_id.get(&sid) {
             p.end();
+        }
+    }
+
+    /// Server: stops accepting connections, keeping the streams that are up (legacy
+    /// `tlsServer.close()`). False when this is not a bound server.
+    #[napi(catch_unwind)]
+    pub fn stop_listening(&self) -> bool {
+        match &self.shared.role {
+            Role::Server(cell) => cell.get().map(|s| s.stop_listening()).is_some(),
+            Role::Client(_) => false,
         }
     }
 
@@ -524,10 +535,7 @@ fn encode_settled(s: Settled, b: &mut Batch) {
         Settled::Request { call, result } => {
             b.begin(batch::SETTLED).num(call.into());
             match result {
-                Ok(resp) => match resp.raw() {
-                    Some(r) => b.num(1).raw(r),
-                    None => b.num(1),
-                },
+                Ok(answer) => b.num(1).answer(answer.sent_err(), answer.sent_resp()),
                 Err(e) => b.num(0).error(&e),
             };
             b.end();

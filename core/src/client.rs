@@ -40,8 +40,9 @@ impl std::ops::Deref for Client {
 impl Client {
     /// Starts connecting to every address on the current tokio runtime and returns at once,
     /// like legacy; use [`Client::wait_connected`] or the `Connect` event to know when a stream
-    /// is up. Each stream reconnects after 1 s, then with exponential backoff and jitter up to
-    /// `reconnect_max`, until [`Client::close`].
+    /// is up. Each stream retries every second (`reconnect_initial`, plus up to a fifth of
+    /// jitter) like legacy, until [`Client::close`]; with `reconnect_max` above
+    /// `reconnect_initial` the delay doubles after each failure up to `reconnect_max`.
     pub fn connect(opts: Options) -> Result<Client> {
         Self::connect_inner(opts, false).map(|(c, _)| c)
     }

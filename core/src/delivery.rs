@@ -46,13 +46,13 @@ impl Engine {
                 self.on_request(stream, id, msg, uuid).await;
             }
             Kind::Response { id, err, resp } => {
-                let result = match err {
-                    Some(e) => Err(Error::Remote(Arc::from(e.get()))),
-                    None => Ok(Response {
-                        resp: resp.map(|r| r.to_owned()),
-                    }),
+                // The answer as sent; the caller's reply turns an error in it into
+                // `Error::Remote` unless it asked for the whole answer.
+                let answer = Response {
+                    resp: resp.map(|r| r.to_owned()),
+                    err: err.map(|e| e.to_owned()),
                 };
-                let settled = id.is_some_and(|id| stream.answer(&id, result));
+                let settled = id.is_some_and(|id| stream.answer(&id, Ok(answer)));
                 if !settled {
                     tracing::debug!(peer = %peer.uuid(), "response for no pending request");
                 }

@@ -69,10 +69,19 @@ impl Engine {
         msg: &Message,
         timeout: Option<Duration>,
     ) -> RawReply {
-        match self.try_start_request(uuid, msg, timeout) {
-            Ok(r) => r,
-            Err(e) => RawReply::ready(Err(e)),
-        }
+        self.try_start_request(uuid, msg, timeout, false)
+            .unwrap_or_else(RawReply::failed)
+    }
+
+    /// [`Engine::start_request`] whose reply settles with the whole answer, `err` included.
+    pub(crate) fn start_answer(
+        &self,
+        uuid: Option<&str>,
+        msg: &Message,
+        timeout: Option<Duration>,
+    ) -> RawReply {
+        self.try_start_request(uuid, msg, timeout, true)
+            .unwrap_or_else(RawReply::failed)
     }
 
     fn try_start_request(
@@ -80,6 +89,7 @@ impl Engine {
         uuid: Option<&str>,
         msg: &Message,
         timeout: Option<Duration>,
+        whole: bool,
     ) -> Result<RawReply> {
         if self.shutdown.is_triggered() {
             return Err(Error::Closed);
@@ -111,6 +121,7 @@ impl Engine {
             body,
             msg.text().clone(),
             timeout_ms,
+            whole,
         ))
     }
 }

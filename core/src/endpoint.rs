@@ -131,6 +131,13 @@ impl Endpoint {
         self.engine.start_request(uuid, msg, None)
     }
 
+    /// A request answered whole: the answer's `err` and `resp` exactly as the peer sent them
+    /// ([`crate::Response::sent_err`], [`crate::Response::sent_resp`]), even when `err` is set, as legacy
+    /// callbacks get both. Only local failures (timeout, disconnect, close, ...) are errors.
+    pub fn request_answer(&self, uuid: Option<&str>, msg: &Message) -> RawReply {
+        self.engine.start_answer(uuid, msg, None)
+    }
+
     /// [`Self::request_raw`] with its own timeout, overriding `op_timeout` and the `timeout`
     /// option.
     pub fn request_raw_timeout(

@@ -75,6 +75,8 @@ pub(crate) struct Engine {
     pub(crate) keys: Arc<Keys>,
     /// Authenticated streams by uuid (see `streams.rs`).
     pub(crate) streams: RwLock<HashMap<String, Arc<Stream>>>,
+    /// Streams set aside by a newer stream with the same uuid (oldest first), still connected.
+    pub(crate) older: Mutex<HashMap<String, Vec<Arc<Stream>>>>,
     /// Uuids reachable through a stream (`rpc::online`, `routes`), mapped to that stream's uuid.
     pub(crate) remote_routes: RwLock<RouteTable>,
     /// Extra uuids announced as reachable through us (a router's other side).
@@ -113,6 +115,7 @@ impl Engine {
             identity,
             keys,
             streams: RwLock::new(HashMap::new()),
+            older: Mutex::new(HashMap::new()),
             remote_routes: RwLock::new(RouteTable::default()),
             route_provider: RwLock::new(None),
             handlers: Handlers::default(),

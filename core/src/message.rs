@@ -198,13 +198,39 @@ impl IntoMessage for String {
 /// The answer to a request: the peer's `resp`, any JSON value, or absent.
 #[derive(Debug, Clone)]
 pub struct Response {
+    /// As sent: `None` when absent, the text `null` for null.
     pub(crate) resp: Option<Box<RawValue>>,
+    /// As sent: `None` when absent, the text `null` for null.
+    pub(crate) err: Option<Box<RawValue>>,
 }
 
 impl Response {
-    /// The `resp` JSON text, `None` when the peer sent none.
+    /// The `resp` JSON text, `None` when the peer sent none (or `null`).
     pub fn raw(&self) -> Option<&str> {
+        self.resp
+            .as_deref()
+            .map(RawValue::get)
+            .filter(|r| *r != "null")
+    }
+
+    /// `err` exactly as the peer sent it: `None` when the answer had no `err`, `"null"` for
+    /// null. Only answers from [`crate::Client::request_answer`] (and the Server's) can carry
+    /// an error here; other requests turn one into [`Error::Remote`].
+    pub fn sent_err(&self) -> Option<&str> {
+        self.err.as_deref().map(RawValue::get)
+    }
+
+    /// `resp` exactly as the peer sent it: `None` when absent, `"null"` for null.
+    pub fn sent_resp(&self) -> Option<&str> {
         self.resp.as_deref().map(RawValue::get)
+    }
+
+    /// [`Error::Remote`] when the answer carries an error (an `err` other than null).
+    pub(crate) fn checked(self) -> Result<Self> {
+        match self.sent_err() {
+            Some(e) if e != "null" => Err(Error::Remote(std::sync::Arc::from(e))),
+            _ => Ok(self),
+        }
     }
 
     /// `resp` as a [`Value`] (`Null` when absent).

@@ -196,7 +196,9 @@ pub struct Options {
     pub routes: Vec<String>,
     /// First reconnect delay (default 1 s, as legacy).
     pub reconnect_initial: Duration,
-    /// Longest reconnect delay after exponential backoff (default 30 s).
+    /// Longest reconnect delay after exponential backoff (default 1 s, as legacy: a client is
+    /// back about a second after its server, however long the outage was). Set it higher for
+    /// exponential backoff (doubling from `reconnect_initial` up to this).
     pub reconnect_max: Duration,
     /// Resource limits.
     pub limits: Limits,
@@ -223,7 +225,7 @@ impl Options {
             port: None,
             routes: Vec::new(),
             reconnect_initial: Duration::from_secs(1),
-            reconnect_max: Duration::from_secs(30),
+            reconnect_max: Duration::from_secs(1),
             limits: Limits::default(),
         }
     }

@@ -41,7 +41,16 @@ fn request_id() -> String {
 
 /// Registers a request on `stream` and queues its line, now. `body` is what goes on the wire
 /// (with `_uuid` when routed); `req` is the caller's message, for errors.
-pub(crate) fn start(stream: &Arc<Stream>, body: &str, req: Arc<str>, timeout_ms: u64) -> RawReply {
+///
+/// With `whole`, the reply settles with the answer as sent, `err` included
+/// ([`Response::sent_err`]); else an answer with an error settles as [`Error::Remote`].
+pub(crate) fn start(
+    stream: &Arc<Stream>,
+    body: &str,
+    req: Arc<str>,
+    timeout_ms: u64,
+    whole: bool,
+) -> RawReply {
     let id = request_id();
     let (tx, rx) = oneshot::channel();
     let inserted = stream
@@ -75,6 +84,7 @@ pub(crate) fn start(stream: &Arc<Stream>, body: &str, req: Arc<str>, timeout_ms:
             id: id.clone().into_boxed_str(),
             req,
         },
+        whole,
     };
     if let Err(e) = stream.send(Arc::from(encode_request(&id, body))) {
         // Not queued: no answer can come. Dropping `waiting` takes the entry back out.
@@ -89,6 +99,8 @@ pub(crate) fn start(stream: &Arc<Stream>, body: &str, req: Arc<str>, timeout_ms:
 #[must_use = "the request is sent already; dropping this abandons its answer"]
 pub struct RawReply {
     state: State,
+    /// Settle with the answer as sent, even when it carries an error.
+    whole: bool,
 }
 
 enum State {
@@ -117,7 +129,14 @@ impl RawReply {
     pub(crate) fn ready(r: Result<Response>) -> Self {
         RawReply {
             state: State::Ready(Some(r)),
+            whole: false,
         }
+    }
+
+    /// A reply that settled already with `err`: for code that must hand back a reply where no
+    /// request could be made.
+    pub fn failed(err: Error) -> Self {
+        Self::ready(Err(err))
     }
 }
 
@@ -137,7 +156,11 @@ impl Future for RawReply {
         };
         // Settled: the table let go of the entry already, nothing to cancel on drop.
         self.state = State::Done;
-        Poll::Ready(out)
+        Poll::Ready(if self.whole {
+            out
+        } else {
+            out.and_then(Response::checked)
+        })
     }
 }
 
@@ -234,9 +257,9 @@ mod tests {
     #[test]
     fn a_request_made_after_its_stream_closed_settles_at_once() {
         let s = stream();
-        let waiting = start(&s, "{}", Arc::from("{}"), 60_000);
+        let waiting = start(&s, "{}", Arc::from("{}"), 60_000, false);
         s.close_pending(false);
-        let late = start(&s, "{}", Arc::from("{}"), 60_000);
+        let late = start(&s, "{}", Arc::from("{}"), 60_000, false);
         for mut r in [waiting, late] {
             match poll_once(&mut r) {
                 Poll::Ready(Err(Error::Disconnected { .. })) => {}
@@ -249,9 +272,9 @@ mod tests {
     #[test]
     fn a_dropped_reply_leaves_nothing_pending_and_an_answer_settles_once() {
         let s = stream();
-        drop(start(&s, "{}", Arc::from("{}"), 60_000));
+        drop(start(&s, "{}", Arc::from("{}"), 60_000, false));
         assert_eq!(s.pending().len(), 0);
-        let mut r = start(&s, "{}", Arc::from("{}"), 60_000);
+        let mut r = start(&s, "{}", Arc::from("{}"), 60_000, false);
         let mut lines = Vec::new();
         s.out.take(&mut lines, 16);
         assert_eq!(lines.len(), 2, "both requests were queued when made");
@@ -264,9 +287,21 @@ mod tests {
                 _ => None,
             })
             .expect("a request line");
-        assert!(s.answer(&id, Ok(Response { resp: None })));
+        assert!(s.answer(
+            &id,
+            Ok(Response {
+                resp: None,
+                err: None
+            })
+        ));
         assert!(
-            !s.answer(&id, Ok(Response { resp: None })),
+            !s.answer(
+                &id,
+                Ok(Response {
+                    resp: None,
+                    err: None
+                })
+            ),
             "answered twice"
         );
         assert!(matches!(poll_once(&mut r), Poll::Ready(Ok(_))));
@@ -283,8 +318,8 @@ mod tests {
             Arc::new(AtomicUsize::new(0)),
             &opts,
         ));
-        let _first = start(&s2, "{}", Arc::from("{}"), 60_000);
-        let mut second = start(&s2, "{}", Arc::from("{}"), 60_000);
+        let _first = start(&s2, "{}", Arc::from("{}"), 60_000, false);
+        let mut second = start(&s2, "{}", Arc::from("{}"), 60_000, false);
         match poll_once(&mut second) {
             Poll::Ready(Err(Error::LimitExceeded(why))) => assert!(why.contains("1 requests")),
             other => panic!("{other:?}"),

@@ -35,14 +35,22 @@ impl Responder {
     /// Answers with a value or an error value.
     pub fn respond(mut self, result: std::result::Result<Value, Value>) {
         let (err, resp) = match result {
-            Ok(v) => (None, Some(v.to_string())),
-            Err(e) => (Some(e.to_string()), None),
+            Ok(v) => ("null".to_owned(), Some(v.to_string())),
+            Err(e) => (e.to_string(), None),
         };
-        self.send(err.as_deref(), resp.as_deref());
+        self.send(Some(&err), resp.as_deref());
     }
 
-    /// Answers with JSON texts; an invalid text is answered as an error instead.
-    pub fn respond_raw(mut self, err: Option<&str>, resp: Option<&str>) {
+    /// Answers with JSON texts (`err` absent is written `"err":null`, `resp` absent is left
+    /// out); an invalid text is answered as an error instead.
+    pub fn respond_raw(self, err: Option<&str>, resp: Option<&str>) {
+        self.respond_exact(Some(err.unwrap_or("null")), resp);
+    }
+
+    /// Answers with JSON texts written as given, an absent one left out, as legacy's
+    /// `JSON.stringify` does for `cb(undefined, ..)`: `cb()` is `{"_resp":ID}`. An invalid text
+    /// is answered as an error instead.
+    pub fn respond_exact(mut self, err: Option<&str>, resp: Option<&str>) {
         let valid = |t: Option<&str>| {
             t.is_none_or(|t| serde_json::from_str::<serde::de::IgnoredAny>(t).is_ok())
         };

@@ -461,9 +461,9 @@ async fn forward_request(to: Arc<Engine>, req: IncomingRequest, frontend: bool, 
         Ok(m) => m,
         Err(e) => return responder.respond(Err(json!({ "error": e.to_string() }))),
     };
-    match to.start_request(target.as_deref(), &m, None).await {
-        Ok(resp) => responder.respond_raw(None, resp.raw()),
-        Err(Error::Remote(err)) => responder.respond_raw(Some(&err), None),
+    match to.start_answer(target.as_deref(), &m, None).await {
+        // Relayed as answered, `err` and `resp` alike (a legacy callback gets both).
+        Ok(answer) => responder.respond_exact(answer.sent_err(), answer.sent_resp()),
         Err(e) => responder.respond(Err(e.to_legacy_value())),
     }
 }

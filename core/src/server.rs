@@ -20,6 +20,8 @@ use crate::protocol::LineBuffer;
 pub struct Server {
     endpoint: Endpoint,
     local_addr: SocketAddr,
+    /// Stops the accept loop alone (legacy `tlsServer.close()`).
+    unlisten: Arc<crate::shutdown::Shutdown>,
 }
 
 impl std::fmt::Debug for Server {
@@ -78,7 +80,13 @@ impl Server {
         let local_addr = listener.local_addr()?;
         let acceptor = TlsAcceptor::from(tls);
         engine.task_started();
-        tokio::spawn(accept_loop(engine.clone(), listener, acceptor));
+        let unlisten = Arc::new(crate::shutdown::Shutdown::default());
+        tokio::spawn(accept_loop(
+            engine.clone(),
+            listener,
+            acceptor,
+            unlisten.clone(),
+        ));
         spawn_pinger(&engine);
         tracing::debug!(%local_addr, "listening");
         let e = engine.clone();
@@ -92,9 +100,16 @@ impl Server {
             Server {
                 endpoint: Endpoint::new(engine),
                 local_addr,
+                unlisten,
             },
             events,
         ))
+    }
+
+    /// Stops accepting connections and frees the port (legacy `tlsServer.close()`); streams
+    /// already up go on until they end or [`Server::close`]. Idempotent.
+    pub fn stop_listening(&self) {
+        self.unlisten.trigger();
     }
 
     /// The bound address (useful with port 0).
@@ -103,10 +118,16 @@ impl Server {
     }
 }
 
-async fn accept_loop(engine: Arc<Engine>, listener: TcpListener, acceptor: TlsAcceptor) {
+async fn accept_loop(
+    engine: Arc<Engine>,
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    unlisten: Arc<crate::shutdown::Shutdown>,
+) {
     loop {
         let accepted = tokio::select! {
             _ = engine.shutdown.wait() => break,
+            _ = unlisten.wait() => break,
             r = listener.accept() => r,
         };
         let (tcp, addr) = match accepted {

@@ -2,7 +2,7 @@
 //! finds the stream a message for a uuid goes out on (directly, or through a router).
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLockReadGuard};
+use std::sync::{Arc, MutexGuard, RwLockReadGuard};
 
 use crate::engine::Engine;
 use crate::peer::Peer;
@@ -22,28 +22,53 @@ impl Engine {
         self.streams.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Registers an authenticated stream; an older stream with the same uuid is closed.
+    fn older(&self) -> MutexGuard<'_, HashMap<String, Vec<Arc<Stream>>>> {
+        self.older.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Registers an authenticated stream. As in legacy, a stream already registered with the
+    /// same uuid stays connected: it is set aside (its own requests, answers and events go
+    /// on), and `dispatch`/`request` to that uuid reach the newest stream.
     pub(crate) fn register(&self, stream: Arc<Stream>) {
         let uuid = stream.peer.uuid().to_owned();
-        let old = self
-            .streams
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(uuid, stream);
-        if let Some(old) = old {
-            old.close("replaced by a new connection with the same uuid");
+        let mut streams = self.streams.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(old) = streams.insert(uuid.clone(), stream) {
+            self.older().entry(uuid).or_default().push(old);
         }
     }
 
-    /// Removes a stream if it is still the registered one for its uuid; returns the routes
-    /// that went away with it.
+    /// Removes a stream. When it was the registered one for its uuid, the newest stream set
+    /// aside with that uuid takes its place, or else the routes through that uuid go away
+    /// (returned).
     pub(crate) fn unregister(&self, stream: &Arc<Stream>) -> Vec<String> {
         let uuid = stream.peer.uuid();
         let mut streams = self.streams.write().unwrap_or_else(|p| p.into_inner());
-        if !streams.get(uuid).is_some_and(|s| Arc::ptr_eq(s, stream)) {
+        let mut older = self.older();
+        let current = streams.get(uuid).is_some_and(|s| Arc::ptr_eq(s, stream));
+        let next = match older.get_mut(uuid) {
+            Some(list) => {
+                let next = if current {
+                    list.pop()
+                } else {
+                    list.retain(|s| !Arc::ptr_eq(s, stream));
+                    None
+                };
+                if list.is_empty() {
+                    older.remove(uuid);
+                }
+                next
+            }
+            None => None,
+        };
+        if !current {
+            return Vec::new();
+        }
+        if let Some(next) = next {
+            streams.insert(uuid.to_owned(), next);
             return Vec::new();
         }
         streams.remove(uuid);
+        drop(older);
         drop(streams);
         self.drop_routes_via(uuid)
     }
@@ -81,7 +106,11 @@ impl Engine {
         !self.streams().is_empty()
     }
 
+    /// Every authenticated stream, those set aside by a newer one with the same uuid too.
     pub(crate) fn all_streams(&self) -> Vec<Arc<Stream>> {
-        self.streams().values().cloned().collect()
+        let streams = self.streams();
+        let mut all: Vec<Arc<Stream>> = streams.values().cloned().collect();
+        all.extend(self.older().values().flatten().cloned());
+        all
     }
 }

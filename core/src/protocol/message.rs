@@ -214,6 +214,8 @@ struct Envelope<'a> {
     req_id: Option<&'a RawValue>,
     req: Option<&'a RawValue>,
     resp_id: Option<&'a RawValue>,
+    // `null` is kept (as the raw text "null"), apart from an absent key: legacy callbacks
+    // tell them apart (null against undefined).
     err: Option<&'a RawValue>,
     resp: Option<&'a RawValue>,
     route: Option<Cow<'a, str>>,
@@ -231,8 +233,8 @@ impl<'de> Members<'de> for Envelope<'de> {
             "_req" => self.req_id = a.next_value()?,
             "req" => self.req = a.next_value()?,
             "_resp" => self.resp_id = a.next_value()?,
-            "err" => self.err = a.next_value()?,
-            "resp" => self.resp = a.next_value()?,
+            "err" => self.err = Some(a.next_value()?),
+            "resp" => self.resp = Some(a.next_value()?),
             "_r" => self.route = route_of(a.next_value()?),
             "_uuid" => self.target = a.next_value()?,
             "uuid" => self.uuid = a.next_value()?,
@@ -260,9 +262,9 @@ pub enum Kind<'a> {
     Response {
         /// The request id (ours are strings; anything else matches nothing).
         id: Option<Cow<'a, str>>,
-        /// `err` unless absent or `null`.
+        /// `err` as sent: `None` when absent, the text `null` for null.
         err: Option<&'a RawValue>,
-        /// `resp`, absent reads as `None`.
+        /// `resp` as sent: `None` when absent, the text `null` for null.
         resp: Option<&'a RawValue>,
     },
     /// `rpc::init`, `rpc::online`, `rpc::offline` or an `rpc::auth::*` op.
@@ -337,7 +339,7 @@ pub fn parse(text: &str) -> Result<Parsed<'_>, BadMessage> {
     } else if let Some(id) = truthy(env.resp_id) {
         Kind::Response {
             id: serde_json::from_str::<Cow<'_, str>>(id.get()).ok(),
-            err: env.err.filter(|e| e.get() != "null"),
+            err: env.err,
             resp: env.resp,
         }
     } else {
@@ -745,10 +747,19 @@ mod tests {
         assert!(matches!(
             p.kind,
             Kind::Response {
-                err: None,
+                err: Some(e),
                 resp: Some(_),
                 ..
-            }
+            } if e.get() == "null"
+        ));
+        let p = parse(r#"{"_resp":"x","resp":null}"#).unwrap();
+        assert!(matches!(
+            p.kind,
+            Kind::Response {
+                err: None,
+                resp: Some(r),
+                ..
+            } if r.get() == "null"
         ));
         let p = parse(r#"{"op":"rpc::init","v":1,"routes":["a",1]}"#).unwrap();
         assert!(

@@ -208,14 +208,17 @@ pub fn encode_request(id: &str, body: &str) -> String {
 }
 
 /// The line of an answer: `{"_resp":ID,"err":ERR,"resp":RESP}`, `ID` as the request gave it
-/// (JSON text), `ERR` as JSON text or `null`, and `resp` left out when `None`.
+/// (JSON text), `ERR` and `RESP` as JSON texts, each left out when `None` (as legacy's
+/// `JSON.stringify` leaves out `undefined`).
 pub fn encode_response(id: &str, err: Option<&str>, resp: Option<&str>) -> String {
     let mut text =
         String::with_capacity(32 + id.len() + err.map_or(4, str::len) + resp.map_or(0, str::len));
     text.push_str("{\"_resp\":");
     text.push_str(id);
-    text.push_str(",\"err\":");
-    text.push_str(err.unwrap_or("null"));
+    if let Some(e) = err {
+        text.push_str(",\"err\":");
+        text.push_str(e);
+    }
     if let Some(r) = resp {
         text.push_str(",\"resp\":");
         text.push_str(r);
@@ -348,8 +351,12 @@ mod tests {
             r#"{"_req":"id-1","req":{"op":"x"}}"#
         );
         assert_eq!(
-            encode_response(r#""id-1""#, None, Some("5")),
+            encode_response(r#""id-1""#, Some("null"), Some("5")),
             r#"{"_resp":"id-1","err":null,"resp":5}"#
+        );
+        assert_eq!(
+            encode_response(r#""id-1""#, None, None),
+            r#"{"_resp":"id-1"}"#
         );
         assert_eq!(
             encode_response(r#""id-1""#, Some(r#"{"error":"x"}"#), None),
