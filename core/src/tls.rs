@@ -203,6 +203,26 @@ pub fn client_config(
     Ok(Arc::new(config))
 }
 
+/// The RFC 9266 `tls-exporter` channel binding of a TLS connection, for the v2 handshake: 32
+/// bytes exported with the label `EXPORTER-Channel-Binding` and an empty context.
+///
+/// `None` unless the connection negotiated TLS 1.3 (and finished its handshake). Under TLS 1.2
+/// the exporter is only unique to the connection when the extended master secret extension
+/// (RFC 7627) was negotiated, and rustls does not report whether it was; a value that two
+/// connections can share (the triple handshake attack) would let a relay forward the proofs.
+/// So v2 refuses TLS 1.2 instead of trusting it (docs/PROTOCOL-V2.md section 7).
+pub fn channel_binding<D>(conn: &rustls::ConnectionCommon<D>) -> Option<[u8; 32]> {
+    if conn.protocol_version() != Some(rustls::ProtocolVersion::TLSv1_3) {
+        return None;
+    }
+    conn.export_keying_material(
+        [0u8; 32],
+        crate::protocol::v2::EXPORTER_LABEL.as_bytes(),
+        Some(&[]),
+    )
+    .ok()
+}
+
 /// The TLS server name for a host string.
 pub fn server_name(host: &str) -> Result<ServerName<'static>> {
     let host = host.trim_start_matches('[').trim_end_matches(']');
