@@ -408,3 +408,125 @@ fn security_policies_negotiate_and_refuse_clearly() {
     assert_ne!(code, 0);
     assert!(err.contains("require-v2"), "{err}");
 }
+
+/// `node tests/interop/stripping-relay.js` in front of `to`: a man in the middle without the
+/// secret that removes the v2 offer and the client's `modes` and rewrites `"a":1`; killed on
+/// drop.
+struct RelayProc {
+    child: Child,
+    port: u16,
+    dir: std::path::PathBuf,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl RelayProc {
+    fn start(to: &str) -> RelayProc {
+        let dir = std::env::temp_dir().join(format!("iris-rpc-relay-{}", std::process::id()));
+        let d = dir.to_str().unwrap();
+        let (code, _, err) = run(&["cert", "--out", d], "");
+        assert_eq!(code, 0, "{err}");
+        let script = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../tests/interop/stripping-relay.js"
+        );
+        let mut child = Command::new("node")
+            .args([script, "--to", to, "--key"])
+            .arg(dir.join("key.pem"))
+            .arg("--cert")
+            .arg(dir.join("cert.pem"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("node runs the relay (tests/interop/stripping-relay.js)");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        // Read everything it prints, so its writes never fail on a closed pipe.
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let first = lines.recv_timeout(Duration::from_secs(10)).unwrap();
+        let v: serde_json::Value =
+            serde_json::from_str(&first).unwrap_or_else(|e| panic!("relay said {first:?}: {e}"));
+        let port = v["port"].as_u64().unwrap() as u16;
+        RelayProc {
+            child,
+            port,
+            dir,
+            lines,
+        }
+    }
+
+    /// The lines it changed so far, as `(from, to)`.
+    fn edited(&self) -> Vec<(String, String)> {
+        self.lines
+            .try_iter()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(&l).ok())
+            .map(|v| (v["from"].to_string(), v["to"].to_string()))
+            .collect()
+    }
+}
+
+impl Drop for RelayProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[test]
+fn a_stripping_relay_is_refused_under_defaults_with_the_cipher_off() {
+    // Issue 19, attack 1, as it was run: `iris-rpc server` and `client` with their defaults
+    // (prefer-v2) and --no-cipher, each in its own process, a relay between them. Before the
+    // downgrade marker both connected in legacy mode and the server echoed "a":1001.
+    let server = ServerProc::start(&["--echo", "--no-cipher"]);
+    let relay = RelayProc::start(&server.address());
+    let addr = format!("127.0.0.1:{}", relay.port);
+    let (code, out, err) = run(
+        &[
+            "client",
+            "--address",
+            &addr,
+            "--auth",
+            "s3cret",
+            "--no-cipher",
+            "--request",
+        ],
+        "{\"op\":\"add\",\"a\":1}\n",
+    );
+    assert_ne!(code, 0, "the client connected through the relay: {out}");
+    assert!(err.contains("downgrade detected"), "{err}");
+    assert!(!out.contains("\"connect\""), "{out}");
+    assert!(!out.contains("1001"), "{out}");
+    let edited = relay.edited();
+    assert!(
+        edited
+            .first()
+            .is_some_and(|(from, _)| from.contains("nonce")),
+        "the relay removed the offer: {edited:?}"
+    );
+    // Without the relay the same two connect in v2 (the refusal is the relay's doing).
+    let (code, out, err) = run(
+        &[
+            "client",
+            "--address",
+            &server.address(),
+            "--auth",
+            "s3cret",
+            "--no-cipher",
+            "--request",
+        ],
+        "{\"op\":\"add\",\"a\":1}\n",
+    );
+    assert_eq!(code, 0, "{err}");
+    let connect = json_lines(&out)
+        .into_iter()
+        .find(|v| v["event"] == "connect")
+        .unwrap_or_else(|| panic!("no connect in {out}"));
+    assert_eq!(connect["mode"], "v2");
+    assert!(out.contains("\"a\":1}"), "{out}");
+    // The server met only the second client.
+    assert_eq!(server.wait_for("connect")["mode"], "v2");
+}
