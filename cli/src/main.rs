@@ -48,6 +48,8 @@ enum Command {
     Router(router::RouterArgs),
     /// Benchmarks: every pairing of implementations side by side (`bench all`).
     Bench(bench::BenchArgs),
+    /// Print a new 256-bit shared secret (64 hex characters) from the system's generator.
+    Secret,
 }
 
 #[derive(Args)]
@@ -68,6 +70,10 @@ struct Common {
     /// Designation announced to peers.
     #[arg(long, default_value = "")]
     designation: String,
+    /// Refuse to start with a weak --auth secret (below 128 bits by a conservative estimate)
+    /// instead of warning. `iris-rpc secret` makes a strong one.
+    #[arg(long)]
+    refuse_weak_secret: bool,
     /// Private key PEM file.
     #[arg(long, requires = "cert")]
     key: Option<PathBuf>,
@@ -81,6 +87,7 @@ impl Common {
         let mut o = Options::new(self.auth.clone())
             .cipher(!self.no_cipher)
             .security(self.security)
+            .refuse_weak_secret(self.refuse_weak_secret)
             .designation(self.designation.clone());
         if let Some(u) = &self.uuid {
             o = o.uuid(u.clone());
@@ -192,6 +199,10 @@ fn main() -> ExitCode {
             Command::Client(a) => client(a).await,
             Command::Router(a) => router::run(a).await,
             Command::Bench(a) => bench::run(a).await,
+            Command::Secret => {
+                println!("{}", iris_rpc::secret::generate());
+                Ok(())
+            }
         }
     });
     match result {

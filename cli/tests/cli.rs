@@ -6,6 +6,9 @@ use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_iris-rpc");
 
+/// A secret strong enough not to be warned about, where a test reads all of stderr.
+const STRONG: &str = "5e0c7a1f9b3d24e8a6c0f7d9b1e3a5c72f4d6b8e0a1c3e5f7d9b2a4c6e8f0a13";
+
 fn run(args: &[&str], stdin: &str) -> (i32, String, String) {
     let mut child = Command::new(BIN)
         .args(args)
@@ -37,7 +40,11 @@ struct ServerProc {
 
 impl ServerProc {
     fn start(extra: &[&str]) -> ServerProc {
-        let mut args = vec!["server", "--port", "127.0.0.1:0", "--auth", "s3cret"];
+        ServerProc::start_with_auth("s3cret", extra)
+    }
+
+    fn start_with_auth(auth: &str, extra: &[&str]) -> ServerProc {
+        let mut args = vec!["server", "--port", "127.0.0.1:0", "--auth", auth];
         args.extend_from_slice(extra);
         let mut child = Command::new(BIN)
             .args(&args)
@@ -216,7 +223,7 @@ fn nothing_listening_exits_nonzero() {
         .unwrap()
         .port();
     let addr = format!("127.0.0.1:{port}");
-    let (code, _, err) = run(&["client", "--address", &addr, "--auth", "s"], "");
+    let (code, _, err) = run(&["client", "--address", &addr, "--auth", STRONG], "");
     assert_ne!(code, 0);
     assert!(err.starts_with("iris-rpc: error: cannot connect"), "{err}");
 }
@@ -248,7 +255,7 @@ fn invalid_stdin_lines_are_reported_and_skipped() {
 fn port_in_use_and_bad_certificates_are_one_line_errors() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
-    let (code, _, err) = run(&["server", "--port", &addr, "--auth", "s"], "");
+    let (code, _, err) = run(&["server", "--port", &addr, "--auth", STRONG], "");
     assert_ne!(code, 0);
     assert!(
         err.starts_with("iris-rpc: error: configuration error: cannot listen"),
@@ -529,4 +536,51 @@ fn a_stripping_relay_is_refused_under_defaults_with_the_cipher_off() {
     assert!(out.contains("\"a\":1}"), "{out}");
     // The server met only the second client.
     assert_eq!(server.wait_for("connect")["mode"], "v2");
+}
+
+#[test]
+fn secret_prints_a_fresh_256_bit_secret_and_weak_ones_are_flagged() {
+    let (code, a, err) = run(&["secret"], "");
+    assert_eq!(code, 0, "{err}");
+    let (_, b, _) = run(&["secret"], "");
+    let a = a.trim();
+    assert_eq!(a.len(), 64, "{a}");
+    assert!(a
+        .bytes()
+        .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
+    assert_ne!(a, b.trim());
+    // A weak --auth: refused with the option, before anything listens.
+    let (code, _, err) = run(
+        &[
+            "server",
+            "--port",
+            "127.0.0.1:0",
+            "--auth",
+            "s3cret",
+            "--refuse-weak-secret",
+        ],
+        "",
+    );
+    assert_ne!(code, 0);
+    assert!(err.contains("the shared secret is weak"), "{err}");
+    // The generated one is accepted with the option, and the client warns about a weak one.
+    let server = ServerProc::start_with_auth(a, &["--echo", "--refuse-weak-secret"]);
+    let (code, _, err) = run(
+        &[
+            "client",
+            "--address",
+            &server.address(),
+            "--auth",
+            a,
+            "--refuse-weak-secret",
+        ],
+        "",
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(!err.contains("weak"), "{err}");
+    let (_, _, err) = run(
+        &["client", "--address", &server.address(), "--auth", "s3cret"],
+        "",
+    );
+    assert!(err.contains("the shared secret is weak"), "{err}");
 }

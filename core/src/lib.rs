@@ -46,6 +46,7 @@ mod peer;
 pub mod protocol;
 mod router;
 pub mod runtime;
+pub mod secret;
 mod server;
 mod shutdown;
 pub mod tls;

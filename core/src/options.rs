@@ -156,6 +156,9 @@ pub struct Options {
     /// the legacy protocol with old ones, `Legacy` to behave exactly as 0.2.20, `RequireV2` to
     /// refuse legacy peers.
     pub security: Security,
+    /// Refuse to start with a weak secret (below [`crate::secret::MIN_BITS`] by
+    /// [`crate::secret::estimate_bits`]) instead of logging a warning (default off).
+    pub refuse_weak_secret: bool,
     /// Send `{"op":"ping","data":ping_data}` to every stream every `ping_freq`.
     pub ping: bool,
     /// Ping interval (default 3 s).
@@ -192,6 +195,7 @@ impl Options {
             cipher: true,
             signatures: true,
             security: Security::default(),
+            refuse_weak_secret: false,
             ping: false,
             ping_freq: Duration::from_secs(3),
             ping_data: None,
@@ -248,6 +252,12 @@ impl Options {
         self
     }
 
+    /// Sets `refuse_weak_secret`.
+    pub fn refuse_weak_secret(mut self, on: bool) -> Self {
+        self.refuse_weak_secret = on;
+        self
+    }
+
     /// Turns pinging on with this interval.
     pub fn ping_freq(mut self, every: Duration) -> Self {
         self.ping = true;
@@ -293,8 +303,9 @@ impl Options {
 
     /// Options from a legacy-style JSON object: the legacy names (`auth`/`secret`, `uuid`,
     /// `designation`, `mac`, `certificates`, `cipher`, `signatures`, `security`, `ping`, `pingFreq`,
-    /// `pingDataObject`, `timeout`, `rejectUnauthorized`, `address`, `port`, `routes`) in
-    /// camelCase or snake_case, durations in milliseconds, and the limit names of [`Limits`].
+    /// `pingDataObject`, `timeout`, `rejectUnauthorized`, `address`, `port`, `routes`,
+    /// `refuseWeakSecret`) in camelCase or snake_case, durations in milliseconds, and the limit
+    /// names of [`Limits`].
     pub fn from_json(v: &Value) -> Result<Self> {
         let raw: RawOptions = serde_json::from_value(v.clone())
             .map_err(|e| Error::Config(format!("invalid options: {e}")))?;
@@ -305,6 +316,7 @@ impl Options {
         if self.auth.is_empty() {
             return Err(Error::Config("missing 'auth' (the shared secret)".into()));
         }
+        self.check_secret()?;
         let l = &self.limits;
         if l.max_line == 0 || l.max_pending == 0 || l.max_queue_bytes == 0 || l.event_queue == 0 {
             return Err(Error::Config("limits must be greater than zero".into()));
@@ -317,6 +329,28 @@ impl Options {
         if self.ping && self.ping_freq.is_zero() {
             return Err(Error::Config("ping_freq must be greater than zero".into()));
         }
+        Ok(())
+    }
+}
+
+impl Options {
+    /// A weak secret is a warning, or with `refuse_weak_secret` an error: a client proves the
+    /// secret to any server it reaches (certificates are not checked by default), and that proof
+    /// lets an attacker test guesses offline.
+    fn check_secret(&self) -> Result<()> {
+        let Some(bits) = crate::secret::is_weak(&self.auth) else {
+            return Ok(());
+        };
+        let why = format!(
+            "the shared secret is weak (about {bits:.0} bits by a conservative estimate, {:.0} \
+             wanted): one proof collected by a fake server lets an attacker test guesses offline; \
+             make one with `iris-rpc secret`",
+            crate::secret::MIN_BITS
+        );
+        if self.refuse_weak_secret {
+            return Err(Error::Config(format!("{why} (refuse_weak_secret is set)")));
+        }
+        tracing::warn!("{why}, or set refuse_weak_secret to refuse weak secrets");
         Ok(())
     }
 }
@@ -370,6 +404,8 @@ struct RawOptions {
     cipher: Option<CipherValue>,
     signatures: Option<bool>,
     security: Option<Value>,
+    #[serde(alias = "refuseWeakSecret")]
+    refuse_weak_secret: Option<bool>,
     ping: Option<bool>,
     #[serde(alias = "pingFreq")]
     ping_freq: Option<u64>,
@@ -441,6 +477,9 @@ impl RawOptions {
         }
         if let Some(s) = self.signatures {
             o.signatures = s;
+        }
+        if let Some(r) = self.refuse_weak_secret {
+            o.refuse_weak_secret = r;
         }
         match self.security {
             None | Some(Value::Null) => {}

@@ -814,3 +814,61 @@ async fn prefer_v2_warns_once_per_legacy_peer() {
     assert_eq!(warnings.len(), 1, "{text}");
     assert!(warnings[0].contains("cli"), "{}", warnings[0]);
 }
+
+#[tokio::test]
+async fn a_weak_secret_is_a_warning_at_start_or_with_the_option_a_refusal() {
+    // Issue 19, attack 3: a client proves the secret to whatever server it reaches, so a weak
+    // secret falls to offline guessing. It is flagged at start; refuse_weak_secret refuses it.
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .with_max_level(tracing::Level::WARN)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let bind = |secret: &str, refuse: bool| {
+        Server::bind(
+            Options::new(secret)
+                .port("127.0.0.1:0")
+                .refuse_weak_secret(refuse)
+                .certificates(Certificates::self_signed().unwrap()),
+        )
+    };
+    let warnings = || {
+        let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+        text.lines()
+            .filter(|l| l.contains("the shared secret is weak"))
+            .count()
+    };
+
+    let srv = bind("sunshine", false).await.unwrap();
+    assert_eq!(warnings(), 1);
+    srv.close().await;
+    let e = bind("sunshine", true).await.unwrap_err().to_string();
+    assert!(
+        e.contains("the shared secret is weak") && e.contains("refuse_weak_secret"),
+        "{e}"
+    );
+    let e = Client::connect(
+        Options::from_json(&json!({
+            "auth": "correct horse battery staple",
+            "address": "127.0.0.1:1",
+            "refuseWeakSecret": true,
+        }))
+        .unwrap(),
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(e.contains("iris-rpc secret"), "{e}");
+
+    // A generated secret passes, with the refusal on, and warns about nothing.
+    let strong = iris_rpc::secret::generate();
+    let srv = bind(&strong, true).await.unwrap();
+    let cli = client(srv.local_addr(), Security::PreferV2, true, &strong);
+    cli.wait_connected(WAIT).await.unwrap();
+    cli.close().await;
+    srv.close().await;
+    assert_eq!(warnings(), 1);
+}
