@@ -185,7 +185,18 @@ async fn relay_both(
     edit_down: fn(String) -> String,
 ) -> SocketAddr {
     let certs = Certificates::self_signed().unwrap();
-    let acceptor = TlsAcceptor::from(iris_rpc::tls::server_config(&certs, false).unwrap());
+    let config = iris_rpc::tls::server_config(&certs, false).unwrap();
+    relay_with(config, target, edit, edit_down).await
+}
+
+/// [`relay_both`] with the relay's own TLS configuration towards the client.
+async fn relay_with(
+    config: Arc<tokio_rustls::rustls::ServerConfig>,
+    target: SocketAddr,
+    edit: fn(String) -> String,
+    edit_down: fn(String) -> String,
+) -> SocketAddr {
+    let acceptor = TlsAcceptor::from(config);
     let connector = TlsConnector::from(iris_rpc::tls::client_config(None, false).unwrap());
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -353,6 +364,32 @@ async fn a_stripping_relay_is_refused_under_defaults_cipher_on_and_off() {
         assert_eq!(reached.load(std::sync::atomic::Ordering::SeqCst), 0);
         srv.close().await;
     }
+}
+
+#[tokio::test]
+async fn a_stripping_relay_that_also_forces_tls_1_2_is_refused_and_named() {
+    // The relay offers the client only TLS 1.2 on its leg (no v2 there) and strips the offer on
+    // the server's: the marked challenge still reaches the client, which says both things.
+    let srv = server(Security::PreferV2, false).await;
+    let mut sev = srv.events();
+    let mitm = relay_with(
+        tls_server_config(versions(true)),
+        srv.local_addr(),
+        strip_offer,
+        forward,
+    )
+    .await;
+    let cli = client(mitm, Security::PreferV2, false, "secret");
+    let mut cev = cli.events();
+    let e = error_text(&mut cev).await;
+    assert!(
+        e.contains("downgrade detected") && e.contains("needs TLS 1.3"),
+        "{e}"
+    );
+    never_connects(&mut cev).await;
+    never_connects(&mut sev).await;
+    cli.close().await;
+    srv.close().await;
 }
 
 #[tokio::test]

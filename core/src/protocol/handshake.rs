@@ -691,9 +691,8 @@ impl ServerHandshake {
                 if let Some(offer) = offer.filter(|o| o.modes.iter().any(|m| m == MODE_V2)) {
                     let client_nonce = nonce_from_hex(&offer.nonce, "the client nonce")?;
                     if self.channel_binding.is_none() {
-                        // Not TLS 1.3. Falling back to legacy would teach a man in the middle
-                        // that forcing TLS 1.2 downgrades the session; the client (which offered
-                        // v2 and would refuse a marked legacy challenge anyway) hears why.
+                        // Not TLS 1.3, so no channel binding to trust. The client offered v2
+                        // and would refuse a marked legacy challenge anyway: tell it why.
                         return Ok(Step::Refuse {
                             send: format!(
                                 "{{\"op\":\"rpc::auth::challenge\",\"v\":1,\"error\":{}}}\n",
