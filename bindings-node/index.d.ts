@@ -63,6 +63,12 @@ export interface CommonOptions {
    * secret to any server it reaches, so a weak one falls to offline guessing.
    */
   refuseWeakSecret?: boolean;
+  /**
+   * Beyond legacy (clients): the server certificate's key must match one of these pins
+   * (`sha256/<base64>` of its SubjectPublicKeyInfo, as `iris-rpc cert` prints). Checked before
+   * anything is sent: a fake server or a man in the middle gets no proof of the secret.
+   */
+  serverPins?: string | string[];
   /** Default request timeout in ms (60000); a message's `op_timeout` overrides it. */
   timeout?: number;
   /** Ping every `pingFreq` ms (default 3000) when `ping`, `pingFreq` or `pingDataObject` is set. */

@@ -191,6 +191,7 @@ function nativeCertificates(c) {
 const PASS_THROUGH = [
   'security',
   'refuseWeakSecret',
+  'serverPins',
   'reconnectInitial',
   'reconnectMax',
   'maxLine',

@@ -33,6 +33,14 @@ const { key, cert } = iris.Certificates.selfSigned();
 const certificates = { key, cert };
 
 const bounded = (ms = 10000) => ({ signal: AbortSignal.timeout(ms) });
+
+/** The RFC 7469 pin of a PEM certificate: sha256/ and base64 of SHA-256 over its SPKI. */
+const pinOf = (pem) =>
+  'sha256/' +
+  require('node:crypto')
+    .createHash('sha256')
+    .update(new (require('node:crypto').X509Certificate)(pem).publicKey.export({ type: 'spki', format: 'der' }))
+    .digest('base64');
 const CIPHERS = [true, false];
 
 /** `security` when given (undefined keeps the default, prefer-v2). */
@@ -234,6 +242,23 @@ describe('security: our client and server', () => {
     // A generated secret passes.
     const strong = new iris.Client({ address: '127.0.0.1:1', auth: '5e0c7a1f9b3d24e8a6c0f7d9b1e3a5c72f4d6b8e0a1c3e5f7d9b2a4c6e8f0a13', refuseWeakSecret: true });
     await strong.close();
+  });
+
+  test('serverPins: a client pinned to the server key connects; pinned to another key it is refused and says why', async () => {
+    const server = await ourServer({});
+    const other = iris.Certificates.selfSigned();
+    const wrong = ourClient(server.localPort, { serverPins: [pinOf(other.cert)] });
+    const ww = watch(wrong);
+    const right = ourClient(server.localPort, { serverPins: pinOf(cert) });
+    try {
+      const e = await ww.next();
+      assert.match(e.message, /matches none of server_pins/);
+      await until(() => right.isConnected());
+      assert.equal(ww.connects, 0);
+      assert.throws(() => ourClient(1, { serverPins: ['nope'] }), /invalid server pin/);
+    } finally {
+      await Promise.all([wrong.close(), right.close(), server.close()]);
+    }
   });
 
   test('a bad security value is a configuration error from every constructor', () => {

@@ -133,6 +133,10 @@ struct ClientArgs {
     /// After stdin ends and requests settle, how long to keep printing incoming events (ms).
     #[arg(long, default_value_t = 200)]
     linger: u64,
+    /// Refuse a server whose certificate key does not match this pin (sha256/<base64>, as
+    /// `iris-rpc cert` prints); repeat for several. Nothing is sent to a server that fails it.
+    #[arg(long = "server-pin")]
+    server_pins: Vec<String>,
 }
 
 pub(crate) fn print_json(v: &Value) {
@@ -219,12 +223,14 @@ fn cert(out: &std::path::Path, names: &[String]) -> Result<(), Error> {
     let (key, cert) = iris_rpc::tls::self_signed_pem(&names)?;
     std::fs::create_dir_all(out)
         .map_err(|e| Error::Config(format!("cannot create {}: {e}", out.display())))?;
+    let pin = iris_rpc::tls::spki_pin(&iris_rpc::Pem::new(cert.clone()))?;
     for (file, text) in [("key.pem", key), ("cert.pem", cert)] {
         let path = out.join(file);
         std::fs::write(&path, text)
             .map_err(|e| Error::Config(format!("cannot write {}: {e}", path.display())))?;
         println!("wrote {}", path.display());
     }
+    println!("pin {pin} (clients: --server-pin {pin})");
     Ok(())
 }
 
@@ -299,6 +305,10 @@ async fn client(a: ClientArgs) -> Result<(), Error> {
         .options()?
         .address(a.address.clone())
         .timeout(Duration::from_millis(a.timeout));
+    let opts = a
+        .server_pins
+        .iter()
+        .fold(opts, |o, pin| o.server_pin(pin.clone()));
     let client = Arc::new(Client::connect(opts)?);
     let mut events = client.events();
     // Connect first: the first failure (refused, TLS, wrong secret) ends the command.

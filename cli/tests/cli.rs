@@ -307,6 +307,51 @@ fn cert_writes_a_usable_pair() {
 }
 
 #[test]
+fn a_client_pinned_to_the_server_key_refuses_a_relay_and_reaches_the_server() {
+    let dir = std::env::temp_dir().join(format!("iris-rpc-pin-{}", std::process::id()));
+    let d = dir.to_str().unwrap();
+    let (code, out, err) = run(&["cert", "--out", d], "");
+    assert_eq!(code, 0, "{err}");
+    let pin = out
+        .lines()
+        .find_map(|l| l.strip_prefix("pin "))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no pin in {out}"))
+        .to_owned();
+    assert!(pin.starts_with("sha256/"), "{pin}");
+    let (key, cert) = (format!("{d}/key.pem"), format!("{d}/cert.pem"));
+    let server = ServerProc::start(&["--key", &key, "--cert", &cert, "--echo"]);
+    let pinned = |addr: &str| {
+        run(
+            &[
+                "client",
+                "--address",
+                addr,
+                "--auth",
+                "s3cret",
+                "--server-pin",
+                &pin,
+                "--request",
+            ],
+            "{\"op\":\"x\"}\n",
+        )
+    };
+    let (code, out, err) = pinned(&server.address());
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("\"echo\""), "{out}");
+    // The relay has its own certificate (it cannot have the server's key).
+    let relay = RelayProc::start(&server.address());
+    let (code, out, err) = pinned(&format!("127.0.0.1:{}", relay.port));
+    assert_ne!(code, 0, "{out}");
+    assert!(err.contains("matches none of server_pins"), "{err}");
+    assert!(
+        relay.edited().is_empty(),
+        "the client sent the relay nothing to edit"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn bad_flags_are_refused() {
     let (code, _, err) = run(&["server", "--auth", "s"], "");
     assert_eq!(code, 2);
@@ -428,7 +473,9 @@ struct RelayProc {
 
 impl RelayProc {
     fn start(to: &str) -> RelayProc {
-        let dir = std::env::temp_dir().join(format!("iris-rpc-relay-{}", std::process::id()));
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let dir = std::env::temp_dir().join(format!("iris-rpc-relay-{}-{n}", std::process::id()));
         let d = dir.to_str().unwrap();
         let (code, _, err) = run(&["cert", "--out", d], "");
         assert_eq!(code, 0, "{err}");

@@ -169,6 +169,11 @@ pub struct Options {
     pub timeout: Duration,
     /// Verify the peer's certificate against `ca` (default off, as legacy).
     pub reject_unauthorized: bool,
+    /// Client: the server certificate's key must match one of these pins (`sha256/<base64>`
+    /// of its SubjectPublicKeyInfo, as [`crate::tls::spki_pin`] and `iris-rpc cert` print; or
+    /// 64 hex characters). Checked before anything is sent, so a fake server or a man in the
+    /// middle gets no proof of the secret. Empty (the default): no pinning.
+    pub server_pins: Vec<String>,
     /// Client: `host:port` addresses, one stream each.
     pub address: Vec<String>,
     /// Server: where to listen.
@@ -201,6 +206,7 @@ impl Options {
             ping_data: None,
             timeout: Duration::from_secs(60),
             reject_unauthorized: false,
+            server_pins: Vec::new(),
             address: Vec::new(),
             port: None,
             routes: Vec::new(),
@@ -277,6 +283,12 @@ impl Options {
         self
     }
 
+    /// Adds a server pin (see [`Options::server_pins`]).
+    pub fn server_pin(mut self, pin: impl Into<String>) -> Self {
+        self.server_pins.push(pin.into());
+        self
+    }
+
     /// Adds a client address `host:port`.
     pub fn address(mut self, addr: impl Into<String>) -> Self {
         self.address.push(addr.into());
@@ -304,7 +316,7 @@ impl Options {
     /// Options from a legacy-style JSON object: the legacy names (`auth`/`secret`, `uuid`,
     /// `designation`, `mac`, `certificates`, `cipher`, `signatures`, `security`, `ping`, `pingFreq`,
     /// `pingDataObject`, `timeout`, `rejectUnauthorized`, `address`, `port`, `routes`,
-    /// `refuseWeakSecret`) in camelCase or snake_case, durations in milliseconds, and the limit
+    /// `refuseWeakSecret`, `serverPins`) in camelCase or snake_case, durations in milliseconds, and the limit
     /// names of [`Limits`].
     pub fn from_json(v: &Value) -> Result<Self> {
         let raw: RawOptions = serde_json::from_value(v.clone())
@@ -364,7 +376,7 @@ enum PortValue {
 
 #[derive(Deserialize)]
 #[serde(untagged)]
-enum Addresses {
+enum OneOrMany {
     One(String),
     Many(Vec<String>),
 }
@@ -414,7 +426,9 @@ struct RawOptions {
     timeout: Option<u64>,
     #[serde(alias = "rejectUnauthorized")]
     reject_unauthorized: Option<bool>,
-    address: Option<Addresses>,
+    #[serde(alias = "serverPins")]
+    server_pins: Option<OneOrMany>,
+    address: Option<OneOrMany>,
     port: Option<PortValue>,
     host: Option<String>,
     routes: Option<Vec<String>>,
@@ -504,10 +518,15 @@ impl RawOptions {
         if let Some(r) = self.reject_unauthorized {
             o.reject_unauthorized = r;
         }
+        o.server_pins = match self.server_pins {
+            None => Vec::new(),
+            Some(OneOrMany::One(p)) => vec![p],
+            Some(OneOrMany::Many(v)) => v,
+        };
         o.address = match self.address {
             None => Vec::new(),
-            Some(Addresses::One(a)) => vec![a],
-            Some(Addresses::Many(v)) => v,
+            Some(OneOrMany::One(a)) => vec![a],
+            Some(OneOrMany::Many(v)) => v,
         };
         o.port = match self.port {
             None => None,

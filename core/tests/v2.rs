@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use common::{
     drive_handshake, next_matching, raw_handshake_with, tls_client_config, tls_server_config,
-    until_closed, versions, WAIT,
+    until, until_closed, versions, WAIT,
 };
 use iris_rpc::protocol::v2::DOWNGRADE_MARKER;
 use iris_rpc::protocol::{
@@ -908,4 +908,103 @@ async fn a_weak_secret_is_a_warning_at_start_or_with_the_option_a_refusal() {
     cli.close().await;
     srv.close().await;
     assert_eq!(warnings(), 1);
+}
+
+/// A fake server without the secret that collects what clients send it: it answers a v2 offer
+/// with a legacy challenge (so a prefer-v2 client falls back and sends the legacy HMAC, a proof
+/// to guess against offline) and records every line.
+async fn proof_collector(certs: Certificates) -> (SocketAddr, Arc<std::sync::Mutex<Vec<String>>>) {
+    let acceptor = TlsAcceptor::from(iris_rpc::tls::server_config(&certs, false).unwrap());
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let got = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let g = got.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, got) = (acceptor.clone(), g.clone());
+            tokio::spawn(async move {
+                let Ok(io) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let (r, mut w) = tokio::io::split(io);
+                let mut lines = BufReader::new(r).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    got.lock().unwrap().push(line);
+                    let challenge = format!(
+                        "{{\"op\":\"rpc::auth::challenge\",\"v\":1,\"vector\":\"{}\"}}\n",
+                        "5a".repeat(64)
+                    );
+                    if w.write_all(challenge.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, got)
+}
+
+#[tokio::test]
+async fn a_pinned_client_sends_nothing_to_a_fake_server_or_a_relay() {
+    // Issue 19, attacks 2 and 3 where the real server is not known to speak v2: without a pin
+    // a default client hands a fake server its legacy proof; with server_pins it refuses the
+    // fake's certificate before it sends a byte of iris-rpc.
+    let real = Certificates::self_signed().unwrap();
+    let pin = iris_rpc::tls::spki_pin(&real.cert).unwrap();
+    let srv = Server::bind(
+        Options::new("secret")
+            .port("127.0.0.1:0")
+            .uuid("srv")
+            .certificates(real.clone()),
+    )
+    .await
+    .unwrap();
+    let pinned = |addr: SocketAddr| {
+        let mut o = Options::new("secret")
+            .address(addr.to_string())
+            .uuid("cli")
+            .server_pin(pin.clone());
+        o.reconnect_initial = Duration::from_millis(50);
+        Client::connect(o).unwrap()
+    };
+    // The real server: connects, in v2.
+    let cli = pinned(srv.local_addr());
+    assert_eq!(connected_mode(&mut cli.events()).await.0, Mode::V2);
+    cli.close().await;
+
+    // A fake server: unpinned, the client sends it a legacy auth response (a proof).
+    let (fake, got) = proof_collector(Certificates::self_signed().unwrap()).await;
+    let cli = client(fake, Security::PreferV2, false, "secret");
+    until("the fake server to collect a proof", || {
+        got.lock().unwrap().iter().any(|l| l.contains("\"auth\""))
+    })
+    .await;
+    cli.close().await;
+    got.lock().unwrap().clear();
+    // Pinned: refused at TLS, with the reason; nothing sent.
+    let cli = pinned(fake);
+    let e = error_text(&mut cli.events()).await;
+    assert!(e.contains("matches none of server_pins"), "{e}");
+    cli.close().await;
+    assert!(got.lock().unwrap().is_empty(), "{:?}", got.lock().unwrap());
+
+    // A relay with its own certificate in front of the real server: refused the same way.
+    let mitm = relay(srv.local_addr(), forward).await;
+    let cli = pinned(mitm);
+    let e = error_text(&mut cli.events()).await;
+    assert!(e.contains("matches none of server_pins"), "{e}");
+    cli.close().await;
+    srv.close().await;
+
+    // A bad pin is a configuration error.
+    let e = Client::connect(
+        Options::from_json(
+            &json!({"auth": "secret", "address": "127.0.0.1:1", "serverPins": ["nope"]}),
+        )
+        .unwrap(),
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(e.contains("invalid server pin"), "{e}");
 }
