@@ -57,6 +57,18 @@ export interface CommonOptions {
    * The mode in use is each stream's `mode`.
    */
   security?: Security;
+  /**
+   * Beyond legacy: throw from the constructor when `auth` is a weak secret (below 128 bits by a
+   * conservative estimate) instead of logging a warning (default false). A client proves the
+   * secret to any server it reaches, so a weak one falls to offline guessing.
+   */
+  refuseWeakSecret?: boolean;
+  /**
+   * Beyond legacy (clients): the server certificate's key must match one of these pins
+   * (`sha256/<base64>` of its SubjectPublicKeyInfo, as `iris-rpc cert` prints). Checked before
+   * anything is sent: a fake server or a man in the middle gets no proof of the secret.
+   */
+  serverPins?: string | string[];
   /** Default request timeout in ms (60000); a message's `op_timeout` overrides it. */
   timeout?: number;
   /** Ping every `pingFreq` ms (default 3000) when `ping`, `pingFreq` or `pingDataObject` is set. */

@@ -190,6 +190,8 @@ function nativeCertificates(c) {
 // reconnect backoff). A bad value is a configuration error thrown by the constructor.
 const PASS_THROUGH = [
   'security',
+  'refuseWeakSecret',
+  'serverPins',
   'reconnectInitial',
   'reconnectMax',
   'maxLine',

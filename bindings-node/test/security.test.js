@@ -20,14 +20,27 @@ const { test, describe } = require('node:test');
 const assert = require('node:assert/strict');
 const { once } = require('node:events');
 
+const fs = require('node:fs');
+const os = require('node:os');
+const path = require('node:path');
+const { spawn } = require('node:child_process');
+
 const iris = require('..');
-const { Proc, PEER } = require('./helpers');
+const { Proc, PEER, INTEROP } = require('./helpers');
 
 iris.config.verbose = 0;
 const { key, cert } = iris.Certificates.selfSigned();
 const certificates = { key, cert };
 
 const bounded = (ms = 10000) => ({ signal: AbortSignal.timeout(ms) });
+
+/** The RFC 7469 pin of a PEM certificate: sha256/ and base64 of SHA-256 over its SPKI. */
+const pinOf = (pem) =>
+  'sha256/' +
+  require('node:crypto')
+    .createHash('sha256')
+    .update(new (require('node:crypto').X509Certificate)(pem).publicKey.export({ type: 'spki', format: 'der' }))
+    .digest('base64');
 const CIPHERS = [true, false];
 
 /** `security` when given (undefined keeps the default, prefer-v2). */
@@ -154,6 +167,97 @@ describe('security: our client and server', () => {
       assert.equal(sw.connects + cw.connects, 0);
     } finally {
       await Promise.all([client.close(), server.close()]);
+    }
+  });
+
+  test('a stripping relay between our server and client on defaults with the cipher off is refused: downgrade detected', async () => {
+    // Issue 19, attack 1: the relay (its own process, without the secret) removes the v2 offer
+    // and the client's `modes`; before the downgrade marker both connected in legacy mode.
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'iris-relay-'));
+    fs.writeFileSync(path.join(dir, 'key.pem'), key);
+    fs.writeFileSync(path.join(dir, 'cert.pem'), cert);
+    const server = await ourServer({ cipher: false });
+    const sw = watch(server);
+    let served = 0;
+    server.on('echo', (req, cb) => {
+      served++;
+      cb(null, req);
+    });
+    const relay = spawn(process.execPath, [
+      path.join(INTEROP, 'stripping-relay.js'),
+      '--to',
+      `127.0.0.1:${server.localPort}`,
+      '--key',
+      path.join(dir, 'key.pem'),
+      '--cert',
+      path.join(dir, 'cert.pem'),
+    ]);
+    const edited = [];
+    let client;
+    try {
+      const relayPort = await new Promise((resolve, reject) => {
+        let buf = '';
+        relay.stdout.setEncoding('utf8');
+        relay.stdout.on('data', (d) => {
+          buf += d;
+          let i;
+          while ((i = buf.indexOf('\n')) >= 0) {
+            const ev = JSON.parse(buf.slice(0, i));
+            buf = buf.slice(i + 1);
+            if (ev.event === 'listen') resolve(ev.port);
+            else edited.push(ev);
+          }
+        });
+        relay.on('exit', (code) => reject(new Error(`relay exited (${code})`)));
+      });
+      client = ourClient(relayPort, { cipher: false });
+      const cw = watch(client);
+      const ce = await cw.next();
+      assert.equal(ce.code, 'auth');
+      assert.match(ce.message, /downgrade detected/);
+      assert.match(ce.message, /offer was removed in transit/);
+      await assert.rejects(client.request({ op: 'echo', a: 1 }), (e) => e.code === 'not_connected');
+      assert.ok(edited.some((e) => e.from.includes('"v2"')), 'the relay removed the offer');
+      assert.equal(client.isConnected(), false);
+      assert.equal(server.isConnected(), false);
+      assert.equal(sw.connects + cw.connects, 0);
+      assert.equal(served, 0);
+    } finally {
+      relay.kill();
+      await Promise.all([client && client.close(), server.close()]);
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  test('a weak secret is refused with refuseWeakSecret: the client throws, the server reports it on server::listen', async () => {
+    const weak = /config.*the shared secret is weak.*refuse_weak_secret/;
+    assert.throws(
+      () => new iris.Client({ address: '127.0.0.1:1', auth: 'correct horse battery staple', refuseWeakSecret: true }),
+      weak,
+    );
+    const server = new iris.Server({ port: '127.0.0.1:0', auth: 'sunshine', certificates, refuseWeakSecret: true });
+    const [err] = await once(server, 'server::listen', bounded());
+    assert.match(err.message, /the shared secret is weak/);
+    await server.close();
+    // A generated secret passes.
+    const strong = new iris.Client({ address: '127.0.0.1:1', auth: '5e0c7a1f9b3d24e8a6c0f7d9b1e3a5c72f4d6b8e0a1c3e5f7d9b2a4c6e8f0a13', refuseWeakSecret: true });
+    await strong.close();
+  });
+
+  test('serverPins: a client pinned to the server key connects; pinned to another key it is refused and says why', async () => {
+    const server = await ourServer({});
+    const other = iris.Certificates.selfSigned();
+    const wrong = ourClient(server.localPort, { serverPins: [pinOf(other.cert)] });
+    const ww = watch(wrong);
+    const right = ourClient(server.localPort, { serverPins: pinOf(cert) });
+    try {
+      const e = await ww.next();
+      assert.match(e.message, /matches none of server_pins/);
+      await until(() => right.isConnected());
+      assert.equal(ww.connects, 0);
+      assert.throws(() => ourClient(1, { serverPins: ['nope'] }), /invalid server pin/);
+    } finally {
+      await Promise.all([wrong.close(), right.close(), server.close()]);
     }
   });
 

@@ -150,6 +150,66 @@ def test_a_bad_security_value_is_a_config_error(certs: iris_rpc.Certificates, va
         Router(auth=SECRET, port="127.0.0.1:0", certificates=certs, server={"port": "127.0.0.1:0", "security": value})
 
 
+def _pin(cert_pem: str) -> str:
+    """The RFC 7469 pin of a PEM certificate, computed here with the standard library only
+    (`ssl` gives the DER; the SPKI is located by walking the DER)."""
+    import base64
+    import hashlib
+    import ssl
+
+    der = ssl.PEM_cert_to_DER_cert(cert_pem)
+
+    def tlv(buf: bytes, i: int) -> "tuple[int, int, int]":
+        """(tag, start of content, end of content) of the DER element at i."""
+        tag, n = buf[i], buf[i + 1]
+        i += 2
+        if n & 0x80:
+            k = n & 0x7F
+            n = int.from_bytes(buf[i : i + k], "big")
+            i += k
+        return tag, i, i + n
+
+    _, cert_start, _ = tlv(der, 0)  # Certificate
+    _, tbs_start, tbs_end = tlv(der, cert_start)  # TBSCertificate
+    i = tbs_start
+    fields = []
+    while i < tbs_end:
+        tag, start, end = tlv(der, i)
+        fields.append((tag, i, end))
+        i = end
+    # [0] version, serial, signature, issuer, validity, subject, subjectPublicKeyInfo
+    offset = 1 if fields[0][0] == 0xA0 else 0
+    _, spki_start, spki_end = fields[offset + 5]
+    return "sha256/" + base64.b64encode(hashlib.sha256(der[spki_start:spki_end]).digest()).decode()
+
+
+def test_server_pins_refuse_another_key_and_a_weak_secret_can_be_refused(
+    closing: Callable[[Any], Any], certs: iris_rpc.Certificates
+) -> None:
+    server = _server(closing, certs)
+    right = closing(Client(auth=SECRET, address=f"127.0.0.1:{server.port}", server_pins=_pin(certs.cert)))
+    right.wait_connected(10)
+    errors = Recorder()
+    wrong = closing(
+        Client(
+            auth=SECRET,
+            address=f"127.0.0.1:{server.port}",
+            serverPins=[_pin(iris_rpc.self_signed().cert)],
+            reconnect_initial=100,
+        )
+    )
+    wrong.on("error", lambda err, *rest: errors(str(err)))
+    (message,) = errors.wait(1)[0]
+    assert "matches none of server_pins" in message
+    assert not wrong.is_connected()
+    with pytest.raises(iris_rpc.ConfigError, match="invalid server pin"):
+        Client(auth=SECRET, address="127.0.0.1:1", server_pins=["nope"])
+    with pytest.raises(iris_rpc.ConfigError, match="the shared secret is weak"):
+        Client(auth="sunshine", address="127.0.0.1:1", refuse_weak_secret=True)
+    with pytest.raises(iris_rpc.ConfigError, match="the shared secret is weak"):
+        Server(auth="sunshine", port="127.0.0.1:0", certificates=certs, refuseWeakSecret=True)
+
+
 def test_router_sides_and_peer_modes(closing: Callable[[Any], Any], certs: iris_rpc.Certificates) -> None:
     # The frontend requires v2; the backend server (its own setting) speaks legacy only.
     router = closing(

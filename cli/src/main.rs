@@ -48,6 +48,8 @@ enum Command {
     Router(router::RouterArgs),
     /// Benchmarks: every pairing of implementations side by side (`bench all`).
     Bench(bench::BenchArgs),
+    /// Print a new 256-bit shared secret (64 hex characters) from the system's generator.
+    Secret,
 }
 
 #[derive(Args)]
@@ -68,6 +70,10 @@ struct Common {
     /// Designation announced to peers.
     #[arg(long, default_value = "")]
     designation: String,
+    /// Refuse to start with a weak --auth secret (below 128 bits by a conservative estimate)
+    /// instead of warning. `iris-rpc secret` makes a strong one.
+    #[arg(long)]
+    refuse_weak_secret: bool,
     /// Private key PEM file.
     #[arg(long, requires = "cert")]
     key: Option<PathBuf>,
@@ -103,6 +109,7 @@ impl Common {
         let mut o = Options::new(self.auth.clone())
             .cipher(!self.no_cipher)
             .security(self.security)
+            .refuse_weak_secret(self.refuse_weak_secret)
             .designation(self.designation.clone());
         o = self.limits.apply(o);
         if let Some(u) = &self.uuid {
@@ -149,6 +156,10 @@ struct ClientArgs {
     /// After stdin ends and requests settle, how long to keep printing incoming events (ms).
     #[arg(long, default_value_t = 200)]
     linger: u64,
+    /// Refuse a server whose certificate key does not match this pin (sha256/<base64>, as
+    /// `iris-rpc cert` prints); repeat for several. Nothing is sent to a server that fails it.
+    #[arg(long = "server-pin")]
+    server_pins: Vec<String>,
 }
 
 pub(crate) fn print_json(v: &Value) {
@@ -215,6 +226,10 @@ fn main() -> ExitCode {
             Command::Client(a) => client(a).await,
             Command::Router(a) => router::run(a).await,
             Command::Bench(a) => bench::run(a).await,
+            Command::Secret => {
+                println!("{}", iris_rpc::secret::generate());
+                Ok(())
+            }
         }
     });
     match result {
@@ -231,12 +246,14 @@ fn cert(out: &std::path::Path, names: &[String]) -> Result<(), Error> {
     let (key, cert) = iris_rpc::tls::self_signed_pem(&names)?;
     std::fs::create_dir_all(out)
         .map_err(|e| Error::Config(format!("cannot create {}: {e}", out.display())))?;
+    let pin = iris_rpc::tls::spki_pin(&iris_rpc::Pem::new(cert.clone()))?;
     for (file, text) in [("key.pem", key), ("cert.pem", cert)] {
         let path = out.join(file);
         std::fs::write(&path, text)
             .map_err(|e| Error::Config(format!("cannot write {}: {e}", path.display())))?;
         println!("wrote {}", path.display());
     }
+    println!("pin {pin} (clients: --server-pin {pin})");
     Ok(())
 }
 
@@ -311,6 +328,10 @@ async fn client(a: ClientArgs) -> Result<(), Error> {
         .options()?
         .address(a.address.clone())
         .timeout(Duration::from_millis(a.timeout));
+    let opts = a
+        .server_pins
+        .iter()
+        .fold(opts, |o, pin| o.server_pin(pin.clone()));
     let client = Arc::new(Client::connect(opts)?);
     let mut events = client.events();
     // Connect first: the first failure (refused, TLS, wrong secret) ends the command.

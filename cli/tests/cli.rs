@@ -6,6 +6,9 @@ use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_iris-rpc");
 
+/// A secret strong enough not to be warned about, where a test reads all of stderr.
+const STRONG: &str = "5e0c7a1f9b3d24e8a6c0f7d9b1e3a5c72f4d6b8e0a1c3e5f7d9b2a4c6e8f0a13";
+
 fn run(args: &[&str], stdin: &str) -> (i32, String, String) {
     let mut child = Command::new(BIN)
         .args(args)
@@ -37,7 +40,11 @@ struct ServerProc {
 
 impl ServerProc {
     fn start(extra: &[&str]) -> ServerProc {
-        let mut args = vec!["server", "--port", "127.0.0.1:0", "--auth", "s3cret"];
+        ServerProc::start_with_auth("s3cret", extra)
+    }
+
+    fn start_with_auth(auth: &str, extra: &[&str]) -> ServerProc {
+        let mut args = vec!["server", "--port", "127.0.0.1:0", "--auth", auth];
         args.extend_from_slice(extra);
         let mut child = Command::new(BIN)
             .args(&args)
@@ -216,7 +223,7 @@ fn nothing_listening_exits_nonzero() {
         .unwrap()
         .port();
     let addr = format!("127.0.0.1:{port}");
-    let (code, _, err) = run(&["client", "--address", &addr, "--auth", "s"], "");
+    let (code, _, err) = run(&["client", "--address", &addr, "--auth", STRONG], "");
     assert_ne!(code, 0);
     assert!(err.starts_with("iris-rpc: error: cannot connect"), "{err}");
 }
@@ -248,7 +255,7 @@ fn invalid_stdin_lines_are_reported_and_skipped() {
 fn port_in_use_and_bad_certificates_are_one_line_errors() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
-    let (code, _, err) = run(&["server", "--port", &addr, "--auth", "s"], "");
+    let (code, _, err) = run(&["server", "--port", &addr, "--auth", STRONG], "");
     assert_ne!(code, 0);
     assert!(
         err.starts_with("iris-rpc: error: configuration error: cannot listen"),
@@ -296,6 +303,51 @@ fn cert_writes_a_usable_pair() {
     );
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("\"echo\""));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_client_pinned_to_the_server_key_refuses_a_relay_and_reaches_the_server() {
+    let dir = std::env::temp_dir().join(format!("iris-rpc-pin-{}", std::process::id()));
+    let d = dir.to_str().unwrap();
+    let (code, out, err) = run(&["cert", "--out", d], "");
+    assert_eq!(code, 0, "{err}");
+    let pin = out
+        .lines()
+        .find_map(|l| l.strip_prefix("pin "))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no pin in {out}"))
+        .to_owned();
+    assert!(pin.starts_with("sha256/"), "{pin}");
+    let (key, cert) = (format!("{d}/key.pem"), format!("{d}/cert.pem"));
+    let server = ServerProc::start(&["--key", &key, "--cert", &cert, "--echo"]);
+    let pinned = |addr: &str| {
+        run(
+            &[
+                "client",
+                "--address",
+                addr,
+                "--auth",
+                "s3cret",
+                "--server-pin",
+                &pin,
+                "--request",
+            ],
+            "{\"op\":\"x\"}\n",
+        )
+    };
+    let (code, out, err) = pinned(&server.address());
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("\"echo\""), "{out}");
+    // The relay has its own certificate (it cannot have the server's key).
+    let relay = RelayProc::start(&server.address());
+    let (code, out, err) = pinned(&format!("127.0.0.1:{}", relay.port));
+    assert_ne!(code, 0, "{out}");
+    assert!(err.contains("matches none of server_pins"), "{err}");
+    assert!(
+        relay.edited().is_empty(),
+        "the client sent the relay nothing to edit"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -407,4 +459,175 @@ fn security_policies_negotiate_and_refuse_clearly() {
     );
     assert_ne!(code, 0);
     assert!(err.contains("require-v2"), "{err}");
+}
+
+/// `node tests/interop/stripping-relay.js` in front of `to`: a man in the middle without the
+/// secret that removes the v2 offer and the client's `modes` and rewrites `"a":1`; killed on
+/// drop.
+struct RelayProc {
+    child: Child,
+    port: u16,
+    dir: std::path::PathBuf,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl RelayProc {
+    fn start(to: &str) -> RelayProc {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let dir = std::env::temp_dir().join(format!("iris-rpc-relay-{}-{n}", std::process::id()));
+        let d = dir.to_str().unwrap();
+        let (code, _, err) = run(&["cert", "--out", d], "");
+        assert_eq!(code, 0, "{err}");
+        let script = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../tests/interop/stripping-relay.js"
+        );
+        let mut child = Command::new("node")
+            .args([script, "--to", to, "--key"])
+            .arg(dir.join("key.pem"))
+            .arg("--cert")
+            .arg(dir.join("cert.pem"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("node runs the relay (tests/interop/stripping-relay.js)");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        // Read everything it prints, so its writes never fail on a closed pipe.
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let first = lines.recv_timeout(Duration::from_secs(10)).unwrap();
+        let v: serde_json::Value =
+            serde_json::from_str(&first).unwrap_or_else(|e| panic!("relay said {first:?}: {e}"));
+        let port = v["port"].as_u64().unwrap() as u16;
+        RelayProc {
+            child,
+            port,
+            dir,
+            lines,
+        }
+    }
+
+    /// The lines it changed so far, as `(from, to)`.
+    fn edited(&self) -> Vec<(String, String)> {
+        self.lines
+            .try_iter()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(&l).ok())
+            .map(|v| (v["from"].to_string(), v["to"].to_string()))
+            .collect()
+    }
+}
+
+impl Drop for RelayProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[test]
+fn a_stripping_relay_is_refused_under_defaults_with_the_cipher_off() {
+    // Issue 19, attack 1, as it was run: `iris-rpc server` and `client` with their defaults
+    // (prefer-v2) and --no-cipher, each in its own process, a relay between them. Before the
+    // downgrade marker both connected in legacy mode and the server echoed "a":1001.
+    let server = ServerProc::start(&["--echo", "--no-cipher"]);
+    let relay = RelayProc::start(&server.address());
+    let addr = format!("127.0.0.1:{}", relay.port);
+    let (code, out, err) = run(
+        &[
+            "client",
+            "--address",
+            &addr,
+            "--auth",
+            "s3cret",
+            "--no-cipher",
+            "--request",
+        ],
+        "{\"op\":\"add\",\"a\":1}\n",
+    );
+    assert_ne!(code, 0, "the client connected through the relay: {out}");
+    assert!(err.contains("downgrade detected"), "{err}");
+    assert!(!out.contains("\"connect\""), "{out}");
+    assert!(!out.contains("1001"), "{out}");
+    let edited = relay.edited();
+    assert!(
+        edited
+            .first()
+            .is_some_and(|(from, _)| from.contains("nonce")),
+        "the relay removed the offer: {edited:?}"
+    );
+    // Without the relay the same two connect in v2 (the refusal is the relay's doing).
+    let (code, out, err) = run(
+        &[
+            "client",
+            "--address",
+            &server.address(),
+            "--auth",
+            "s3cret",
+            "--no-cipher",
+            "--request",
+        ],
+        "{\"op\":\"add\",\"a\":1}\n",
+    );
+    assert_eq!(code, 0, "{err}");
+    let connect = json_lines(&out)
+        .into_iter()
+        .find(|v| v["event"] == "connect")
+        .unwrap_or_else(|| panic!("no connect in {out}"));
+    assert_eq!(connect["mode"], "v2");
+    assert!(out.contains("\"a\":1}"), "{out}");
+    // The server met only the second client.
+    assert_eq!(server.wait_for("connect")["mode"], "v2");
+}
+
+#[test]
+fn secret_prints_a_fresh_256_bit_secret_and_weak_ones_are_flagged() {
+    let (code, a, err) = run(&["secret"], "");
+    assert_eq!(code, 0, "{err}");
+    let (_, b, _) = run(&["secret"], "");
+    let a = a.trim();
+    assert_eq!(a.len(), 64, "{a}");
+    assert!(a
+        .bytes()
+        .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
+    assert_ne!(a, b.trim());
+    // A weak --auth: refused with the option, before anything listens.
+    let (code, _, err) = run(
+        &[
+            "server",
+            "--port",
+            "127.0.0.1:0",
+            "--auth",
+            "s3cret",
+            "--refuse-weak-secret",
+        ],
+        "",
+    );
+    assert_ne!(code, 0);
+    assert!(err.contains("the shared secret is weak"), "{err}");
+    // The generated one is accepted with the option, and the client warns about a weak one.
+    let server = ServerProc::start_with_auth(a, &["--echo", "--refuse-weak-secret"]);
+    let (code, _, err) = run(
+        &[
+            "client",
+            "--address",
+            &server.address(),
+            "--auth",
+            a,
+            "--refuse-weak-secret",
+        ],
+        "",
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(!err.contains("weak"), "{err}");
+    let (_, _, err) = run(
+        &["client", "--address", &server.address(), "--auth", "s3cret"],
+        "",
+    );
+    assert!(err.contains("the shared secret is weak"), "{err}");
 }

@@ -64,7 +64,11 @@ impl Client {
         let handle = tokio::runtime::Handle::try_current().map_err(|_| {
             Error::Config("Client::connect must be called inside a tokio runtime".into())
         })?;
-        let tls = crate::tls::client_config(opts.certificates.as_ref(), opts.reject_unauthorized)?;
+        let tls = crate::tls::client_config_pinned(
+            opts.certificates.as_ref(),
+            opts.reject_unauthorized,
+            &opts.server_pins,
+        )?;
         let mut targets = Vec::new();
         for a in &opts.address {
             let (host, port) = split_host_port(a)?;

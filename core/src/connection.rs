@@ -159,16 +159,10 @@ fn handshake_error(e: HandshakeError) -> Error {
     }
 }
 
-/// The RFC 9266 `tls-exporter` channel binding of a TLS connection: 32 bytes exported with the
-/// label `EXPORTER-Channel-Binding` and an empty context. `None` if TLS cannot export (it can
-/// once the TLS handshake is complete); the v2 handshake then fails instead of running unbound.
+/// The connection's channel binding: see [`crate::tls::channel_binding`] (`None` unless TLS 1.3;
+/// the v2 handshake then refuses instead of running unbound).
 pub(crate) fn channel_binding<D>(conn: &rustls::ConnectionCommon<D>) -> Option<[u8; 32]> {
-    conn.export_keying_material(
-        [0u8; 32],
-        crate::protocol::v2::EXPORTER_LABEL.as_bytes(),
-        Some(&[]),
-    )
-    .ok()
+    crate::tls::channel_binding(conn)
 }
 
 /// Runs the handshake on an established TLS stream. Lines before the peer's proof are read

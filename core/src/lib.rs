@@ -54,6 +54,7 @@ mod route_table;
 mod router;
 mod routes;
 pub mod runtime;
+pub mod secret;
 mod server;
 mod shutdown;
 mod stream;

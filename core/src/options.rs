@@ -178,6 +178,9 @@ pub struct Options {
     /// the legacy protocol with old ones, `Legacy` to behave exactly as 0.2.20, `RequireV2` to
     /// refuse legacy peers.
     pub security: Security,
+    /// Refuse to start with a weak secret (below [`crate::secret::MIN_BITS`] by
+    /// [`crate::secret::estimate_bits`]) instead of logging a warning (default off).
+    pub refuse_weak_secret: bool,
     /// Send `{"op":"ping","data":ping_data}` to every stream every `ping_freq`.
     pub ping: bool,
     /// Ping interval (default 3 s).
@@ -188,6 +191,11 @@ pub struct Options {
     pub timeout: Duration,
     /// Verify the peer's certificate against `ca` (default off, as legacy).
     pub reject_unauthorized: bool,
+    /// Client: the server certificate's key must match one of these pins (`sha256/<base64>`
+    /// of its SubjectPublicKeyInfo, as [`crate::tls::spki_pin`] and `iris-rpc cert` print; or
+    /// 64 hex characters). Checked before anything is sent, so a fake server or a man in the
+    /// middle gets no proof of the secret. Empty (the default): no pinning.
+    pub server_pins: Vec<String>,
     /// Client: `host:port` addresses, one stream each.
     pub address: Vec<String>,
     /// Server: where to listen.
@@ -216,11 +224,13 @@ impl Options {
             cipher: true,
             signatures: true,
             security: Security::default(),
+            refuse_weak_secret: false,
             ping: false,
             ping_freq: Duration::from_secs(3),
             ping_data: None,
             timeout: Duration::from_secs(60),
             reject_unauthorized: false,
+            server_pins: Vec::new(),
             address: Vec::new(),
             port: None,
             routes: Vec::new(),
@@ -272,6 +282,12 @@ impl Options {
         self
     }
 
+    /// Sets `refuse_weak_secret`.
+    pub fn refuse_weak_secret(mut self, on: bool) -> Self {
+        self.refuse_weak_secret = on;
+        self
+    }
+
     /// Turns pinging on with this interval.
     pub fn ping_freq(mut self, every: Duration) -> Self {
         self.ping = true;
@@ -288,6 +304,12 @@ impl Options {
     /// Sets `reject_unauthorized`.
     pub fn reject_unauthorized(mut self, on: bool) -> Self {
         self.reject_unauthorized = on;
+        self
+    }
+
+    /// Adds a server pin (see [`Options::server_pins`]).
+    pub fn server_pin(mut self, pin: impl Into<String>) -> Self {
+        self.server_pins.push(pin.into());
         self
     }
 
@@ -317,8 +339,9 @@ impl Options {
 
     /// Options from a legacy-style JSON object: the legacy names (`auth`/`secret`, `uuid`,
     /// `designation`, `mac`, `certificates`, `cipher`, `signatures`, `security`, `ping`, `pingFreq`,
-    /// `pingDataObject`, `timeout`, `rejectUnauthorized`, `address`, `port`, `routes`) in
-    /// camelCase or snake_case, durations in milliseconds, and the limit names of [`Limits`].
+    /// `pingDataObject`, `timeout`, `rejectUnauthorized`, `address`, `port`, `routes`,
+    /// `refuseWeakSecret`, `serverPins`) in camelCase or snake_case, durations in milliseconds, and the limit
+    /// names of [`Limits`].
     pub fn from_json(v: &Value) -> Result<Self> {
         let raw: RawOptions = serde_json::from_value(v.clone())
             .map_err(|e| Error::Config(format!("invalid options: {e}")))?;
@@ -329,6 +352,7 @@ impl Options {
         if self.auth.is_empty() {
             return Err(Error::Config("missing 'auth' (the shared secret)".into()));
         }
+        self.check_secret()?;
         let l = &self.limits;
         if l.max_line == 0
             || l.max_pending == 0
@@ -353,6 +377,28 @@ impl Options {
     }
 }
 
+impl Options {
+    /// A weak secret is a warning, or with `refuse_weak_secret` an error: a client proves the
+    /// secret to any server it reaches (certificates are not checked by default), and that proof
+    /// lets an attacker test guesses offline.
+    fn check_secret(&self) -> Result<()> {
+        let Some(bits) = crate::secret::is_weak(&self.auth) else {
+            return Ok(());
+        };
+        let why = format!(
+            "the shared secret is weak (about {bits:.0} bits by a conservative estimate, {:.0} \
+             wanted): one proof collected by a fake server lets an attacker test guesses offline; \
+             make one with `iris-rpc secret`",
+            crate::secret::MIN_BITS
+        );
+        if self.refuse_weak_secret {
+            return Err(Error::Config(format!("{why} (refuse_weak_secret is set)")));
+        }
+        tracing::warn!("{why}, or set refuse_weak_secret to refuse weak secrets");
+        Ok(())
+    }
+}
+
 #[derive(Deserialize)]
 #[serde(untagged)]
 enum PortValue {
@@ -362,7 +408,7 @@ enum PortValue {
 
 #[derive(Deserialize)]
 #[serde(untagged)]
-enum Addresses {
+enum OneOrMany {
     One(String),
     Many(Vec<String>),
 }
@@ -402,6 +448,8 @@ struct RawOptions {
     cipher: Option<CipherValue>,
     signatures: Option<bool>,
     security: Option<Value>,
+    #[serde(alias = "refuseWeakSecret")]
+    refuse_weak_secret: Option<bool>,
     ping: Option<bool>,
     #[serde(alias = "pingFreq")]
     ping_freq: Option<u64>,
@@ -410,7 +458,9 @@ struct RawOptions {
     timeout: Option<u64>,
     #[serde(alias = "rejectUnauthorized")]
     reject_unauthorized: Option<bool>,
-    address: Option<Addresses>,
+    #[serde(alias = "serverPins")]
+    server_pins: Option<OneOrMany>,
+    address: Option<OneOrMany>,
     port: Option<PortValue>,
     host: Option<String>,
     routes: Option<Vec<String>>,
@@ -482,6 +532,9 @@ impl RawOptions {
         if let Some(s) = self.signatures {
             o.signatures = s;
         }
+        if let Some(r) = self.refuse_weak_secret {
+            o.refuse_weak_secret = r;
+        }
         match self.security {
             None | Some(Value::Null) => {}
             Some(Value::String(s)) => o.security = s.parse().map_err(Error::Config)?,
@@ -505,10 +558,15 @@ impl RawOptions {
         if let Some(r) = self.reject_unauthorized {
             o.reject_unauthorized = r;
         }
+        o.server_pins = match self.server_pins {
+            None => Vec::new(),
+            Some(OneOrMany::One(p)) => vec![p],
+            Some(OneOrMany::Many(v)) => v,
+        };
         o.address = match self.address {
             None => Vec::new(),
-            Some(Addresses::One(a)) => vec![a],
-            Some(Addresses::Many(v)) => v,
+            Some(OneOrMany::One(a)) => vec![a],
+            Some(OneOrMany::Many(v)) => v,
         };
         o.port = match self.port {
             None => None,

@@ -8,6 +8,7 @@ use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvi
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
+use subtle::ConstantTimeEq;
 
 use crate::error::{Error, Result};
 
@@ -174,10 +175,25 @@ pub fn client_config(
     certs: Option<&Certificates>,
     reject_unauthorized: bool,
 ) -> Result<Arc<rustls::ClientConfig>> {
+    client_config_pinned(certs, reject_unauthorized, &[])
+}
+
+/// [`client_config`] that also requires the server certificate's key to match one of `pins`
+/// (each `sha256/<base64>` as in RFC 7469, or 64 hex characters, of SHA-256 over the
+/// certificate's DER SubjectPublicKeyInfo; see [`spki_pin`]). No pins: no pinning.
+pub fn client_config_pinned(
+    certs: Option<&Certificates>,
+    reject_unauthorized: bool,
+    pins: &[String],
+) -> Result<Arc<rustls::ClientConfig>> {
+    let pins = pins
+        .iter()
+        .map(|p| parse_pin(p))
+        .collect::<Result<Vec<_>>>()?;
     let builder = rustls::ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| Error::Tls(e.to_string()))?;
-    let builder = if reject_unauthorized {
+    let inner: Arc<dyn ServerCertVerifier> = if reject_unauthorized {
         let roots = match certs {
             Some(c) => c.roots()?,
             None => RootCertStore::empty(),
@@ -187,12 +203,20 @@ pub fn client_config(
                 "reject_unauthorized needs `ca` to verify the server certificate".into(),
             ));
         }
-        builder.with_root_certificates(roots)
+        rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
+            .build()
+            .map_err(|e| Error::Tls(e.to_string()))?
     } else {
-        builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AcceptAnyServerCert(provider())))
+        Arc::new(AcceptAnyServerCert(provider()))
     };
+    let verifier: Arc<dyn ServerCertVerifier> = if pins.is_empty() {
+        inner
+    } else {
+        Arc::new(PinnedServerCert { inner, pins })
+    };
+    let builder = builder
+        .dangerous()
+        .with_custom_certificate_verifier(verifier);
     // Legacy clients present their certificate too; servers that ask for one get it.
     let config = match certs {
         Some(c) => builder
@@ -203,11 +227,185 @@ pub fn client_config(
     Ok(Arc::new(config))
 }
 
+/// The RFC 9266 `tls-exporter` channel binding of a TLS connection, for the v2 handshake: 32
+/// bytes exported with the label `EXPORTER-Channel-Binding` and an empty context.
+///
+/// `None` unless the connection negotiated TLS 1.3 (and finished its handshake). Under TLS 1.2
+/// the exporter is only unique to the connection when the extended master secret extension
+/// (RFC 7627) was negotiated, and rustls does not report whether it was; a value that two
+/// connections can share (the triple handshake attack) would let a relay forward the proofs.
+/// So v2 refuses TLS 1.2 instead of trusting it (docs/PROTOCOL-V2.md section 7).
+pub fn channel_binding<D>(conn: &rustls::ConnectionCommon<D>) -> Option<[u8; 32]> {
+    if conn.protocol_version() != Some(rustls::ProtocolVersion::TLSv1_3) {
+        return None;
+    }
+    conn.export_keying_material(
+        [0u8; 32],
+        crate::protocol::v2::EXPORTER_LABEL.as_bytes(),
+        Some(&[]),
+    )
+    .ok()
+}
+
 /// The TLS server name for a host string.
 pub fn server_name(host: &str) -> Result<ServerName<'static>> {
     let host = host.trim_start_matches('[').trim_end_matches(']');
     ServerName::try_from(host.to_owned())
         .map_err(|_| Error::Config(format!("invalid host name {host:?}")))
+}
+
+/// The pin of a certificate: `sha256/` and the base64 of SHA-256 over its DER
+/// SubjectPublicKeyInfo (RFC 7469 `pin-sha256`, curl's `--pinnedpubkey`), from the first
+/// certificate of `cert` (PEM text or a path). The pin names the key, so it survives a
+/// certificate renewed with the same key.
+pub fn spki_pin(cert: &Pem) -> Result<String> {
+    let bytes = cert.load("cert")?;
+    let der = CertificateDer::pem_slice_iter(&bytes)
+        .next()
+        .ok_or_else(|| Error::Config("no certificate found in cert PEM".into()))?
+        .map_err(|e| Error::Config(format!("invalid certificate PEM: {e}")))?;
+    let hash =
+        spki_sha256(&der).map_err(|e| Error::Config(format!("unusable certificate: {e}")))?;
+    Ok(format!("sha256/{}", base64_encode(&hash)))
+}
+
+fn spki_sha256(der: &CertificateDer<'_>) -> std::result::Result<[u8; 32], webpki::Error> {
+    use sha2::Digest;
+    let cert = webpki::EndEntityCert::try_from(der)?;
+    Ok(sha2::Sha256::digest(cert.subject_public_key_info().as_ref()).into())
+}
+
+const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+fn base64_encode(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for (i, shift) in [18, 12, 6, 0].into_iter().enumerate() {
+            if i <= chunk.len() {
+                out.push(char::from(B64[((n >> shift) & 63) as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+fn base64_decode(text: &str) -> Option<Vec<u8>> {
+    let text = text.trim_end_matches('=');
+    let mut out = Vec::with_capacity(text.len() * 3 / 4);
+    let (mut acc, mut bits) = (0u32, 0u32);
+    for c in text.bytes() {
+        let v = B64.iter().position(|&b| b == c)? as u32;
+        acc = (acc << 6) | v;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+            acc &= (1 << bits) - 1;
+        }
+    }
+    Some(out)
+}
+
+/// Parses one pin: `sha256/<base64>` or 64 hex characters.
+fn parse_pin(pin: &str) -> Result<[u8; 32]> {
+    let bytes = match pin.strip_prefix("sha256/") {
+        Some(b64) => base64_decode(b64),
+        None => {
+            let mut buf = Vec::new();
+            crate::protocol::hex::decode_into(pin.as_bytes(), &mut buf).map(|()| buf)
+        }
+    };
+    bytes
+        .and_then(|b| <[u8; 32]>::try_from(b).ok())
+        .ok_or_else(|| {
+            Error::Config(format!(
+                "invalid server pin {pin:?} (expected sha256/<base64 of 32 bytes>, as `iris-rpc \
+                 cert` prints, or 64 hex characters)"
+            ))
+        })
+}
+
+/// Why a pinned client refused a server: its key is not one of the pins.
+struct PinMismatch(String);
+
+impl std::fmt::Debug for PinMismatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the server's certificate key {} matches none of server_pins (a fake server or a man \
+             in the middle, or the server changed its key)",
+            self.0
+        )
+    }
+}
+
+impl std::fmt::Display for PinMismatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self, f)
+    }
+}
+
+impl std::error::Error for PinMismatch {}
+
+/// `server_pins`: the key of the server's certificate must be pinned, then `inner` decides.
+#[derive(Debug)]
+struct PinnedServerCert {
+    inner: Arc<dyn ServerCertVerifier>,
+    pins: Vec<[u8; 32]>,
+}
+
+impl ServerCertVerifier for PinnedServerCert {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> std::result::Result<ServerCertVerified, rustls::Error> {
+        let hash = spki_sha256(end_entity).map_err(|_| {
+            rustls::Error::InvalidCertificate(rustls::CertificateError::BadEncoding)
+        })?;
+        if !self.pins.iter().any(|p| bool::from(p.ct_eq(&hash))) {
+            return Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::Other(rustls::OtherError(Arc::new(PinMismatch(
+                    format!("sha256/{}", base64_encode(&hash)),
+                )))),
+            ));
+        }
+        self.inner
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
 }
 
 /// Legacy's `rejectUnauthorized: false`: any certificate is accepted, but the handshake
@@ -257,5 +455,45 @@ impl ServerCertVerifier for AcceptAnyServerCert {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_round_trips_and_pins_parse_in_both_spellings() {
+        for n in 0..40u8 {
+            let bytes: Vec<u8> = (0..n).map(|i| i.wrapping_mul(37)).collect();
+            assert_eq!(base64_decode(&base64_encode(&bytes)).unwrap(), bytes, "{n}");
+        }
+        assert_eq!(base64_encode(b"foobar"), "Zm9vYmFy");
+        assert_eq!(base64_encode(b"fo"), "Zm8=");
+        let hash = [0xabu8; 32];
+        let b64 = format!("sha256/{}", base64_encode(&hash));
+        assert_eq!(parse_pin(&b64).unwrap(), hash);
+        assert_eq!(parse_pin(&"ab".repeat(32)).unwrap(), hash);
+        for bad in [
+            "",
+            "sha256/",
+            "sha256/Zm9v",
+            "sha256/!!!!",
+            &"ab".repeat(31),
+        ] {
+            let e = parse_pin(bad).unwrap_err().to_string();
+            assert!(e.contains("invalid server pin"), "{bad:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn the_pin_names_the_key() {
+        let (key, cert) = self_signed_pem(&["localhost"]).unwrap();
+        let pin = spki_pin(&Pem::new(cert.clone())).unwrap();
+        assert!(pin.starts_with("sha256/") && pin.len() == 7 + 44, "{pin}");
+        assert_eq!(spki_pin(&Pem::new(cert)).unwrap(), pin);
+        let (_, other) = self_signed_pem(&["localhost"]).unwrap();
+        assert_ne!(spki_pin(&Pem::new(other)).unwrap(), pin);
+        assert!(spki_pin(&Pem::new(key)).is_err());
     }
 }

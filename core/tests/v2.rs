@@ -8,7 +8,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{next_matching, raw_handshake_with, until_closed, WAIT};
+use common::{
+    drive_handshake, next_matching, raw_handshake_with, tls_client_config, tls_server_config,
+    until, until_closed, versions, WAIT,
+};
+use iris_rpc::protocol::v2::DOWNGRADE_MARKER;
+use iris_rpc::protocol::{
+    ClientConfig, ClientHandshake, Established, Identity, Keys, ServerConfig, ServerHandshake,
+};
 use iris_rpc::{Certificates, Client, Event, Events, Mode, Options, Security, Server};
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -168,8 +175,28 @@ async fn a_wrong_secret_is_refused_on_both_sides_in_v2() {
 /// verify certificates by default, as legacy) and opens its own TLS leg to the server, then
 /// forwards lines, client-to-server ones through `edit`.
 async fn relay(target: SocketAddr, edit: fn(String) -> String) -> SocketAddr {
+    relay_both(target, edit, forward).await
+}
+
+/// [`relay`] that also edits server-to-client lines, through `edit_down`.
+async fn relay_both(
+    target: SocketAddr,
+    edit: fn(String) -> String,
+    edit_down: fn(String) -> String,
+) -> SocketAddr {
     let certs = Certificates::self_signed().unwrap();
-    let acceptor = TlsAcceptor::from(iris_rpc::tls::server_config(&certs, false).unwrap());
+    let config = iris_rpc::tls::server_config(&certs, false).unwrap();
+    relay_with(config, target, edit, edit_down).await
+}
+
+/// [`relay_both`] with the relay's own TLS configuration towards the client.
+async fn relay_with(
+    config: Arc<tokio_rustls::rustls::ServerConfig>,
+    target: SocketAddr,
+    edit: fn(String) -> String,
+    edit_down: fn(String) -> String,
+) -> SocketAddr {
+    let acceptor = TlsAcceptor::from(config);
     let connector = TlsConnector::from(iris_rpc::tls::client_config(None, false).unwrap());
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -202,7 +229,11 @@ async fn relay(target: SocketAddr, edit: fn(String) -> String) -> SocketAddr {
                 let to_client = async move {
                     let mut lines = BufReader::new(ur).lines();
                     while let Ok(Some(line)) = lines.next_line().await {
-                        if dw.write_all((line + "\n").as_bytes()).await.is_err() {
+                        if dw
+                            .write_all((edit_down(line) + "\n").as_bytes())
+                            .await
+                            .is_err()
+                        {
                             break;
                         }
                     }
@@ -219,13 +250,21 @@ fn forward(line: String) -> String {
     line
 }
 
-/// Replaces a v2 offer with the bare legacy request, and removes the `modes` marker from a
-/// plain (cipher off) legacy auth response: all an attacker can do to force legacy.
+/// Replaces a v2 offer with the bare legacy request, removes the `modes` marker from a plain
+/// (cipher off) legacy auth response, and rewrites `"a":1` to `"a":1001` in plain lines (the
+/// attack of issue 19): all an attacker without the secret can do to force legacy and use it.
 fn strip_offer(line: String) -> String {
     if line.starts_with("{\"op\":\"rpc::auth::request\"") {
         return "{\"op\":\"rpc::auth::request\"}".into();
     }
     line.replace(",\"modes\":[\"v2\"]", "")
+        .replace("\"a\":1,", "\"a\":1001,")
+}
+
+/// Overwrites the downgrade marker of a legacy challenge, as a relay that wants the client to
+/// fall back would have to.
+fn unmark(line: String) -> String {
+    line.replace(DOWNGRADE_MARKER, "0123456789abcdef")
 }
 
 #[tokio::test]
@@ -276,44 +315,356 @@ async fn stripped_offers_are_refused_under_require_v2() {
     cli.close().await;
     srv.close().await;
 
-    // The client requires v2: the legacy challenge that comes back is refused.
+    // The client requires v2: the legacy challenge that comes back is refused, and since it
+    // carries the marker, the client names the downgrade rather than its policy.
     let srv = server(Security::PreferV2, true).await;
     let mut sev = srv.events();
     let mitm = relay(srv.local_addr(), strip_offer).await;
     let cli = client(mitm, Security::RequireV2, true, "secret");
     let mut cev = cli.events();
     let e = error_text(&mut cev).await;
-    assert!(e.contains("require-v2"), "{e}");
+    assert!(e.contains("downgrade detected"), "{e}");
     never_connects(&mut sev).await;
     cli.close().await;
     srv.close().await;
 }
 
 #[tokio::test]
-async fn stripped_offers_under_prefer_v2() {
-    // Cipher on: the client's marker travels inside the encrypted auth data, out of the
-    // attacker's reach, and the server sees the offer was removed.
-    let srv = server(Security::PreferV2, true).await;
-    let mut sev = srv.events();
-    let mitm = relay(srv.local_addr(), strip_offer).await;
-    let cli = client(mitm, Security::PreferV2, true, "secret");
-    let mut cev = cli.events();
-    let e = error_text(&mut sev).await;
-    assert!(e.contains("downgrade detected"), "{e}");
-    never_connects(&mut cev).await;
-    cli.close().await;
-    srv.close().await;
+async fn a_stripping_relay_is_refused_under_defaults_cipher_on_and_off() {
+    // Issue 19, attack 1. Before the downgrade marker, with the cipher off both peers connected
+    // in legacy mode through the relay, which read every line and rewrote "a":1 to "a":1001.
+    // The server's legacy challenge now carries the marker, the client that offered v2 sees it
+    // and aborts before it proves anything, and no request of it ever reaches the server.
+    for cipher in [true, false] {
+        let srv = server(Security::PreferV2, cipher).await;
+        let reached = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let r = reached.clone();
+        srv.handle("add", move |_req| {
+            r.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            async move { Ok(json!({})) }
+        });
+        let mut sev = srv.events();
+        let mitm = relay(srv.local_addr(), strip_offer).await;
+        let cli = Arc::new(client(mitm, Security::PreferV2, cipher, "secret"));
+        let mut cev = cli.events();
+        let pending = {
+            let cli = cli.clone();
+            tokio::spawn(async move { cli.request(json!({"op": "add", "a": 1, "b": 2})).await })
+        };
+        let e = error_text(&mut cev).await;
+        assert!(
+            e.contains("downgrade detected") && e.contains("offer was removed in transit"),
+            "cipher {cipher}: {e}"
+        );
+        never_connects(&mut cev).await;
+        never_connects(&mut sev).await;
+        assert!(!cli.is_connected());
+        cli.close().await;
+        assert!(pending.await.unwrap().is_err(), "cipher {cipher}");
+        assert_eq!(reached.load(std::sync::atomic::Ordering::SeqCst), 0);
+        srv.close().await;
+    }
+}
 
-    // Cipher off: nothing in the legacy protocol authenticates content, so the attacker
-    // removes the marker too and the session falls back to legacy. This is the limit of
-    // prefer-v2, and why require-v2 exists.
+#[tokio::test]
+async fn a_stripping_relay_that_also_forces_tls_1_2_is_refused_and_named() {
+    // The relay offers the client only TLS 1.2 on its leg (no v2 there) and strips the offer on
+    // the server's: the marked challenge still reaches the client, which says both things.
     let srv = server(Security::PreferV2, false).await;
     let mut sev = srv.events();
-    let mitm = relay(srv.local_addr(), strip_offer).await;
+    let mitm = relay_with(
+        tls_server_config(versions(true)),
+        srv.local_addr(),
+        strip_offer,
+        forward,
+    )
+    .await;
     let cli = client(mitm, Security::PreferV2, false, "secret");
-    assert_eq!(connected_mode(&mut sev).await.0, Mode::Legacy);
+    let mut cev = cli.events();
+    let e = error_text(&mut cev).await;
+    assert!(
+        e.contains("downgrade detected") && e.contains("needs TLS 1.3"),
+        "{e}"
+    );
+    never_connects(&mut cev).await;
+    never_connects(&mut sev).await;
     cli.close().await;
     srv.close().await;
+}
+
+#[tokio::test]
+async fn a_relay_cannot_remove_the_marker_without_breaking_the_proof() {
+    // The marker is inside the vector the client's HMAC covers: a relay that overwrites it (so
+    // the client falls back) makes the client prove a vector the server never sent.
+    for cipher in [true, false] {
+        let srv = server(Security::PreferV2, cipher).await;
+        let mut sev = srv.events();
+        let mitm = relay_both(srv.local_addr(), strip_offer, unmark).await;
+        let cli = client(mitm, Security::PreferV2, cipher, "secret");
+        let mut cev = cli.events();
+        let e = error_text(&mut sev).await;
+        assert!(e.contains("wrong secret"), "cipher {cipher}: {e}");
+        never_connects(&mut cev).await;
+        never_connects(&mut sev).await;
+        cli.close().await;
+        srv.close().await;
+    }
+}
+
+#[tokio::test]
+async fn the_marker_is_a_legacy_challenge_legacy_clients_accept() {
+    // A v2-speaking server marks its legacy challenges; one that speaks only legacy does not.
+    // Legacy clients (ours under `legacy`, byte for byte 0.2.20) connect to both; the real
+    // legacy package does too (tests/rust/v2_legacy_interop.rs).
+    for (security, marked) in [(Security::PreferV2, true), (Security::Legacy, false)] {
+        let srv = server(security, true).await;
+        let mut io = common::try_tls_to(srv.local_addr()).await.unwrap();
+        io.write_all(b"{\"op\":\"rpc::auth::request\"}\n")
+            .await
+            .unwrap();
+        let mut lines = BufReader::new(&mut io).lines();
+        let challenge: serde_json::Value =
+            serde_json::from_str(&lines.next_line().await.unwrap().unwrap()).unwrap();
+        let vector = challenge["vector"].as_str().unwrap();
+        assert_eq!(vector.len(), 128, "{vector}");
+        assert!(vector
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
+        assert_eq!(vector.ends_with(DOWNGRADE_MARKER), marked, "{security}");
+        drop(lines);
+        let cli = client(srv.local_addr(), Security::Legacy, true, "secret");
+        assert_eq!(connected_mode(&mut cli.events()).await.0, Mode::Legacy);
+        cli.close().await;
+        srv.close().await;
+    }
+}
+
+#[tokio::test]
+async fn a_replaying_fake_server_is_refused_by_a_default_client() {
+    // Issue 19, attack 2. A fake server recorded one session between a legacy client and the
+    // real server (defaults, cipher on) and replays its lines to a default client of ours after
+    // the real server went down. Before the marker the client connected to "srv" and delivered
+    // the replayed message; the recorded challenge now carries the marker.
+    let srv = server(Security::PreferV2, true).await;
+    let mut sev = srv.events();
+    let recorded = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let addr = recording_relay(srv.local_addr(), recorded.clone()).await;
+    let legacy = client(addr, Security::Legacy, true, "secret");
+    connected_mode(&mut sev).await;
+    srv.dispatch(json!({"op": "news", "x": 1})).unwrap();
+    next_matching(&mut legacy.events(), |e| matches!(e, Event::Message { .. })).await;
+    legacy.close().await;
+    srv.close().await;
+    let recorded = recorded.lock().unwrap().clone();
+    assert!(recorded.len() >= 3, "{recorded:?}");
+
+    let fake = replaying_server(recorded).await;
+    let cli = client(fake, Security::PreferV2, true, "secret");
+    let mut cev = cli.events();
+    let e = error_text(&mut cev).await;
+    assert!(e.contains("downgrade detected"), "{e}");
+    let got = tokio::time::timeout(Duration::from_millis(400), async {
+        loop {
+            match cev.next().await {
+                Some(Event::Connect { .. } | Event::Message { .. }) => return true,
+                Some(_) => {}
+                None => return false,
+            }
+        }
+    })
+    .await;
+    assert!(!matches!(got, Ok(true)), "the replay was accepted");
+    cli.close().await;
+}
+
+/// A forwarding man in the middle that records every server-to-client line.
+async fn recording_relay(
+    target: SocketAddr,
+    recorded: Arc<std::sync::Mutex<Vec<String>>>,
+) -> SocketAddr {
+    let certs = Certificates::self_signed().unwrap();
+    let acceptor = TlsAcceptor::from(iris_rpc::tls::server_config(&certs, false).unwrap());
+    let connector = TlsConnector::from(iris_rpc::tls::client_config(None, false).unwrap());
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let Ok((tcp, _)) = listener.accept().await else {
+            return;
+        };
+        let down = acceptor.accept(tcp).await.unwrap();
+        let up = TcpStream::connect(target).await.unwrap();
+        let name = iris_rpc::tls::server_name("localhost").unwrap();
+        let up = connector.connect(name, up).await.unwrap();
+        let (dr, mut dw) = tokio::io::split(down);
+        let (ur, mut uw) = tokio::io::split(up);
+        let to_server = async move {
+            let _ = tokio::io::copy(&mut BufReader::new(dr), &mut uw).await;
+            let _ = uw.shutdown().await;
+        };
+        let to_client = async move {
+            let mut lines = BufReader::new(ur).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                recorded.lock().unwrap().push(line.clone());
+                if dw.write_all((line + "\n").as_bytes()).await.is_err() {
+                    break;
+                }
+            }
+        };
+        tokio::join!(to_server, to_client);
+    });
+    addr
+}
+
+/// A fake server without the secret: to every connection it sends the recorded challenge once
+/// the client's first line arrived, then the rest of the recording once its auth response did.
+async fn replaying_server(recorded: Vec<String>) -> SocketAddr {
+    let certs = Certificates::self_signed().unwrap();
+    let acceptor = TlsAcceptor::from(iris_rpc::tls::server_config(&certs, false).unwrap());
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, recorded) = (acceptor.clone(), recorded.clone());
+            tokio::spawn(async move {
+                let Ok(io) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let (r, mut w) = tokio::io::split(io);
+                let mut lines = BufReader::new(r).lines();
+                for (i, line) in recorded.iter().enumerate() {
+                    if i < 2 && !matches!(lines.next_line().await, Ok(Some(_))) {
+                        return;
+                    }
+                    if w.write_all((line.clone() + "\n").as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+                while let Ok(Some(_)) = lines.next_line().await {}
+            });
+        }
+    });
+    addr
+}
+
+/// A hand-built server for one connection: the sans-IO handshake under `security` over a TLS
+/// acceptor limited to TLS 1.2 when `tls12_only`, channel-bound as the library binds its own.
+async fn raw_server(
+    tls12_only: bool,
+    security: Security,
+) -> (
+    SocketAddr,
+    tokio::task::JoinHandle<Result<(Established, impl Send), String>>,
+) {
+    let acceptor = TlsAcceptor::from(tls_server_config(versions(tls12_only)));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.map_err(|e| e.to_string())?;
+        let mut io = acceptor.accept(tcp).await.map_err(|e| e.to_string())?;
+        let mut hs = ServerHandshake::new(
+            Arc::new(Keys::new("secret")),
+            ServerConfig {
+                identity: Identity {
+                    uuid: "raw-srv".into(),
+                    designation: String::new(),
+                    mac: None,
+                },
+                require_cipher: false,
+                signatures: true,
+                routes: vec![],
+                security,
+            },
+        );
+        if let Some(cb) = iris_rpc::tls::channel_binding(&**io.get_ref().1) {
+            hs = hs.with_channel_binding(cb);
+        }
+        let est =
+            drive_handshake(&mut io, None, |l| hs.on_line(l).map_err(|e| e.to_string())).await?;
+        Ok((est, io))
+    });
+    (addr, task)
+}
+
+/// A hand-built client under `security` over TLS limited to 1.2 when `tls12_only`.
+async fn raw_client(
+    addr: SocketAddr,
+    tls12_only: bool,
+    security: Security,
+) -> Result<Established, String> {
+    let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let mut io = TlsConnector::from(tls_client_config(versions(tls12_only)))
+        .connect(iris_rpc::tls::server_name("localhost").unwrap(), tcp)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut hs = ClientHandshake::new(
+        Arc::new(Keys::new("secret")),
+        ClientConfig {
+            identity: Identity {
+                uuid: "raw-cli".into(),
+                designation: String::new(),
+                mac: None,
+            },
+            cipher: true,
+            signatures: true,
+            routes: vec![],
+            security,
+        },
+    );
+    if let Some(cb) = iris_rpc::tls::channel_binding(&**io.get_ref().1) {
+        hs = hs.with_channel_binding(cb);
+    }
+    let hello = hs.hello();
+    drive_handshake(&mut io, Some(hello), |l| {
+        hs.on_line(l).map_err(|e| e.to_string())
+    })
+    .await
+}
+
+#[tokio::test]
+async fn v2_needs_tls_1_3_from_either_side_and_legacy_still_runs_on_tls_1_2() {
+    // Issue 13: the exporter of a TLS 1.2 connection is only unique with the extended master
+    // secret, which rustls does not report; v2 refuses TLS 1.2 with a clear reason. Before, a
+    // v2 session ran channel-bound to a TLS 1.2 exporter.
+    // A server limited to TLS 1.2 and our default client.
+    let (addr, srv) = raw_server(true, Security::PreferV2).await;
+    let cli = client(addr, Security::PreferV2, true, "secret");
+    let mut cev = cli.events();
+    let e = error_text(&mut cev).await;
+    assert!(e.contains("needs TLS 1.3"), "{e}");
+    never_connects(&mut cev).await;
+    cli.close().await;
+    let e = srv.await.unwrap().err().unwrap();
+    assert!(e.contains("needs TLS 1.3"), "{e}");
+
+    // A client limited to TLS 1.2 and our default server.
+    let srv = server(Security::PreferV2, true).await;
+    let mut sev = srv.events();
+    let e = raw_client(srv.local_addr(), true, Security::PreferV2)
+        .await
+        .err()
+        .unwrap();
+    assert!(e.contains("needs TLS 1.3"), "{e}");
+    let e = error_text(&mut sev).await;
+    assert!(e.contains("needs TLS 1.3"), "{e}");
+    never_connects(&mut sev).await;
+
+    // The same peers in legacy mode run on TLS 1.2, as the legacy package may.
+    let est = raw_client(srv.local_addr(), true, Security::Legacy)
+        .await
+        .unwrap();
+    assert_eq!(est.mode, Mode::Legacy);
+    srv.close().await;
+    let (addr, srv) = raw_server(true, Security::Legacy).await;
+    let cli = client(addr, Security::PreferV2, true, "secret");
+    assert_eq!(connected_mode(&mut cli.events()).await.0, Mode::Legacy);
+    assert_eq!(srv.await.unwrap().unwrap().0.mode, Mode::Legacy);
+    cli.close().await;
+
+    // And on TLS 1.3 the same hand-built peers speak v2.
+    let (addr, srv) = raw_server(false, Security::PreferV2).await;
+    let est = raw_client(addr, false, Security::PreferV2).await.unwrap();
+    assert_eq!(est.mode, Mode::V2);
+    assert_eq!(srv.await.unwrap().unwrap().0.mode, Mode::V2);
 }
 
 type Build = fn(&mut iris_rpc::protocol::Sealer) -> Vec<u8>;
@@ -499,4 +850,161 @@ async fn prefer_v2_warns_once_per_legacy_peer() {
         .collect();
     assert_eq!(warnings.len(), 1, "{text}");
     assert!(warnings[0].contains("cli"), "{}", warnings[0]);
+}
+
+#[tokio::test]
+async fn a_weak_secret_is_a_warning_at_start_or_with_the_option_a_refusal() {
+    // Issue 19, attack 3: a client proves the secret to whatever server it reaches, so a weak
+    // secret falls to offline guessing. It is flagged at start; refuse_weak_secret refuses it.
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .with_max_level(tracing::Level::WARN)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let bind = |secret: &str, refuse: bool| {
+        Server::bind(
+            Options::new(secret)
+                .port("127.0.0.1:0")
+                .refuse_weak_secret(refuse)
+                .certificates(Certificates::self_signed().unwrap()),
+        )
+    };
+    let warnings = || {
+        let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+        text.lines()
+            .filter(|l| l.contains("the shared secret is weak"))
+            .count()
+    };
+
+    let srv = bind("sunshine", false).await.unwrap();
+    assert_eq!(warnings(), 1);
+    srv.close().await;
+    let e = bind("sunshine", true).await.unwrap_err().to_string();
+    assert!(
+        e.contains("the shared secret is weak") && e.contains("refuse_weak_secret"),
+        "{e}"
+    );
+    let e = Client::connect(
+        Options::from_json(&json!({
+            "auth": "correct horse battery staple",
+            "address": "127.0.0.1:1",
+            "refuseWeakSecret": true,
+        }))
+        .unwrap(),
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(e.contains("iris-rpc secret"), "{e}");
+
+    // A generated secret passes, with the refusal on, and warns about nothing.
+    let strong = iris_rpc::secret::generate();
+    let srv = bind(&strong, true).await.unwrap();
+    let cli = client(srv.local_addr(), Security::PreferV2, true, &strong);
+    cli.wait_connected(WAIT).await.unwrap();
+    cli.close().await;
+    srv.close().await;
+    assert_eq!(warnings(), 1);
+}
+
+/// A fake server without the secret that collects what clients send it: it answers a v2 offer
+/// with a legacy challenge (so a prefer-v2 client falls back and sends the legacy HMAC, a proof
+/// to guess against offline) and records every line.
+async fn proof_collector(certs: Certificates) -> (SocketAddr, Arc<std::sync::Mutex<Vec<String>>>) {
+    let acceptor = TlsAcceptor::from(iris_rpc::tls::server_config(&certs, false).unwrap());
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let got = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let g = got.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, got) = (acceptor.clone(), g.clone());
+            tokio::spawn(async move {
+                let Ok(io) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let (r, mut w) = tokio::io::split(io);
+                let mut lines = BufReader::new(r).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    got.lock().unwrap().push(line);
+                    let challenge = format!(
+                        "{{\"op\":\"rpc::auth::challenge\",\"v\":1,\"vector\":\"{}\"}}\n",
+                        "5a".repeat(64)
+                    );
+                    if w.write_all(challenge.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, got)
+}
+
+#[tokio::test]
+async fn a_pinned_client_sends_nothing_to_a_fake_server_or_a_relay() {
+    // Issue 19, attacks 2 and 3 where the real server is not known to speak v2: without a pin
+    // a default client hands a fake server its legacy proof; with server_pins it refuses the
+    // fake's certificate before it sends a byte of iris-rpc.
+    let real = Certificates::self_signed().unwrap();
+    let pin = iris_rpc::tls::spki_pin(&real.cert).unwrap();
+    let srv = Server::bind(
+        Options::new("secret")
+            .port("127.0.0.1:0")
+            .uuid("srv")
+            .certificates(real.clone()),
+    )
+    .await
+    .unwrap();
+    let pinned = |addr: SocketAddr| {
+        let mut o = Options::new("secret")
+            .address(addr.to_string())
+            .uuid("cli")
+            .server_pin(pin.clone());
+        o.reconnect_initial = Duration::from_millis(50);
+        Client::connect(o).unwrap()
+    };
+    // The real server: connects, in v2.
+    let cli = pinned(srv.local_addr());
+    assert_eq!(connected_mode(&mut cli.events()).await.0, Mode::V2);
+    cli.close().await;
+
+    // A fake server: unpinned, the client sends it a legacy auth response (a proof).
+    let (fake, got) = proof_collector(Certificates::self_signed().unwrap()).await;
+    let cli = client(fake, Security::PreferV2, false, "secret");
+    until("the fake server to collect a proof", || {
+        got.lock().unwrap().iter().any(|l| l.contains("\"auth\""))
+    })
+    .await;
+    cli.close().await;
+    got.lock().unwrap().clear();
+    // Pinned: refused at TLS, with the reason; nothing sent.
+    let cli = pinned(fake);
+    let e = error_text(&mut cli.events()).await;
+    assert!(e.contains("matches none of server_pins"), "{e}");
+    cli.close().await;
+    assert!(got.lock().unwrap().is_empty(), "{:?}", got.lock().unwrap());
+
+    // A relay with its own certificate in front of the real server: refused the same way.
+    let mitm = relay(srv.local_addr(), forward).await;
+    let cli = pinned(mitm);
+    let e = error_text(&mut cli.events()).await;
+    assert!(e.contains("matches none of server_pins"), "{e}");
+    cli.close().await;
+    srv.close().await;
+
+    // A bad pin is a configuration error.
+    let e = Client::connect(
+        Options::from_json(
+            &json!({"auth": "secret", "address": "127.0.0.1:1", "serverPins": ["nope"]}),
+        )
+        .unwrap(),
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(e.contains("invalid server pin"), "{e}");
 }

@@ -6,7 +6,9 @@
 
 use std::sync::Arc;
 
-use iris_rpc::protocol::v2::{SessionKeys, Transcript, TranscriptIdentity, MODE_V2};
+use iris_rpc::protocol::v2::{
+    SessionKeys, Transcript, TranscriptIdentity, DOWNGRADE_MARKER, MODE_V2,
+};
 use iris_rpc::protocol::{
     hex, ClientConfig, ClientHandshake, Identity, Keys, Mode, Security, ServerConfig,
     ServerHandshake, Step,
@@ -159,6 +161,78 @@ fn session(cipher: bool) -> Value {
     })
 }
 
+/// The downgrade marker (section 9.1): what a v2 server sends a client whose offer was
+/// stripped, what a legacy client answers, and which challenges a client that offered v2 refuses.
+fn downgrade() -> Value {
+    let keys = Arc::new(Keys::new(SECRET));
+    let fresh: String = hex::encode(&std::array::from_fn::<u8, 64, _>(|i| 0x60 + i as u8));
+    let identity = Identity {
+        uuid: "9f1c2c4e-client".into(),
+        designation: "worker".into(),
+        mac: Some("02:00:00:00:00:01".into()),
+    };
+    let challenge_from = |security| {
+        let mut s = ServerHandshake::new(
+            keys.clone(),
+            ServerConfig {
+                identity: Identity {
+                    uuid: "5b7e0d1a-server".into(),
+                    designation: "hub".into(),
+                    mac: None,
+                },
+                require_cipher: false,
+                signatures: true,
+                routes: vec![],
+                security,
+            },
+        )
+        .with_vector(fresh.clone());
+        // The offer was stripped: the server sees the bare legacy request.
+        let Step::Send(challenge) = s.on_line(br#"{"op":"rpc::auth::request"}"#).unwrap() else {
+            panic!("no challenge")
+        };
+        line(&challenge)
+    };
+    let client = |security| {
+        ClientHandshake::new(
+            keys.clone(),
+            ClientConfig {
+                identity: identity.clone(),
+                cipher: false,
+                signatures: true,
+                routes: vec![],
+                security,
+            },
+        )
+        .with_channel_binding(bytes32(0x40))
+    };
+    let marked = challenge_from(Security::PreferV2);
+    let unmarked = challenge_from(Security::Legacy);
+    // A legacy client (ours under `legacy`, byte for byte 0.2.20) answers the marked challenge.
+    let Step::Send(response) = client(Security::Legacy).on_line(marked.as_bytes()).unwrap() else {
+        panic!("the legacy client refused the marked challenge")
+    };
+    let seen: Vec<Value> = [&marked, &unmarked]
+        .into_iter()
+        .map(|challenge| {
+            let refused = client(Security::PreferV2).on_line(challenge.as_bytes());
+            json!({
+                "challenge": challenge,
+                "refused": refused.is_err(),
+                "error": refused.err().map(|e| e.to_string()),
+            })
+        })
+        .collect();
+    json!({
+        "marker_hex": DOWNGRADE_MARKER,
+        "fresh_vector": fresh,
+        "challenge_from_prefer_v2_server": marked,
+        "challenge_from_legacy_server": unmarked,
+        "legacy_client_response_cipher_off": line(&response),
+        "prefer_v2_client_that_offered_v2": seen,
+    })
+}
+
 fn generate() -> Value {
     json!({
         "comment": "Known-answer vectors of iris-rpc v2 (docs/PROTOCOL-V2.md). Byte strings are lowercase hex. Produced by core/tests/v2_vectors.rs; checked by it and, independently, by tests/interop/v2-vectors.js with Node's crypto.",
@@ -171,6 +245,7 @@ fn generate() -> Value {
             "server": {"uuid": "5b7e0d1a-server", "designation": "hub", "routes": ["a-uuid-behind-the-server"]},
         },
         "sessions": [session(true), session(false)],
+        "downgrade": downgrade(),
     })
 }
 

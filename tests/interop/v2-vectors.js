@@ -26,6 +26,10 @@ function field(bytes) {
   len.writeUInt32BE(b.length);
   return Buffer.concat([len, b]);
 }
+// The offered modes: one field holding each mode as a field of its own.
+function listField(items) {
+  return field(Buffer.concat(items.map((m) => field(m))));
+}
 function identityFields(id) {
   return [field(id.uuid), field(id.designation || ''), field(id.mac || '')];
 }
@@ -70,7 +74,7 @@ for (const s of v.sessions) {
   const sn = unhex(inp.server_nonce_hex);
   const transcript = Buffer.concat([
     field('iris-rpc v2 transcript'),
-    field('v2'), // offered modes, joined by ","
+    listField(['v2']), // offered modes
     field(cn),
     field('v2'), // chosen mode
     field(sn),
@@ -130,5 +134,39 @@ for (const s of v.sessions) {
     }
     checked++;
   }
+}
+// Section "Downgrade marker": a server that speaks v2 overwrites the last 16 characters of its
+// legacy challenge vector with hex("irisv2dg"); a legacy client HMACs the vector as any string;
+// a client that offered v2 refuses a marked legacy challenge and accepts an unmarked one.
+const d = v.downgrade;
+const MARKER = Buffer.from('irisv2dg', 'ascii').toString('hex');
+assert.strictEqual(d.marker_hex, MARKER, 'marker');
+assert.match(d.fresh_vector, /^[0-9a-f]{128}$/);
+const markedVector = d.fresh_vector.slice(0, 128 - MARKER.length) + MARKER;
+const challenge = (vector) => JSON.stringify({ op: 'rpc::auth::challenge', v: 1, vector });
+assert.strictEqual(d.challenge_from_prefer_v2_server, challenge(markedVector), 'marked challenge');
+assert.strictEqual(d.challenge_from_legacy_server, challenge(d.fresh_vector), 'unmarked challenge');
+checked += 2;
+// The legacy client's answer to the marked challenge, as iris-rpc 0.2.20 writes it (cipher off).
+const pk = crypto.createHash('sha512').update(inp.secret).digest('hex');
+const auth = crypto.createHmac('sha256', pk).update(markedVector).digest('hex');
+const legacyData = { auth, signatures: true, uuid: inp.client.uuid };
+if (inp.client.mac) legacyData.mac = inp.client.mac;
+legacyData.designation = inp.client.designation || '';
+assert.strictEqual(
+  d.legacy_client_response_cipher_off,
+  JSON.stringify({ op: 'rpc::auth::response', v: 1, cipher: false, data: legacyData }),
+  'legacy response to the marked challenge',
+);
+checked++;
+// The rule of a client that offered v2, applied here to each challenge it was shown.
+const refuses = (line) => {
+  const c = JSON.parse(line);
+  return c.mode === undefined && typeof c.vector === 'string' && c.vector.length > MARKER.length && c.vector.endsWith(MARKER);
+};
+for (const seen of d.prefer_v2_client_that_offered_v2) {
+  assert.strictEqual(seen.refused, refuses(seen.challenge), `refusal of ${seen.challenge}`);
+  if (seen.refused) assert.match(seen.error, /downgrade/);
+  checked++;
 }
 console.log(`v2 vectors: ${checked} lines and records match, rebuilt with Node ${process.version} crypto`);

@@ -88,6 +88,8 @@ _ALIASES = {
     "pingFreq": "ping_freq",
     "pingDataObject": "ping_data",
     "rejectUnauthorized": "reject_unauthorized",
+    "refuseWeakSecret": "refuse_weak_secret",
+    "serverPins": "server_pins",
     "reconnectInitial": "reconnect_initial",
     "reconnectMax": "reconnect_max",
     "maxLine": "max_line",
@@ -112,6 +114,8 @@ _KNOWN = {
     "cipher",
     "signatures",
     "security",
+    "refuse_weak_secret",
+    "server_pins",
     "ping",
     "ping_data",
     "reject_unauthorized",
@@ -559,6 +563,13 @@ class Client(_Rpc):
     ``"legacy"`` behaves exactly as 0.2.20; ``"require-v2"`` refuses legacy peers (a server
     reports an ``"error"`` event with an AuthError; a client never connects and reports the
     same). Any other value raises ConfigError. Each stream's ``mode`` says which mode it speaks.
+    A client that offered v2 and meets a downgrade (its offer stripped in transit, or a replayed
+    session of a v2 server) reports an AuthError saying "downgrade detected".
+
+    ``server_pins`` (a string or a list) makes the client refuse a server whose certificate key
+    matches none of them (``sha256/<base64>`` of its SubjectPublicKeyInfo, as ``iris-rpc cert``
+    prints), before it sends anything. ``refuse_weak_secret=True`` turns the warning about a
+    weak ``auth`` (below 128 bits by a conservative estimate) into a ConfigError.
     """
 
     _kind = "client"

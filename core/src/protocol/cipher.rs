@@ -21,14 +21,21 @@ impl std::fmt::Display for DecryptError {
 
 impl std::error::Error for DecryptError {}
 
-/// Pre-expanded AES key schedules for the legacy key, and the IV. Each line is a CBC chain of
-/// its own from the IV; the chains borrow the schedules (copying them per line cost more than
-/// the AES rounds of a short line).
+/// Pre-expanded AES key schedules for the legacy key, and the IV, all zeroed on drop. Each line
+/// is a CBC chain of its own from the IV; the chains borrow the schedules (copying them per line
+/// cost more than the AES rounds of a short line).
 #[derive(Clone)]
 pub struct LegacyCipher {
     enc: aes::Aes256Enc,
     dec: aes::Aes256Dec,
     iv: [u8; 16],
+}
+
+impl Drop for LegacyCipher {
+    fn drop(&mut self) {
+        // The key schedules zero themselves (the `aes` crate's `zeroize` feature).
+        zeroize::Zeroize::zeroize(&mut self.iv);
+    }
 }
 
 impl LegacyCipher {

@@ -2,7 +2,10 @@
 //!
 //! A client whose `security` is not `legacy` adds a v2 offer to its first line; a server that
 //! speaks v2 answers it with a v2 challenge, and the session continues in v2 (see
-//! docs/PROTOCOL-V2.md). Otherwise the legacy handshake runs, byte for byte as 0.2.20:
+//! docs/PROTOCOL-V2.md). Otherwise the legacy handshake runs, byte for byte as 0.2.20, except
+//! that a server speaking v2 ends its challenge vector with the downgrade marker
+//! ([`super::v2::DOWNGRADE_MARKER`]) and a client that offered v2 refuses a marked legacy
+//! challenge:
 //!
 //! ```text
 //! C -> S  {"op":"rpc::auth::request"}
@@ -63,8 +66,13 @@ pub enum HandshakeError {
     CipherRequired,
     /// The `security` policy refused the peer's protocol (a legacy peer under `require-v2`).
     Policy(String),
-    /// The client offered v2 but the server saw no offer: stripped in transit.
-    Downgrade,
+    /// A downgrade to the legacy protocol was detected: on the server, a client that says it
+    /// offered v2 while no offer arrived; on the client, a legacy challenge that carries the v2
+    /// server's downgrade marker although this side offered v2.
+    Downgrade(String),
+    /// v2 was asked for on a connection that cannot carry it: not TLS 1.3, so no channel
+    /// binding this side can trust.
+    NeedsTls13,
     /// Anything else out of protocol.
     Protocol(String),
 }
@@ -81,10 +89,8 @@ impl std::fmt::Display for HandshakeError {
                 "peer offered no cipher but this side requires it (set cipher: false to allow)",
             ),
             HandshakeError::Policy(m) => write!(f, "refused by security policy: {m}"),
-            HandshakeError::Downgrade => f.write_str(
-                "downgrade detected: the client offered v2 but no offer arrived (stripped in \
-                 transit?)",
-            ),
+            HandshakeError::Downgrade(m) => write!(f, "downgrade detected: {m}"),
+            HandshakeError::NeedsTls13 => f.write_str(NEEDS_TLS13),
             HandshakeError::Protocol(m) => write!(f, "handshake protocol error: {m}"),
         }
     }
@@ -289,8 +295,22 @@ fn proof_of(text: &str) -> Option<String> {
     }
 }
 
-fn no_channel_binding() -> HandshakeError {
-    HandshakeError::Protocol("v2 needs the TLS channel binding of this connection".into())
+const NEEDS_TLS13: &str = "iris-rpc v2 needs TLS 1.3 (its channel binding, RFC 9266) and this \
+                           connection negotiated an older TLS version";
+
+/// The client's view of a marked legacy challenge.
+fn client_downgrade(tls13: bool) -> HandshakeError {
+    HandshakeError::Downgrade(if tls13 {
+        "the server speaks v2 but answered with the legacy handshake (its challenge carries the \
+         v2 downgrade marker): the v2 offer was removed in transit, or the challenge is a replay"
+            .into()
+    } else {
+        format!(
+            "the server speaks v2 but answered with the legacy handshake (its challenge carries \
+             the v2 downgrade marker); {NEEDS_TLS13}, so a man in the middle, or a peer \
+             restricted to TLS 1.2, is in the way"
+        )
+    })
 }
 
 impl ClientHandshake {
@@ -320,7 +340,10 @@ impl ClientHandshake {
         self
     }
 
-    /// Uses `nonce` instead of a random one (tests and vectors only).
+    /// Uses `nonce` instead of a random one: the known-answer vectors only. Not public API
+    /// (feature `__test-hooks`).
+    #[cfg(any(test, feature = "__test-hooks"))]
+    #[doc(hidden)]
     pub fn with_nonce(mut self, nonce: [u8; v2::LEN]) -> Self {
         self.nonce = nonce;
         self
@@ -354,6 +377,13 @@ impl ClientHandshake {
                 let c: Challenge = expect_op(line, ops::AUTH_CHALLENGE)?;
                 if let Some(mode) = c.mode {
                     return self.on_v2_challenge(&mode, c.nonce.as_deref());
+                }
+                // We offered v2 and the server says (in a vector our HMAC will cover, so no one
+                // without the secret can swap it) that it speaks v2: the offer never got there.
+                if self.config.security.speaks_v2()
+                    && c.vector.as_deref().is_some_and(v2::is_marked)
+                {
+                    return Err(client_downgrade(self.channel_binding.is_some()));
                 }
                 if self.config.security == Security::RequireV2 {
                     return Err(HandshakeError::Policy(
@@ -482,7 +512,7 @@ impl ClientHandshake {
             nonce.ok_or_else(|| HandshakeError::Protocol("v2 challenge without nonce".into()))?,
             "the server nonce",
         )?;
-        let channel_binding = self.channel_binding.ok_or_else(no_channel_binding)?;
+        let channel_binding = self.channel_binding.ok_or(HandshakeError::NeedsTls13)?;
         let transcript = Transcript {
             offered: vec![MODE_V2.to_owned()],
             client_nonce: self.nonce,
@@ -632,13 +662,19 @@ impl ServerHandshake {
         }
     }
 
-    /// Uses `vector` as the challenge instead of a random one (tests and vectors only).
+    /// Uses `vector` as the whole challenge instead of a fresh one: the known-answer vectors
+    /// only. Not public API (feature `__test-hooks`).
+    #[cfg(any(test, feature = "__test-hooks"))]
+    #[doc(hidden)]
     pub fn with_vector(mut self, vector: impl Into<String>) -> Self {
         self.vector = Some(vector.into());
         self
     }
 
-    /// Uses `nonce` as the v2 server nonce instead of a random one (tests and vectors only).
+    /// Uses `nonce` as the v2 server nonce instead of a random one: the known-answer vectors
+    /// only. Not public API (feature `__test-hooks`).
+    #[cfg(any(test, feature = "__test-hooks"))]
+    #[doc(hidden)]
     pub fn with_nonce(mut self, nonce: [u8; v2::LEN]) -> Self {
         self.nonce = nonce;
         self
@@ -669,6 +705,18 @@ impl ServerHandshake {
                 };
                 if let Some(offer) = offer.filter(|o| o.modes.iter().any(|m| m == MODE_V2)) {
                     let client_nonce = nonce_from_hex(&offer.nonce, "the client nonce")?;
+                    if self.channel_binding.is_none() {
+                        // Not TLS 1.3, so no channel binding to trust. The client offered v2
+                        // and would refuse a marked legacy challenge anyway: tell it why.
+                        return Ok(Step::Refuse {
+                            send: format!(
+                                "{{\"op\":\"rpc::auth::challenge\",\"v\":1,\"error\":{}}}\n",
+                                json_str(NEEDS_TLS13)
+                            )
+                            .into_bytes(),
+                            error: HandshakeError::NeedsTls13,
+                        });
+                    }
                     let out = format!(
                         "{{\"op\":\"rpc::auth::challenge\",\"v\":2,\"mode\":\"{MODE_V2}\",\"nonce\":\"{}\"}}\n",
                         hex::encode(&self.nonce)
@@ -696,7 +744,11 @@ impl ServerHandshake {
                         ),
                     });
                 }
-                let vector = self.vector.take().unwrap_or_else(new_vector);
+                let mut vector = self.vector.take().unwrap_or_else(new_vector);
+                if self.config.security.speaks_v2() {
+                    // The downgrade signal legacy clients carry without knowing it.
+                    v2::mark(&mut vector);
+                }
                 let out = format!(
                     "{{\"op\":\"rpc::auth::challenge\",\"v\":1,\"vector\":\"{vector}\"}}\n"
                 );
@@ -773,7 +825,7 @@ impl ServerHandshake {
         let proof = r
             .proof
             .ok_or_else(|| HandshakeError::Auth("v2 auth response without proof".into()))?;
-        let channel_binding = self.channel_binding.ok_or_else(no_channel_binding)?;
+        let channel_binding = self.channel_binding.ok_or(HandshakeError::NeedsTls13)?;
         let transcript = Transcript {
             offered,
             client_nonce,
@@ -875,7 +927,9 @@ impl ServerHandshake {
             _ => false,
         };
         if offered_v2 && self.config.security.speaks_v2() {
-            return Err(HandshakeError::Downgrade);
+            return Err(HandshakeError::Downgrade(
+                "the client offered v2 but no offer arrived (stripped in transit?)".into(),
+            ));
         }
         let client_signs = matches!(d.signatures, Some(serde_json::Value::Bool(true)));
         let (rx, tx) = self.keys.sequence_seeds(&vector);

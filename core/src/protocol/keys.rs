@@ -5,6 +5,7 @@ use hmac::{Hmac, Mac};
 use md5::{Digest as _, Md5};
 use sha1::Sha1;
 use sha2::{Sha256, Sha512};
+use zeroize::{Zeroize, Zeroizing};
 
 use super::cipher::LegacyCipher;
 use super::hex;
@@ -40,10 +41,12 @@ pub fn evp_bytes_to_key(password: &[u8]) -> ([u8; 32], [u8; 16]) {
 }
 
 /// Everything one shared secret determines, computed once per instance and shared by sessions.
+/// The secret and `pk` are zeroed on drop, and so are the AES key schedules (the `aes` crate's
+/// `zeroize` feature); the keyed HMAC states belong to the `hmac` crate, which does not zeroize.
 #[derive(Clone)]
 pub struct Keys {
-    secret: Vec<u8>,
-    pk: String,
+    secret: Zeroizing<Vec<u8>>,
+    pk: Zeroizing<String>,
     hmac_sha256: HmacSha256,
     hmac_sha1: HmacSha1,
     cipher: LegacyCipher,
@@ -64,13 +67,16 @@ impl Keys {
             .unwrap_or_else(|_| unreachable!("HMAC takes any key length"));
         let hmac_sha1 = <HmacSha1 as Mac>::new_from_slice(pk.as_bytes())
             .unwrap_or_else(|_| unreachable!("HMAC takes any key length"));
-        let (key, iv) = evp_bytes_to_key(pk.as_bytes());
+        let (mut key, mut iv) = evp_bytes_to_key(pk.as_bytes());
+        let cipher = LegacyCipher::new(&key, &iv);
+        key.zeroize();
+        iv.zeroize();
         Keys {
-            secret: secret.as_bytes().to_vec(),
-            pk,
+            secret: Zeroizing::new(secret.as_bytes().to_vec()),
+            pk: Zeroizing::new(pk),
             hmac_sha256,
             hmac_sha1,
-            cipher: LegacyCipher::new(&key, &iv),
+            cipher,
         }
     }
 

@@ -88,7 +88,9 @@ impl Sealer {
         }
     }
 
-    /// Moves the v2 record sequence number (tests of the wrap limit only).
+    /// Moves the v2 record sequence number: tests of the wrap limit only. Not public API
+    /// (feature `__test-hooks`).
+    #[cfg(any(test, feature = "__test-hooks"))]
     #[doc(hidden)]
     pub fn set_record_sequence(&mut self, seq: u64) {
         if let SealMode::V2Records(k) = &mut self.mode {

@@ -8,6 +8,7 @@ use rand::RngCore;
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
+use zeroize::{Zeroize, Zeroizing};
 
 use super::hex;
 
@@ -21,6 +22,33 @@ pub const EXPORTER_LABEL: &str = "EXPORTER-Channel-Binding";
 pub const LEN: usize = 32;
 /// Length of the ChaCha20-Poly1305 tag appended to every record.
 pub const TAG_LEN: usize = 16;
+/// The downgrade marker: the last 16 characters of every legacy challenge vector that a server
+/// speaking v2 sends (the hex of ASCII `irisv2dg`), as TLS 1.3 marks `ServerHello.random` (RFC
+/// 8446 section 4.1.3). Legacy clients HMAC the vector as an opaque string and never notice; a
+/// client that offered v2 and receives a marked legacy challenge knows its offer was removed in
+/// transit, or that the challenge is a replay, and aborts (docs/PROTOCOL-V2.md section 9.1).
+pub const DOWNGRADE_MARKER: &str = "6972697376326467";
+
+/// Whether a legacy challenge vector carries [`DOWNGRADE_MARKER`].
+pub fn is_marked(vector: &str) -> bool {
+    vector.len() > DOWNGRADE_MARKER.len()
+        && vector.as_bytes().ends_with(DOWNGRADE_MARKER.as_bytes())
+}
+
+/// Puts [`DOWNGRADE_MARKER`] over the last 16 characters of a vector (legacy vectors are 128
+/// hex characters; a shorter one gets it appended).
+pub fn mark(vector: &mut String) {
+    if is_marked(vector) {
+        return;
+    }
+    let keep = vector.len().saturating_sub(DOWNGRADE_MARKER.len());
+    if keep <= DOWNGRADE_MARKER.len() || !vector.is_char_boundary(keep) {
+        vector.push_str(DOWNGRADE_MARKER);
+    } else {
+        vector.truncate(keep);
+        vector.push_str(DOWNGRADE_MARKER);
+    }
+}
 
 /// Which session modes a peer speaks (option `security`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
@@ -149,12 +177,23 @@ fn field(out: &mut Vec<u8>, bytes: &[u8]) {
     out.extend_from_slice(bytes);
 }
 
+/// A list as one field: each item length-prefixed inside it, so `["a,b"]` and `["a","b"]` (or
+/// `["ab"]` and `["a","b"]`) encode differently.
+fn list_field(out: &mut Vec<u8>, items: &[String]) {
+    let mut inner = Vec::with_capacity(items.iter().map(|m| m.len() + 4).sum());
+    for item in items {
+        field(&mut inner, item.as_bytes());
+    }
+    field(out, &inner);
+}
+
 impl Transcript {
-    /// The encoding that is hashed: each field as a 4-byte big-endian length and its bytes.
+    /// The encoding that is hashed: each field as a 4-byte big-endian length and its bytes; the
+    /// offered modes as one field holding each mode length-prefixed.
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(256);
         field(&mut out, TRANSCRIPT_LABEL.as_bytes());
-        field(&mut out, self.offered.join(",").as_bytes());
+        list_field(&mut out, &self.offered);
         field(&mut out, &self.client_nonce);
         field(&mut out, self.chosen.as_bytes());
         field(&mut out, &self.server_nonce);
@@ -171,6 +210,7 @@ impl Transcript {
 }
 
 /// The secrets of one session, derived by HKDF-SHA256 from the shared secret and the transcript.
+/// Every key and IV is overwritten with zeros when this is dropped.
 pub struct SessionKeys {
     th: [u8; LEN],
     client_proof_key: [u8; LEN],
@@ -184,6 +224,17 @@ pub struct SessionKeys {
 impl std::fmt::Debug for SessionKeys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("SessionKeys { .. }")
+    }
+}
+
+impl Drop for SessionKeys {
+    fn drop(&mut self) {
+        self.client_proof_key.zeroize();
+        self.server_proof_key.zeroize();
+        self.c2s.0.zeroize();
+        self.c2s.1.zeroize();
+        self.s2c.0.zeroize();
+        self.s2c.1.zeroize();
     }
 }
 
@@ -205,7 +256,10 @@ impl SessionKeys {
     /// `PRK = HKDF-Extract(salt = TH, IKM = secret)`, then one HKDF-Expand per label.
     pub fn derive(secret: &[u8], transcript: &Transcript) -> Self {
         let th = transcript.hash();
-        let prk = Hkdf::<Sha256>::new(Some(&th), secret);
+        // The PRK lives inside the HMAC state of `prk` (the hkdf crate does not zeroize it); the
+        // copy `extract` hands back is overwritten here.
+        let (mut prk_bytes, prk) = Hkdf::<Sha256>::extract(Some(&th), secret);
+        prk_bytes.as_mut_slice().zeroize();
         SessionKeys {
             th,
             client_proof_key: expand(&prk, "iris-rpc v2 client proof"),
@@ -234,7 +288,7 @@ impl SessionKeys {
     /// `HMAC-SHA256(server proof key, TH || server identity fields)`, as lowercase hex: the
     /// server's identity travels only after the client proved the secret, and this binds it.
     pub fn server_proof(&self, server: &TranscriptIdentity) -> String {
-        let mut data = self.th.to_vec();
+        let mut data = Zeroizing::new(self.th.to_vec());
         server.encode_into(&mut data);
         hex::encode(&hmac(&self.server_proof_key, &data))
     }
@@ -268,7 +322,8 @@ impl std::fmt::Display for RecordError {
 
 impl std::error::Error for RecordError {}
 
-/// One direction of the record layer: a key, an IV and the next sequence number.
+/// One direction of the record layer: a key, an IV and the next sequence number. The IV is
+/// zeroed on drop; the expanded key is ring's `LessSafeKey`, which ring does not zeroize.
 pub struct RecordKey {
     key: LessSafeKey,
     iv: [u8; 12],
@@ -280,6 +335,12 @@ impl std::fmt::Debug for RecordKey {
         f.debug_struct("RecordKey")
             .field("seq", &self.seq)
             .finish_non_exhaustive()
+    }
+}
+
+impl Drop for RecordKey {
+    fn drop(&mut self) {
+        self.iv.zeroize();
     }
 }
 
@@ -300,7 +361,9 @@ impl RecordKey {
         self.seq
     }
 
-    /// Moves the sequence number (tests of the wrap limit only).
+    /// Moves the sequence number: tests of the wrap limit only. Not public API (feature
+    /// `__test-hooks`).
+    #[cfg(any(test, feature = "__test-hooks"))]
     #[doc(hidden)]
     pub fn set_sequence(&mut self, seq: u64) {
         self.seq = seq;
@@ -449,6 +512,8 @@ mod tests {
             Box::new(|t| t.client.mac = "x".into()),
             Box::new(|t| t.cipher = false),
             Box::new(|t| t.channel_binding[5] ^= 1),
+            // A comma inside a mode is not two modes, and two modes are not their join.
+            Box::new(|t| t.offered = vec!["v2,v3".into()]),
             // Moving bytes between adjacent fields is not the same transcript either.
             Box::new(|t| {
                 t.client.uuid = "".into();
@@ -460,5 +525,52 @@ mod tests {
             change(&mut t);
             assert_ne!(t.hash(), h, "variant {i}");
         }
+    }
+
+    #[test]
+    fn the_marker_replaces_the_end_of_a_legacy_vector() {
+        let original = "ab".repeat(64);
+        let mut v = original.clone();
+        assert!(!is_marked(&v));
+        mark(&mut v);
+        assert_eq!(v.len(), 128);
+        assert_eq!(&v[..112], &original[..112]);
+        assert!(v.ends_with(DOWNGRADE_MARKER) && is_marked(&v));
+        assert_eq!(DOWNGRADE_MARKER, hex::encode(b"irisv2dg"));
+        let again = v.clone();
+        mark(&mut v);
+        assert_eq!(v, again, "marking twice changes nothing");
+        // A vector too short to overwrite gets the marker appended; the marker alone is no
+        // marked vector (a vector is longer than its marker).
+        let mut short = "00".to_owned();
+        mark(&mut short);
+        assert_eq!(short, format!("00{DOWNGRADE_MARKER}"));
+        assert!(!is_marked(DOWNGRADE_MARKER));
+    }
+
+    #[test]
+    fn the_offered_modes_are_length_prefixed_one_by_one() {
+        let with = |offered: &[&str]| Transcript {
+            offered: offered.iter().map(|m| m.to_string()).collect(),
+            client_nonce: [1; LEN],
+            chosen: MODE_V2.into(),
+            server_nonce: [2; LEN],
+            client: TranscriptIdentity::default(),
+            cipher: true,
+            channel_binding: [3; LEN],
+        };
+        // Pairs that a join with "," (or any separator, or none) would confuse.
+        for (a, b) in [
+            (&["v2,v3"][..], &["v2", "v3"][..]),
+            (&["v2v3"][..], &["v2", "v3"][..]),
+            (&["v2", ""][..], &["v2"][..]),
+            (&[][..], &[""][..]),
+        ] {
+            assert_ne!(with(a).hash(), with(b).hash(), "{a:?} vs {b:?}");
+        }
+        // The field for ["v2"]: outer length 6, inner length 2, "v2".
+        let enc = with(&["v2"]).encode();
+        let start = 4 + TRANSCRIPT_LABEL.len();
+        assert_eq!(&enc[start..start + 10], b"\0\0\0\x06\0\0\0\x02v2");
     }
 }

@@ -267,3 +267,144 @@ pub fn open_fds() -> usize {
         .map(|d| d.count())
         .unwrap_or(0)
 }
+
+/// The TLS versions a hand-built peer may negotiate.
+pub fn versions(
+    tls12_only: bool,
+) -> &'static [&'static tokio_rustls::rustls::SupportedProtocolVersion] {
+    static TLS12_ONLY: [&tokio_rustls::rustls::SupportedProtocolVersion; 1] =
+        [&tokio_rustls::rustls::version::TLS12];
+    if tls12_only {
+        &TLS12_ONLY
+    } else {
+        tokio_rustls::rustls::ALL_VERSIONS
+    }
+}
+
+fn ring() -> Arc<tokio_rustls::rustls::crypto::CryptoProvider> {
+    Arc::new(tokio_rustls::rustls::crypto::ring::default_provider())
+}
+
+/// A TLS server configuration with a fresh self-signed certificate, limited to `versions`.
+pub fn tls_server_config(
+    versions: &[&'static tokio_rustls::rustls::SupportedProtocolVersion],
+) -> Arc<tokio_rustls::rustls::ServerConfig> {
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let (key, cert) = iris_rpc::tls::self_signed_pem(&["localhost"]).unwrap();
+    let chain = vec![CertificateDer::from_pem_slice(cert.as_bytes()).unwrap()];
+    let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
+    Arc::new(
+        tokio_rustls::rustls::ServerConfig::builder_with_provider(ring())
+            .with_protocol_versions(versions)
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .unwrap(),
+    )
+}
+
+/// Accepts any server certificate (the legacy default), checking only handshake signatures.
+#[derive(Debug)]
+struct AnyCert(Arc<tokio_rustls::rustls::crypto::CryptoProvider>);
+
+impl tokio_rustls::rustls::client::danger::ServerCertVerifier for AnyCert {
+    fn verify_server_cert(
+        &self,
+        _: &tokio_rustls::rustls::pki_types::CertificateDer<'_>,
+        _: &[tokio_rustls::rustls::pki_types::CertificateDer<'_>],
+        _: &tokio_rustls::rustls::pki_types::ServerName<'_>,
+        _: &[u8],
+        _: tokio_rustls::rustls::pki_types::UnixTime,
+    ) -> Result<tokio_rustls::rustls::client::danger::ServerCertVerified, tokio_rustls::rustls::Error>
+    {
+        Ok(tokio_rustls::rustls::client::danger::ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        m: &[u8],
+        c: &tokio_rustls::rustls::pki_types::CertificateDer<'_>,
+        d: &tokio_rustls::rustls::DigitallySignedStruct,
+    ) -> Result<
+        tokio_rustls::rustls::client::danger::HandshakeSignatureValid,
+        tokio_rustls::rustls::Error,
+    > {
+        tokio_rustls::rustls::crypto::verify_tls12_signature(
+            m,
+            c,
+            d,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+    fn verify_tls13_signature(
+        &self,
+        m: &[u8],
+        c: &tokio_rustls::rustls::pki_types::CertificateDer<'_>,
+        d: &tokio_rustls::rustls::DigitallySignedStruct,
+    ) -> Result<
+        tokio_rustls::rustls::client::danger::HandshakeSignatureValid,
+        tokio_rustls::rustls::Error,
+    > {
+        tokio_rustls::rustls::crypto::verify_tls13_signature(
+            m,
+            c,
+            d,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+    fn supported_verify_schemes(&self) -> Vec<tokio_rustls::rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// A TLS client configuration that accepts any certificate, limited to `versions`.
+pub fn tls_client_config(
+    versions: &[&'static tokio_rustls::rustls::SupportedProtocolVersion],
+) -> Arc<tokio_rustls::rustls::ClientConfig> {
+    Arc::new(
+        tokio_rustls::rustls::ClientConfig::builder_with_provider(ring())
+            .with_protocol_versions(versions)
+            .unwrap()
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AnyCert(ring())))
+            .with_no_client_auth(),
+    )
+}
+
+/// Drives a handshake (either role) over `io` until it ends: the session on success, the
+/// error text otherwise. The first line is `hello` when given (the client's).
+pub async fn drive_handshake<IO: AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    io: &mut IO,
+    hello: Option<Vec<u8>>,
+    mut on_line: impl FnMut(&[u8]) -> Result<Step, String>,
+) -> Result<Established, String> {
+    if let Some(h) = hello {
+        io.write_all(&h).await.map_err(|e| e.to_string())?;
+    }
+    let mut lines = LineBuffer::new(1 << 16);
+    loop {
+        while let Some(line) = lines.next_line().map_err(|e| e.to_string())? {
+            match on_line(line)? {
+                Step::Send(out) => io.write_all(&out).await.map_err(|e| e.to_string())?,
+                Step::Refuse { send, error } => {
+                    let _ = io.write_all(&send).await;
+                    return Err(error.to_string());
+                }
+                Step::Done { send, established } => {
+                    if let Some(out) = send {
+                        io.write_all(&out).await.map_err(|e| e.to_string())?;
+                    }
+                    return Ok(*established);
+                }
+            }
+        }
+        let n = io
+            .read(lines.read_buf(4096))
+            .await
+            .map_err(|e| e.to_string())?;
+        lines.filled(n);
+        if n == 0 {
+            return Err("closed during handshake".into());
+        }
+    }
+}
