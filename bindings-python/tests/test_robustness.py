@@ -317,8 +317,11 @@ def test_dispatch_backpressure_instead_of_disconnect() -> None:
         try:
             client.wait_connected(10)
 
+            sent = [0]
+
             async def send_all() -> None:
                 for i in range(n):
+                    sent[0] = i
                     if i == 1:
                         assert proc.stdout is not None
                         assert proc.stdout.readline().strip() == "blocked"
@@ -328,11 +331,21 @@ def test_dispatch_backpressure_instead_of_disconnect() -> None:
                 sender = asyncio.ensure_future(send_all())
                 # The sender is held back (its queue is full), not disconnected.
                 await asyncio.sleep(0)
+                # Wait until the sender is held: its queue full (socket buffers too) and no
+                # progress over a while.
                 deadline = time.monotonic() + WAIT
-                while client.stats()["queued_bytes"] < 64 * 1024:
-                    assert time.monotonic() < deadline, "the sender's queue never filled"
-                    await asyncio.sleep(0.01)
-                assert not sender.done()
+                still, last = 0, -1
+                while still < 15 or client.stats()["queued_bytes"] < 64 * 1024:
+                    assert time.monotonic() < deadline, "the sender was never held back"
+                    still = still + 1 if sent[0] == last else 0
+                    last = sent[0]
+                    await asyncio.sleep(0.02)
+                assert not sender.done() and sent[0] < n - 1
+                # The wait has a limit: no room within `timeout` is a TimeoutError.
+                with pytest.raises(iris_rpc.TimeoutError) as full:
+                    # (over half the limit: it needs an empty queue)
+                    await client.adispatch({"op": "blob", "i": -1, "of": n, "data": blob * 5}, timeout=0.2)
+                assert full.value.value["error"] == "Outbound queue full"
                 assert proc.stdin is not None
                 proc.stdin.write("go\n")
                 proc.stdin.flush()
@@ -538,7 +551,7 @@ def test_stats_serve_forever_and_wait_closed(pair: Pair) -> None:
 
 
 def test_on_keeps_the_decorated_type(tmp_path: Path) -> None:
-    mypy_api = pytest.importorskip("mypy.api")
+    import mypy.api as mypy_api  # pinned by scripts/test-python
     snippet = tmp_path / "typed.py"
     snippet.write_text(
         textwrap.dedent(
@@ -574,9 +587,15 @@ def test_client_made_in_a_loop_that_ended_warns_and_keeps_delivering(
         await client.await_connected(10)
         return client
 
-    client = closing(asyncio.run(make()))  # the loop it was bound to is gone now
+    loop = asyncio.new_event_loop()
+    client = closing(loop.run_until_complete(make()))  # bound to a loop that no longer runs
     wait_for(server.is_connected, what="server side")
-    with caplog.at_level(logging.WARNING, logger="iris_rpc"):
+    with caplog.at_level(logging.WARNING, logger="iris_rpc"), pytest.warns(RuntimeWarning, match="closed"):
         server.dispatch({"op": "note", "n": 1})
-        assert got.wait(1) == [(1,)]
-    assert any("loop" in r.getMessage() for r in caplog.records if r.name == "iris_rpc")
+        # The event is handed to the stopped loop (asyncio's queue of ready callbacks) ...
+        wait_for(lambda: len(loop._ready) > 0, what="the event to reach the loop")  # type: ignore[attr-defined]
+        loop.close()  # ... which closes without running it.
+        for n in range(2, 12):
+            server.dispatch({"op": "note", "n": n})
+        assert [x[0] for x in got.wait(11)] == list(range(1, 12))
+    assert any("loop" in r.getMessage() and "closed" in r.getMessage() for r in caplog.records if r.name == "iris_rpc")
