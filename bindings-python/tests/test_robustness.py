@@ -370,7 +370,8 @@ def test_dispatch_backpressure_instead_of_disconnect() -> None:
 
 
 def test_blocked_listeners_do_not_hold_exit() -> None:
-    # Before: close() at exit joined each object's dispatcher for 10 s, one after the other.
+    # Before: close() at exit joined each object's dispatcher for 10 s, one after the other
+    # (and an executor's threads would be joined for ever).
     code = """
         import threading
         from iris_rpc import Client, Server, self_signed
@@ -378,7 +379,8 @@ def test_blocked_listeners_do_not_hold_exit() -> None:
         forever = threading.Event()
         objects = []
         for i in range(3):
-            server = Server(auth="s", port="127.0.0.1:0", certificates=certs)
+            # the last one runs its listeners on an executor of its own
+            server = Server(auth="s", port="127.0.0.1:0", certificates=certs, executor=2 if i == 2 else None)
             entered = threading.Event()
             def block(msg, uuid, stream, entered=entered):
                 entered.set()

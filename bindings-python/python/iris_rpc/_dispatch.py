@@ -21,10 +21,12 @@ import asyncio
 import atexit
 import collections
 import concurrent.futures
+import functools
 import inspect
 import itertools
 import logging
 import os
+import queue
 import threading
 import time
 import warnings
@@ -113,6 +115,73 @@ def _run_private_loop(loop: asyncio.AbstractEventLoop, name: str) -> None:
 
 
 # ---- the threads ------------------------------------------------------------------------------
+
+
+T = TypeVar("T")
+
+
+class _Pool(concurrent.futures.Executor):
+    """The executor behind ``executor=N``: N daemon threads. Unlike ThreadPoolExecutor, whose
+    threads Python joins at exit without a limit, a listener blocked on one of them cannot hold
+    exit longer than the exit budget."""
+
+    def __init__(self, threads: int, name: str) -> None:
+        self._queue: "queue.SimpleQueue[Optional[Tuple[concurrent.futures.Future[Any], Callable[..., Any], Tuple[Any, ...]]]]" = (
+            queue.SimpleQueue()
+        )
+        self._lock = threading.Lock()
+        self._stopped = False
+        self._threads = [
+            threading.Thread(target=self._work, name=f"{name}-{i}", daemon=True) for i in range(threads)
+        ]
+        for t in self._threads:
+            t.start()
+
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> "concurrent.futures.Future[T]":
+        if kwargs:
+            fn = functools.partial(fn, **kwargs)
+        with self._lock:
+            if self._stopped:
+                raise RuntimeError("cannot schedule new work after shutdown")
+            f: "concurrent.futures.Future[T]" = concurrent.futures.Future()
+            self._queue.put((f, fn, args))
+        return f
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        with self._lock:
+            self._stopped = True
+        if cancel_futures:
+            while True:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is not None:
+                    item[0].cancel()
+        for _ in self._threads:
+            self._queue.put(None)
+        if wait:
+            for t in self._threads:
+                if t is not threading.current_thread():
+                    t.join()
+
+    def _work(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            f, fn, args = item
+            del item
+            if not f.set_running_or_notify_cancel():
+                continue
+            try:
+                result = fn(*args)
+            except BaseException as e:
+                f.set_exception(e)
+            else:
+                f.set_result(result)
+            del f, fn, args
+
 
 
 def _read(ref: "weakref.ReferenceType[_Dispatcher]", native: Any) -> None:
@@ -234,7 +303,7 @@ class _Dispatcher:
         elif isinstance(executor, int):
             if executor < 1:
                 raise ConfigError("executor must be at least 1 thread")
-            self._executor = concurrent.futures.ThreadPoolExecutor(executor, thread_name_prefix=f"iris-rpc-{self._kind}")
+            self._executor = _Pool(executor, f"iris-rpc-{self._kind}")
             self._own_executor = True
         else:
             self._executor = executor
@@ -623,8 +692,9 @@ class _Dispatcher:
 
 
 def _after_fork_in_child() -> None:
-    global _generation
+    global _generation, _live_lock
     _generation += 1
+    _live_lock = threading.Lock()  # another thread may have held it at fork
     # Objects inherited through fork() belong to the parent; the child must not close them.
     _live.clear()
 
