@@ -2,8 +2,8 @@
 backend Server (clients on both sides meet in the middle), over the core's Router.
 
 The relaying itself runs in the core; Python only sees the router's events (peers coming and
-going, refused peers, connection errors), pulled by one dispatcher thread and handed to the
-listeners on that thread or on the bound asyncio loop, as for Client and Server.
+going, refused peers, connection errors), pulled by a reader thread and handed to the
+listeners on the listener thread or on the bound asyncio loop, as for Client and Server.
 """
 
 from __future__ import annotations
@@ -197,7 +197,7 @@ class Router(_Dispatcher):
         state = " closed" if self.closed else ""
         return f"<Router {self.address} -> {backend}{state}>"
 
-    # ---- delivery (dispatcher thread, or the loop) ----
+    # ---- delivery (listener thread, or the loop) ----
 
     def _handle(self, item: Tuple[Any, ...]) -> None:
         tag = item[0]

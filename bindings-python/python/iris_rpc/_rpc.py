@@ -1,5 +1,5 @@
 """Client and Server: handlers, dispatch and requests over one native core object. The
-dispatcher thread, the hand-off to an event loop and the lifecycle are in ``_dispatch``.
+reader and listener threads, the hand-off to an event loop and the lifecycle are in ``_dispatch``.
 """
 
 from __future__ import annotations
