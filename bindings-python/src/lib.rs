@@ -162,6 +162,8 @@ struct Inbox {
     /// The core's `Listen` is dropped when the adapter announces it.
     drop_listen: bool,
     done: mpsc::UnboundedReceiver<(u64, iris_rpc::Result<Response>)>,
+    /// Answers taken by a pull that could not take every event queued before them.
+    held: Vec<(u64, iris_rpc::Result<Response>)>,
 }
 
 impl Inbox {
@@ -334,6 +336,7 @@ impl Native {
                 early,
                 drop_listen: listen.is_some(),
                 done,
+                held: Vec::new(),
             }),
             done_tx,
             tasks: Mutex::new(HashMap::new()),
@@ -446,9 +449,10 @@ impl Native {
     }
 
     /// Up to `max` items, waiting up to `timeout` seconds for the first one. Returns None once
-    /// the object is closed and nothing is left; an empty list when the wait timed out. With
-    /// `events` false only answers of `request_async` are taken: the caller has no room for
-    /// events, and answers must not wait behind them.
+    /// the object is closed and nothing is left; an empty list when the wait timed out.
+    /// Events come first, then answers of `request_async`; no answer comes before an event
+    /// that arrived before it. With `events` false only answers are taken: the caller has no
+    /// room for events, and answers must not wait behind them.
     #[pyo3(signature = (max, timeout, events=true))]
     fn next_batch(
         &self,
@@ -465,10 +469,11 @@ impl Native {
             let mut inbox = lock(&self.inbox);
             let inbox = &mut *inbox;
             let mut events = Vec::new();
-            let mut done = Vec::new();
+            let mut done = std::mem::take(&mut inbox.held);
             let mut open = true;
-            // Streams that came up during construction are announced without waiting.
-            let wait = if inbox.first.as_ref().is_some_and(|f| !f.is_empty()) {
+            // Streams that came up during construction, and answers held back by the last
+            // pull, are handed out without waiting.
+            let wait = if inbox.first.as_ref().is_some_and(|f| !f.is_empty()) || !done.is_empty() {
                 Duration::ZERO
             } else {
                 wait
@@ -497,6 +502,15 @@ impl Native {
                     }
                 }
             });
+            // Answers first, events after: an answer is sent (by its request task) only once
+            // the core has read it, so every event that came before it from that peer is
+            // already queued and is taken below. The caller delivers events before answers.
+            while done.len() < max {
+                match inbox.done.try_recv() {
+                    Ok(d) => done.push(d),
+                    Err(_) => break,
+                }
+            }
             if let Some(ev) = inbox.events.as_mut().filter(|_| want_events) {
                 while events.len() < max {
                     match ev.try_next() {
@@ -505,11 +519,10 @@ impl Native {
                     }
                 }
             }
-            while done.len() < max {
-                match inbox.done.try_recv() {
-                    Ok(d) => done.push(d),
-                    Err(_) => break,
-                }
+            if want_events && open && events.len() >= max && !done.is_empty() {
+                // Events may be left that came before these answers: the answers wait for
+                // the next pull.
+                inbox.held = std::mem::take(&mut done);
             }
             if !open {
                 inbox.events = None;
@@ -523,13 +536,13 @@ impl Native {
             return Ok(None);
         }
         let mut out = Vec::with_capacity(events.len() + done.len());
-        for (token, result) in done {
-            out.push(self.done_to_py(py, token, result)?);
-        }
         for ev in events {
             if let Some(item) = Self::event_to_py(py, ev)? {
                 out.push(item);
             }
+        }
+        for (token, result) in done {
+            out.push(self.done_to_py(py, token, result)?);
         }
         Ok(Some(out))
     }

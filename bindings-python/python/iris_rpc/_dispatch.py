@@ -190,7 +190,14 @@ def _read(ref: "weakref.ReferenceType[_Dispatcher]", native: Any) -> None:
         while True:
             rpc = ref()
             room = True if rpc is None else rpc._has_room()
+            bound = rpc is not None and rpc._loop is not None
             del rpc
+            if not room and bound:
+                # Answers awaited on the bound loop keep their place behind the events that
+                # came before them, so nothing is taken until that loop catches up (the
+                # answers would wait for it anyway).
+                time.sleep(_CONGESTED)
+                continue
             try:
                 batch = native.next_batch(_BATCH, _POLL if room else _CONGESTED, room)
             except BaseException:  # pragma: no cover - the native side does not raise here
@@ -474,9 +481,17 @@ class _Dispatcher:
         if not self._gate_passed:
             self._gate.wait(_GRACE)
             self._gate_passed = True
-        events = self._take_early(batch)
-        if not events:
-            return
+        events, answers = self._split(batch)
+        try:
+            if events:
+                self._hand_off(events)
+        finally:
+            # After the events that came before them: on a loop that is also the loop of
+            # the awaiting future, listeners run before the answer is seen.
+            if answers:
+                self._settle(answers)
+
+    def _hand_off(self, events: List[Item]) -> None:
         if self._closing and not (self._queued < _QUEUED_BATCHES and self._backlog < _EXECUTOR_BACKLOG):
             return
         loop = self._loop
@@ -495,10 +510,13 @@ class _Dispatcher:
             # The loop was closed under us: from now on listeners run on our own threads.
             self._unbind(loop)
 
-    def _take_early(self, batch: List[Item]) -> List[Item]:
-        """Handles, on the reader thread, the items of ``batch`` that must not wait for the
-        listeners; returns the others."""
-        return batch
+    def _split(self, batch: List[Item]) -> Tuple[List[Item], List[Item]]:
+        """Splits ``batch`` into events for the listeners and answers that the reader thread
+        settles itself, after handing the events on."""
+        return batch, []
+
+    def _settle(self, answers: List[Item]) -> None:
+        """Settles answers (see ``_split``)."""
 
     def _reader_finished(self) -> None:
         self._finished = True

@@ -533,9 +533,9 @@ class _Rpc(_Dispatcher):
 
     # ---- delivery (reader thread, listener thread, executor or the loop) ----
 
-    def _take_early(self, batch: List[Tuple[Any, ...]]) -> List[Tuple[Any, ...]]:
-        """Settles the answers to :meth:`arequest` at once (their futures may live on any
-        loop); returns the other events."""
+    def _split(self, batch: List[Tuple[Any, ...]]) -> Tuple[List[Tuple[Any, ...]], List[Tuple[Any, ...]]]:
+        """The answers to :meth:`arequest` are settled by the reader thread at once (their
+        futures may live on any loop); the rest are events."""
         events = []
         done = []
         for item in batch:
@@ -543,9 +543,7 @@ class _Rpc(_Dispatcher):
                 done.append(item)
             else:
                 events.append(item)
-        if done:
-            self._settle(done)
-        return events
+        return events, done
 
     def _settle(self, done: List[Tuple[Any, ...]]) -> None:
         by_loop: Dict[asyncio.AbstractEventLoop, List[Any]] = {}
