@@ -325,9 +325,9 @@ class _Dispatcher:
             name=f"iris-rpc-{self._kind}-reader",
             daemon=True,
         )
+        self._serial = next(_serials)
         with _live_lock:
             _live.add(self)
-        self._serial = next(_serials)
         self._reader.start()
 
     # ---- state ----
