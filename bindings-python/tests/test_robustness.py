@@ -295,7 +295,7 @@ print(server.address, flush=True)
 sys.stdin.readline()
 release.set()
 done.wait(60)
-print("got", count, flush=True)
+print(f"got {count}", flush=True)
 server.close()
 """
 
