@@ -220,6 +220,32 @@ def test_executor_runs_streams_and_requests_concurrently(
     assert order.wait(3) == [("b", 0), ("a", 0), ("a", 1)]  # one stream's events stay in order
 
 
+def test_executor_backlog_holds_back_instead_of_dropping(
+    certs: iris_rpc.Certificates, closing: Callable[[Any], Any]
+) -> None:
+    # More events than the executor's backlog (4096) and the core's queue arrive while their
+    # lane is blocked: reading pauses, and once released every event arrives, in order.
+    server = closing(Server(auth=SECRET, port="127.0.0.1:0", certificates=certs, executor=2, event_queue=64))
+    release = threading.Event()
+    seen = Recorder()
+
+    @server.on("n")
+    def on_n(msg: Any, uuid: str, stream: Any) -> None:
+        if msg["i"] == 0:
+            release.wait(WAIT * 2)
+        seen(msg["i"])
+
+    client = closing(Client(auth=SECRET, address=server.address))
+    client.wait_connected(10)
+    n = 10000
+    for i in range(n):
+        client.dispatch({"op": "n", "i": i})
+    wait_for(lambda: server._backlog >= 4096, what="the executor backlog to fill")
+    assert not seen.items
+    release.set()
+    assert [x[0] for x in seen.wait(n, timeout=WAIT * 4)] == list(range(n))
+
+
 def test_executor_with_requests_in_loop_mode(certs: iris_rpc.Certificates) -> None:
     async def main() -> None:
         release = threading.Event()
