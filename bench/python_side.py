@@ -80,11 +80,11 @@ def serve(args: argparse.Namespace) -> None:
     def event(msg: Any, uuid: str, stream: Any) -> None:
         n = state["count"] = state["count"] + 1
         if n % state["ack"] == 0:
-            server.dispatch({"op": "bench.ack", "n": n}, uuid)
+            server.dispatch({"op": "bench.ack", "n": n}, uuid=uuid)
 
     @server.on("bench.end")
     def end(msg: Any, uuid: str, stream: Any) -> None:
-        server.dispatch({"op": "bench.done", "n": state["count"]}, uuid)
+        server.dispatch({"op": "bench.done", "n": state["count"]}, uuid=uuid)
 
     server.on("bench.echo", lambda msg, uuid, stream: {"ok": True})
 

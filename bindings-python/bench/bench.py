@@ -52,7 +52,7 @@ def serve(port: int, cipher: bool, key: str, cert: str) -> None:
 
     @server.on("hello")
     def hello(msg: Any, uuid: str, stream: Any) -> None:
-        server.dispatch({"op": "world", "echo": msg.get("text")}, uuid)
+        server.dispatch({"op": "world", "echo": msg.get("text")}, uuid=uuid)
 
     print("ready", flush=True)
     sys.stdin.read()  # until the parent closes our stdin

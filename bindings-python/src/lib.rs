@@ -115,6 +115,9 @@ impl Obj {
     fn is_connected(&self) -> bool {
         on_obj!(self, o => o.is_connected())
     }
+    fn stats(&self) -> iris_rpc::Stats {
+        on_obj!(self, o => o.stats())
+    }
     fn ping(&self) -> iris_rpc::Result<usize> {
         on_obj!(self, o => o.ping())
     }
@@ -159,6 +162,8 @@ struct Inbox {
     /// The core's `Listen` is dropped when the adapter announces it.
     drop_listen: bool,
     done: mpsc::UnboundedReceiver<(u64, iris_rpc::Result<Response>)>,
+    /// Answers taken by a pull that could not take every event queued before them.
+    held: Vec<(u64, iris_rpc::Result<Response>)>,
 }
 
 impl Inbox {
@@ -241,6 +246,23 @@ impl PyPeer {
         self.peer.same_stream(&other.peer)
     }
 
+    /// Equal when both describe the same stream (a reconnect is another stream).
+    fn __eq__(&self, other: &Bound<'_, PyAny>) -> bool {
+        match other.cast::<PyPeer>() {
+            Ok(o) => self.peer.same_stream(&o.get().peer),
+            Err(_) => false,
+        }
+    }
+
+    /// Consistent with `__eq__`: the same stream always has the same uuid and address.
+    fn __hash__(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        self.peer.uuid().hash(&mut h);
+        self.peer.address().hash(&mut h);
+        h.finish()
+    }
+
     fn __repr__(&self) -> String {
         format!(
             "Peer(uuid={:?}, address={:?}, designation={:?}, mode={:?})",
@@ -314,6 +336,7 @@ impl Native {
                 early,
                 drop_listen: listen.is_some(),
                 done,
+                held: Vec::new(),
             }),
             done_tx,
             tasks: Mutex::new(HashMap::new()),
@@ -427,29 +450,42 @@ impl Native {
 
     /// Up to `max` items, waiting up to `timeout` seconds for the first one. Returns None once
     /// the object is closed and nothing is left; an empty list when the wait timed out.
+    /// Events come first, then answers of `request_async`; no answer comes before an event
+    /// that arrived before it. With `events` false only answers are taken: the caller has no
+    /// room for events, and answers must not wait behind them.
+    #[pyo3(signature = (max, timeout, events=true))]
     fn next_batch(
         &self,
         py: Python<'_>,
         max: usize,
         timeout: f64,
+        events: bool,
     ) -> PyResult<Option<Vec<Py<PyAny>>>> {
         let max = max.max(1);
         let wait = duration_from_secs(py, timeout)?;
         let rt = self.rt.clone();
+        let want_events = events;
         let (events, done, open) = py.detach(|| {
             let mut inbox = lock(&self.inbox);
             let inbox = &mut *inbox;
             let mut events = Vec::new();
-            let mut done = Vec::new();
+            let mut done = std::mem::take(&mut inbox.held);
             let mut open = true;
-            // Streams that came up during construction are announced without waiting.
-            let wait = if inbox.first.as_ref().is_some_and(|f| !f.is_empty()) {
+            // Streams that came up during construction, and answers held back by the last
+            // pull, are handed out without waiting.
+            let wait = if inbox.first.as_ref().is_some_and(|f| !f.is_empty()) || !done.is_empty() {
                 Duration::ZERO
             } else {
                 wait
             };
             rt.block_on(async {
                 match inbox.events.as_mut() {
+                    Some(_) if !want_events => {
+                        tokio::select! {
+                            _ = inbox.done.recv_many(&mut done, max) => {}
+                            _ = tokio::time::sleep(wait) => {}
+                        }
+                    }
                     Some(ev) => {
                         tokio::select! {
                             n = ev.next_batch(&mut events, max) => {
@@ -466,7 +502,16 @@ impl Native {
                     }
                 }
             });
-            if let Some(ev) = inbox.events.as_mut() {
+            // Answers first, events after: an answer is sent (by its request task) only once
+            // the core has read it, so every event that came before it from that peer is
+            // already queued and is taken below. The caller delivers events before answers.
+            while done.len() < max {
+                match inbox.done.try_recv() {
+                    Ok(d) => done.push(d),
+                    Err(_) => break,
+                }
+            }
+            if let Some(ev) = inbox.events.as_mut().filter(|_| want_events) {
                 while events.len() < max {
                     match ev.try_next() {
                         Some(e) => events.push(e),
@@ -474,29 +519,30 @@ impl Native {
                     }
                 }
             }
-            while done.len() < max {
-                match inbox.done.try_recv() {
-                    Ok(d) => done.push(d),
-                    Err(_) => break,
-                }
+            if want_events && open && events.len() >= max && !done.is_empty() {
+                // Events may be left that came before these answers: the answers wait for
+                // the next pull.
+                inbox.held = std::mem::take(&mut done);
             }
             if !open {
                 inbox.events = None;
             }
-            inbox.adjust(&mut events);
+            if want_events {
+                inbox.adjust(&mut events);
+            }
             (events, done, open)
         });
         if !open && events.is_empty() && done.is_empty() {
             return Ok(None);
         }
         let mut out = Vec::with_capacity(events.len() + done.len());
-        for (token, result) in done {
-            out.push(self.done_to_py(py, token, result)?);
-        }
         for ev in events {
             if let Some(item) = Self::event_to_py(py, ev)? {
                 out.push(item);
             }
+        }
+        for (token, result) in done {
+            out.push(self.done_to_py(py, token, result)?);
         }
         Ok(Some(out))
     }
@@ -597,6 +643,16 @@ impl Native {
         self.obj.is_connected()
     }
 
+    /// Resources, as a dict of counts.
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        stats_dict(py, self.obj.stats())
+    }
+
+    /// Bytes queued for writing, over all streams (what `dispatch` backpressure waits on).
+    fn queued_bytes(&self) -> usize {
+        self.obj.stats().queued_bytes
+    }
+
     /// Blocks until a stream is up (True) or `timeout` seconds pass (False); Ctrl-C works.
     fn wait_connected(&self, py: Python<'_>, timeout: f64) -> PyResult<bool> {
         let deadline = Instant::now() + duration_from_secs(py, timeout)?;
@@ -661,6 +717,18 @@ impl Native {
             let _ = rx.recv();
         });
     }
+}
+
+/// The core's resource counts as a dict.
+fn stats_dict(py: Python<'_>, s: iris_rpc::Stats) -> PyResult<Bound<'_, PyDict>> {
+    let d = PyDict::new(py);
+    d.set_item("connections", s.connections)?;
+    d.set_item("unauthenticated", s.unauthenticated)?;
+    d.set_item("streams", s.streams)?;
+    d.set_item("pending", s.pending)?;
+    d.set_item("queued_bytes", s.queued_bytes)?;
+    d.set_item("tasks", s.tasks)?;
+    Ok(d)
 }
 
 /// The Python name of a router side.
@@ -803,21 +871,31 @@ impl NativeRouter {
     }
 
     /// Up to `max` items, waiting up to `timeout` seconds for the first one. Returns None once
-    /// the router is closed and nothing is left; an empty list when the wait timed out.
+    /// the router is closed and nothing is left; an empty list when the wait timed out. With
+    /// `events` false it only waits (a router has no answers to hand out; see
+    /// [`Native::next_batch`]).
+    #[pyo3(signature = (max, timeout, events=true))]
     fn next_batch(
         &self,
         py: Python<'_>,
         max: usize,
         timeout: f64,
+        events: bool,
     ) -> PyResult<Option<Vec<Py<PyAny>>>> {
         let max = max.max(1);
         let wait = duration_from_secs(py, timeout)?;
         let rt = self.rt.clone();
+        let want_events = events;
         let (events, open) = py.detach(|| {
             let mut guard = lock(&self.events);
             let Some(rx) = guard.as_mut() else {
                 return (Vec::new(), false);
             };
+            if !want_events {
+                drop(guard);
+                std::thread::sleep(wait);
+                return (Vec::new(), true);
+            }
             let mut events = Vec::new();
             let got = rt.block_on(async {
                 tokio::select! {
@@ -868,15 +946,7 @@ impl NativeRouter {
 
     /// Resources on `side`, as a dict of counts.
     fn stats<'py>(&self, py: Python<'py>, side: &str) -> PyResult<Bound<'py, PyDict>> {
-        let s = self.router.stats(parse_side(py, side)?);
-        let d = PyDict::new(py);
-        d.set_item("connections", s.connections)?;
-        d.set_item("unauthenticated", s.unauthenticated)?;
-        d.set_item("streams", s.streams)?;
-        d.set_item("pending", s.pending)?;
-        d.set_item("queued_bytes", s.queued_bytes)?;
-        d.set_item("tasks", s.tasks)?;
-        Ok(d)
+        stats_dict(py, self.router.stats(parse_side(py, side)?))
     }
 
     /// True once close() has been called.
@@ -935,8 +1005,10 @@ fn make_error(py: Python<'_>, kind: &str, message: &str, value_json: &str) -> Py
         .into_any()
 }
 
-/// The native module.
-#[pymodule]
+/// The native module. `gil_used`: the Python layer above shares its state (listeners, pending
+/// futures, the set of live objects) between threads relying on the GIL; on a free-threaded
+/// build the interpreter keeps the GIL on while this module is loaded.
+#[pymodule(gil_used = true)]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add(

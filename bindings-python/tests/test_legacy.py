@@ -214,3 +214,31 @@ def test_multiplexer_with_legacy(legacy: Callable[..., LegacyPeer], certs: iris_
     assert mux.request({"op": "add", "a": 2, "b": 2}, uuid="legacy-b") == {"sum": 4}
     assert mux.dispatch({"op": "hello", "text": "x"}) == 2
     assert sorted(w[0] for w in worlds.wait(2)) == ["legacy-a", "legacy-b"]
+
+
+@CIPHER
+def test_answers_after_earlier_events_from_legacy(
+    legacy: Callable[..., LegacyPeer], closing: Callable[[Any], Any], cipher: bool
+) -> None:
+    # For each i the legacy server gets "hello i" before "add i" (a dispatch is queued when
+    # called, before the request that follows it), so it sends "world i" before the answer
+    # to "add i": on a loop-bound client the "world i" listener must have run when that
+    # answer is delivered.
+    peer, _unused, port = _client_to_legacy(legacy, closing, cipher)
+    _unused.close()
+
+    async def main() -> Any:
+        async with Client(auth=SECRET, address=f"127.0.0.1:{port}", cipher=cipher, uuid="py-order") as client:
+            seen: "set[int]" = set()
+            client.on("world", lambda msg, uuid, stream: seen.add(msg["echo"]))
+            await client.await_connected(15)
+
+            async def one(i: int) -> bool:
+                client.dispatch({"op": "hello", "text": i})
+                await client.arequest({"op": "add", "a": i, "b": 0})
+                return i in seen
+
+            return await asyncio.wait_for(asyncio.gather(*(one(i) for i in range(2000))), 60)
+
+    in_order = asyncio.run(main())
+    assert in_order.count(False) == 0, f"{in_order.count(False)} of 2000 answers overtook an earlier event"

@@ -50,7 +50,8 @@ __all__ = [
     "IoError",
     "AuthError",
     "ProtocolError",
-    "TimeoutError",
+    # Not "TimeoutError": a star import must not rebind the builtin (ours subclasses it, so
+    # `except TimeoutError` catches both); use iris_rpc.TimeoutError by name.
     "DisconnectedError",
     "ClosedError",
     "NotConnectedError",

@@ -6,8 +6,9 @@ from __future__ import annotations
 import asyncio
 import functools
 from datetime import timedelta
-from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union, cast, overload
 
+from ._dispatch import F
 from ._errors import ConfigError, NotConnectedError
 from ._rpc import Client, Server, _Rpc
 
@@ -111,10 +112,16 @@ class Multiplexer:
 
     # ---- handlers ----
 
-    def on(self, op: str, fn: Optional[Callable[..., Any]] = None) -> Any:
+    @overload
+    def on(self, op: str) -> Callable[[F], F]: ...
+
+    @overload
+    def on(self, op: str, fn: F) -> F: ...
+
+    def on(self, op: str, fn: Optional[F] = None) -> Union[F, Callable[[F], F]]:
         """``on`` of every link; usable as a decorator."""
         if fn is None:
-            return functools.partial(self.on, op)
+            return cast(Callable[[F], F], functools.partial(self.on, op))
         for rpc in self.links.values():
             rpc.on(op, fn)
         return fn
@@ -126,18 +133,30 @@ class Multiplexer:
             removed = rpc.off(op, fn) or removed
         return removed
 
-    def digest(self, fn: Optional[Callable[..., Any]] = None) -> Any:
+    @overload
+    def digest(self) -> Callable[[F], F]: ...
+
+    @overload
+    def digest(self, fn: F) -> F: ...
+
+    def digest(self, fn: Optional[F] = None) -> Union[F, Callable[[F], F]]:
         """``digest`` of every link; usable as a decorator."""
         if fn is None:
-            return self.digest
+            return cast(Callable[[F], F], self.digest)
         for rpc in self.links.values():
             rpc.digest(fn)
         return fn
 
-    def filter(self, fn: Optional[Callable[..., Any]] = None) -> Any:
+    @overload
+    def filter(self) -> Callable[[F], F]: ...
+
+    @overload
+    def filter(self, fn: F) -> F: ...
+
+    def filter(self, fn: Optional[F] = None) -> Union[F, Callable[[F], F]]:
         """``filter`` of every link; usable as a decorator."""
         if fn is None:
-            return self.filter
+            return cast(Callable[[F], F], self.filter)
         for rpc in self.links.values():
             rpc.filter(fn)
         return fn
@@ -164,12 +183,12 @@ class Multiplexer:
         rpc, peer = connected[0]
         return rpc, peer.uuid
 
-    def dispatch(self, msg: Mapping[str, Any], uuid: Optional[str] = None) -> int:
+    def dispatch(self, msg: Mapping[str, Any], *, uuid: Optional[str] = None) -> int:
         """Sends to every stream of every link, or to peer ``uuid``; returns how many
         streams. Raises NotConnectedError when none took it."""
         if uuid is not None:
             rpc, _ = self._link_for(msg, uuid)
-            return rpc.dispatch(msg, uuid)
+            return rpc.dispatch(msg, uuid=uuid)
         sent = 0
         for rpc in self.links.values():
             if rpc.is_connected():
@@ -187,22 +206,24 @@ class Multiplexer:
     def request(
         self,
         msg: Mapping[str, Any],
+        *,
         uuid: Optional[str] = None,
         timeout: Union[None, float, timedelta] = None,
     ) -> Any:
         """A blocking request to peer ``uuid``, or to the only connected stream."""
         rpc, target = self._link_for(msg, uuid)
-        return rpc.request(msg, target, timeout)
+        return rpc.request(msg, uuid=target, timeout=timeout)
 
     async def arequest(
         self,
         msg: Mapping[str, Any],
+        *,
         uuid: Optional[str] = None,
         timeout: Union[None, float, timedelta] = None,
     ) -> Any:
         """:meth:`request` for asyncio."""
         rpc, target = self._link_for(msg, uuid)
-        return await rpc.arequest(msg, target, timeout)
+        return await rpc.arequest(msg, uuid=target, timeout=timeout)
 
     # ---- lifecycle ----
 

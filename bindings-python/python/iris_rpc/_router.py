@@ -2,8 +2,8 @@
 backend Server (clients on both sides meet in the middle), over the core's Router.
 
 The relaying itself runs in the core; Python only sees the router's events (peers coming and
-going, refused peers, connection errors), pulled by one dispatcher thread and handed to the
-listeners on that thread or on the bound asyncio loop, as for Client and Server.
+going, refused peers, connection errors), pulled by a reader thread and handed to the
+listeners on the listener thread or on the bound asyncio loop, as for Client and Server.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import uuid as _uuidlib
-from typing import Any, Dict, List, Mapping, Optional, Tuple, cast
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union, cast, overload
 
 from . import _native
 from ._dispatch import F, Handler, _Dispatcher, log
@@ -142,29 +142,38 @@ class Router(_Dispatcher):
 
     def peers(self, side: str) -> List[Any]:
         """The peers connected on ``side`` (``"frontend"`` or ``"backend"``)."""
+        self._check()
         self._gate.set()
         return cast(List[Any], self._native.peers(_side(side)))
 
     def routes(self, side: str) -> Dict[str, str]:
         """The routes known on ``side``: each uuid reachable through a peer of that side,
         mapped to that peer's uuid."""
+        self._check()
         return dict(self._native.routes(_side(side)))
 
     def stats(self, side: str) -> Dict[str, int]:
         """Resources on ``side``: ``connections``, ``unauthenticated``, ``streams``,
         ``pending``, ``queued_bytes``, ``tasks``."""
+        self._check()
         return cast(Dict[str, int], self._native.stats(_side(side)))
 
     # ---- listeners ----
 
-    def on(self, event: str, fn: Optional[F] = None) -> Any:
+    @overload
+    def on(self, event: str) -> Callable[[F], F]: ...
+
+    @overload
+    def on(self, event: str, fn: F) -> F: ...
+
+    def on(self, event: str, fn: Optional[F] = None) -> Union[F, Callable[[F], F]]:
         """Adds a listener for ``event`` (``"connect"``, ``"disconnect"``, ``"refused"`` or
         ``"error"``); usable as ``@router.on("connect")``. An ``async def`` listener is
-        awaited on the bound loop (or a private one)."""
+        awaited on the bound loop (or the router's private one)."""
         if event not in _EVENTS:
             raise ConfigError(f"a Router emits {', '.join(map(repr, _EVENTS))}, not {event!r}")
         if fn is None:
-            return functools.partial(self.on, event)
+            return cast(Callable[[F], F], functools.partial(self.on, event))
         return self._add_listener(event, fn)
 
     def off(self, event: str, fn: Optional[Handler] = None) -> bool:
@@ -188,22 +197,21 @@ class Router(_Dispatcher):
         state = " closed" if self.closed else ""
         return f"<Router {self.address} -> {backend}{state}>"
 
-    # ---- delivery (dispatcher thread, or the loop) ----
+    # ---- delivery (listener thread, or the loop) ----
 
-    def _process(self, batch: List[Tuple[Any, ...]]) -> None:
-        for item in batch:
-            tag = item[0]
-            try:
-                if tag == _TAG_CONNECT:
-                    side, peer = item[1], item[2]
-                    self._emit("connect", side, peer.address, peer.uuid, peer)
-                elif tag == _TAG_DISCONNECT:
-                    side, peer = item[1], item[2]
-                    self._emit("disconnect", side, peer.uuid, peer)
-                elif tag == _TAG_REFUSED:
-                    peer = item[1]
-                    self._emit("refused", peer.address, peer.uuid, peer)
-                elif tag == _TAG_ERROR:
-                    self._emit("error", item[1], item[2], item[3])
-            except Exception:
-                log.exception("iris-rpc: error while processing a router event")
+    def _handle(self, item: Tuple[Any, ...]) -> None:
+        tag = item[0]
+        try:
+            if tag == _TAG_CONNECT:
+                side, peer = item[1], item[2]
+                self._emit("connect", side, peer.address, peer.uuid, peer)
+            elif tag == _TAG_DISCONNECT:
+                side, peer = item[1], item[2]
+                self._emit("disconnect", side, peer.uuid, peer)
+            elif tag == _TAG_REFUSED:
+                peer = item[1]
+                self._emit("refused", peer.address, peer.uuid, peer)
+            elif tag == _TAG_ERROR:
+                self._emit("error", item[1], item[2], item[3])
+        except Exception:
+            log.exception("iris-rpc: error while processing a router event")

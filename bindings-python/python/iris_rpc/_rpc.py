@@ -1,5 +1,5 @@
 """Client and Server: handlers, dispatch and requests over one native core object. The
-dispatcher thread, the hand-off to an event loop and the lifecycle are in ``_dispatch``.
+reader and listener threads, the hand-off to an event loop and the lifecycle are in ``_dispatch``.
 """
 
 from __future__ import annotations
@@ -9,12 +9,15 @@ import functools
 import inspect
 import itertools
 import json
+import time
 import traceback
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import (
     Any,
+    Callable,
     Dict,
+    Hashable,
     List,
     Mapping,
     Optional,
@@ -22,15 +25,17 @@ from typing import (
     Tuple,
     Union,
     cast,
+    overload,
 )
 
-from . import _native
-from ._dispatch import F, Handler, _Dispatcher, log
+from . import _dispatch, _native
+from ._dispatch import F, Handler, _Dispatcher, _on_loop, log
 from ._errors import (
     ClosedError,
     ConfigError,
     NotConnectedError,
     RemoteError,
+    TimeoutError,
     make_error,
 )
 
@@ -55,10 +60,17 @@ _tokens = itertools.count(1)
 # ---- options -------------------------------------------------------------------------------
 
 
-@dataclass
+def _shown(value: str, what: str) -> str:
+    """A PEM value as its kind, never its text (a private key must not reach logs); a path
+    as itself."""
+    return f"<{what} PEM>" if "-----BEGIN" in value else repr(value)
+
+
+@dataclass(repr=False)
 class Certificates:
     """The ``certificates`` option. ``key``, ``cert`` and each ``ca`` are PEM text or a path
-    to a PEM file (a value containing ``-----BEGIN`` is PEM text)."""
+    to a PEM file (a value containing ``-----BEGIN`` is PEM text). Its repr shows paths but
+    never PEM text."""
 
     key: str
     cert: str
@@ -73,6 +85,10 @@ class Certificates:
     def to_dict(self) -> Dict[str, Any]:
         """The legacy option object ``{"key", "cert", "ca"}``."""
         return {"key": self.key, "cert": self.cert, "ca": list(self.ca)}
+
+    def __repr__(self) -> str:
+        ca = ", ".join(_shown(c, "certificate") for c in self.ca)
+        return f"Certificates(key={_shown(self.key, 'private key')}, cert={_shown(self.cert, 'certificate')}, ca=({ca}))"
 
 
 def self_signed(names: Optional[Sequence[str]] = None) -> Certificates:
@@ -193,44 +209,13 @@ def _seconds(timeout: Union[None, float, timedelta]) -> Optional[float]:
 # ---- answering requests ---------------------------------------------------------------------
 
 
-def _error_value(exc: BaseException) -> Any:
+def _error_value(exc: BaseException, stack: bool = False) -> Any:
     if isinstance(exc, RemoteError):
         return exc.error
-    name = type(exc).__name__
-    message = str(exc)
-    stack = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)).rstrip()
-    return {"_Error": True, "name": name, "message": message, "stack": stack}
-
-
-def _answer(responder: Any, result: Any = None, exc: Optional[BaseException] = None) -> None:
-    if exc is None:
-        if result is None:
-            responder.respond(None, None)
-            return
-        try:
-            text = _dumps(result)
-        except (TypeError, ValueError) as e:
-            exc = e
-        else:
-            responder.respond(None, text)
-            return
-    try:
-        err = _dumps(_error_value(exc))
-    except (TypeError, ValueError):
-        err = _dumps({"_Error": True, "name": type(exc).__name__, "message": repr(exc)})
-    responder.respond(err, None)
-
-
-def _answer_outcome(responder: Any, f: Any) -> None:
-    """Answers with the outcome of a finished handler future (asyncio or concurrent)."""
-    if f.cancelled():
-        exc: Optional[BaseException] = asyncio.CancelledError("handler cancelled")
-    else:
-        exc = f.exception()
-    if exc is None:
-        _answer(responder, f.result())
-    else:
-        _answer(responder, exc=exc)
+    value = {"_Error": True, "name": type(exc).__name__, "message": str(exc)}
+    if stack:
+        value["stack"] = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)).rstrip()
+    return value
 
 
 def _settle_all(items: List[Tuple["asyncio.Future[Any]", Optional[str], Optional[BaseException]]]) -> None:
@@ -243,17 +228,39 @@ def _settle_all(items: List[Tuple["asyncio.Future[Any]", Optional[str], Optional
             fut.set_result(resp)
 
 
+# Options of this package, not of the core.
+_LOCAL_OPTIONS = ("executor", "send_stack")
+_DEFAULT_MAX_QUEUE = 64 * 1024 * 1024
+
+
+def _local_options(opts: Dict[str, Any]) -> Dict[str, Any]:
+    """Takes the package's own options out of ``opts``."""
+    local = {k: opts.pop(k) for k in _LOCAL_OPTIONS if k in opts}
+    if "sendStack" in opts:
+        local["send_stack"] = opts.pop("sendStack")
+    max_queue = opts.get("max_queue_bytes", opts.get("maxQueueBytes"))
+    local["max_queue"] = max_queue if isinstance(max_queue, int) and max_queue > 0 else _DEFAULT_MAX_QUEUE
+    return local
+
+
 # ---- Client and Server ----------------------------------------------------------------------
 
 
 class _Rpc(_Dispatcher):
     """What Client and Server share (legacy ``Interface``)."""
 
-    def __init__(self, native: Any, loop: Optional[asyncio.AbstractEventLoop]) -> None:
+    def __init__(
+        self,
+        native: Any,
+        loop: Optional[asyncio.AbstractEventLoop],
+        local: Mapping[str, Any],
+    ) -> None:
         self._digest: Optional[Handler] = None
         self._filters: Tuple[Handler, ...] = ()
         self._futures: Dict[int, Tuple["asyncio.Future[Any]", asyncio.AbstractEventLoop]] = {}
-        super().__init__(native, loop)
+        self._send_stack = bool(local.get("send_stack", False))
+        self._max_queue = int(local.get("max_queue", _DEFAULT_MAX_QUEUE))
+        super().__init__(native, loop, local.get("executor"))
 
     # ---- identity and state ----
 
@@ -262,25 +269,37 @@ class _Rpc(_Dispatcher):
         """This instance's uuid."""
         return cast(str, self._native.uuid)
 
-    def peers(self) -> List[Any]:
+    def peers(self) -> List[Peer]:
         """The connected peers (legacy ``streams``)."""
+        self._check()
         self._gate.set()
-        return cast(List[Any], self._native.peers())
+        return cast(List[Peer], self._native.peers())
 
     @property
-    def streams(self) -> Dict[str, Any]:
+    def streams(self) -> Dict[str, Peer]:
         """The connected peers by uuid (legacy ``streams``)."""
+        self._check()
         self._gate.set()
         return {p.uuid: p for p in self._native.peers()}
 
     def is_connected(self) -> bool:
-        """True while any stream is authenticated and up (legacy ``isConnected``)."""
+        """True while any stream is authenticated and up (legacy ``isConnected``); False in
+        a child that inherited the object through fork()."""
+        if self._generation != _dispatch._generation:
+            return False
         if not self._gate.is_set():
             self._gate.set()
         return cast(bool, self._native.is_connected())
 
+    def stats(self) -> Dict[str, int]:
+        """Resources: ``connections``, ``unauthenticated``, ``streams``, ``pending``
+        (requests awaiting an answer), ``queued_bytes`` (waiting to be written), ``tasks``."""
+        self._check()
+        return cast(Dict[str, int], self._native.stats())
+
     def wait_connected(self, timeout: Union[float, timedelta] = 10.0) -> None:
         """Blocks until a stream is up; raises NotConnectedError after ``timeout`` seconds."""
+        self._check()
         self._gate.set()
         if not self._native.wait_connected(_seconds(timeout)):
             raise NotConnectedError(f"not connected within {timeout} s")
@@ -288,6 +307,7 @@ class _Rpc(_Dispatcher):
     async def await_connected(self, timeout: Union[float, timedelta] = 10.0) -> None:
         """Waits, without blocking the loop, until a stream is up; raises NotConnectedError
         after ``timeout`` seconds."""
+        self._check()
         self._gate.set()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + cast(float, _seconds(timeout))
@@ -300,19 +320,26 @@ class _Rpc(_Dispatcher):
 
     # ---- handlers ----
 
-    def on(self, op: str, fn: Optional[F] = None) -> Any:
-        """Adds a listener for ``op``; usable as ``@rpc.on("op")``.
+    @overload
+    def on(self, op: str) -> Callable[[F], F]: ...
+
+    @overload
+    def on(self, op: str, fn: F) -> F: ...
+
+    def on(self, op: str, fn: Optional[F] = None) -> Union[F, Callable[[F], F]]:
+        """Adds a listener for ``op``; usable as ``@rpc.on("op")``. Returns ``fn`` unchanged.
 
         Event messages call ``fn(msg, uuid, stream)``. A request with that op calls its one
         listener the same way and answers with the return value (an ``async def`` listener is
         awaited); an exception answers with an ``_Error`` carrying its class name and message
-        (raise ``RemoteError(value)`` to answer with ``value`` itself). Two listeners for one op
-        make requests fail with "Too many handlers", as in legacy. Special ops:
+        (and its traceback with ``send_stack=True``), and is logged on the ``iris_rpc`` logger
+        (raise ``RemoteError(value)`` to answer with ``value`` itself, unlogged). Two listeners
+        for one op make requests fail with "Too many handlers", as in legacy. Special ops:
         ``"connect"`` ``(address, uuid, stream)``, ``"disconnect"`` ``(uuid, stream)``,
         ``"error"`` ``(exception, address)`` and, on a server, ``"listen"`` ``(address)``.
         """
         if fn is None:
-            return functools.partial(self.on, op)
+            return cast(Callable[[F], F], functools.partial(self.on, op))
         return self._add_listener(op, fn)
 
     def off(self, op: str, fn: Optional[Handler] = None) -> bool:
@@ -323,12 +350,18 @@ class _Rpc(_Dispatcher):
         """The listeners of ``op``."""
         return list(self._listeners.get(op, ()))
 
-    def digest(self, fn: Optional[F] = None) -> Any:
+    @overload
+    def digest(self) -> Callable[[F], F]: ...
+
+    @overload
+    def digest(self, fn: F) -> F: ...
+
+    def digest(self, fn: Optional[F] = None) -> Union[F, Callable[[F], F]]:
         """Sets the callback ``fn(msg, uuid, stream)`` that gets every event message (not
         requests or responses), before the op listeners; usable as a decorator. As in legacy
         there is one digest: setting another replaces it (``clear_digest()`` removes it)."""
         if fn is None:
-            return self.digest
+            return cast(Callable[[F], F], self.digest)
         self._digest = fn
         return fn
 
@@ -336,41 +369,114 @@ class _Rpc(_Dispatcher):
         """Removes the digest callback."""
         self._digest = None
 
-    def filter(self, fn: Optional[F] = None) -> Any:
+    @overload
+    def filter(self) -> Callable[[F], F]: ...
+
+    @overload
+    def filter(self, fn: F) -> F: ...
+
+    def filter(self, fn: Optional[F] = None) -> Union[F, Callable[[F], F]]:
         """Adds a filter ``fn(msg, stream)`` run, in order, before event messages and requests
         are delivered; usable as a decorator. Returning None or True lets the message through.
         Anything else refuses it: a refused request is answered with the returned value as its
         error (``False`` becomes ``{"error": "Refused"}``), or with an ``_Error`` if the filter
         raised."""
         if fn is None:
-            return self.filter
-        self._filters = self._filters + (fn,)
+            return cast(Callable[[F], F], self.filter)
+        with self._lock:
+            self._filters = self._filters + (fn,)
         return fn
 
     def remove_filter(self, fn: Handler) -> bool:
         """Removes a filter; True if it was there."""
-        kept = tuple(f for f in self._filters if f is not fn)
-        removed = len(kept) != len(self._filters)
-        self._filters = kept
+        with self._lock:
+            kept = tuple(f for f in self._filters if f is not fn)
+            removed = len(kept) != len(self._filters)
+            self._filters = kept
         return removed
 
     # ---- sending ----
 
-    def dispatch(self, msg: Mapping[str, Any], uuid: Optional[str] = None) -> int:
+    def dispatch(
+        self,
+        msg: Mapping[str, Any],
+        *,
+        uuid: Optional[str] = None,
+        block: bool = False,
+        timeout: Union[None, float, timedelta] = None,
+    ) -> int:
         """Sends an event message to every connected stream, or to the stream of peer
         ``uuid``; returns how many streams it went to. Raises NotConnectedError when there is
-        no stream (or no stream with that uuid)."""
+        no stream (or no stream with that uuid).
+
+        Sending only queues. A stream whose queue passes ``max_queue_bytes`` is disconnected
+        as a slow reader; with ``block=True`` the call first waits (GIL released) while more
+        than half of ``max_queue_bytes`` is queued, raising TimeoutError after ``timeout``
+        seconds. :meth:`adispatch` is the same wait for asyncio."""
+        self._check()
         if not self._gate.is_set():
             self._gate.set()
         text = _dumps(msg)
+        if block:
+            deadline = self._send_deadline(timeout)
+            delay = 0.001
+            while not self._has_send_room(len(text)):
+                self._wait_for_room(deadline)
+                time.sleep(delay)
+                delay = min(delay * 2, 0.02)
+        return self._send(text, uuid)
+
+    async def adispatch(
+        self,
+        msg: Mapping[str, Any],
+        *,
+        uuid: Optional[str] = None,
+        timeout: Union[None, float, timedelta] = None,
+    ) -> int:
+        """:meth:`dispatch` with backpressure for asyncio: awaits, without blocking the loop,
+        while more than half of ``max_queue_bytes`` is queued for writing, then sends.
+        Raises TimeoutError when there is no room within ``timeout`` seconds."""
+        self._check()
+        if not self._gate.is_set():
+            self._gate.set()
+        text = _dumps(msg)
+        if not self._has_send_room(len(text)):
+            deadline = self._send_deadline(timeout)
+            delay = 0.001
+            while not self._has_send_room(len(text)):
+                self._wait_for_room(deadline)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 0.02)
+        return self._send(text, uuid)
+
+    def _send(self, text: str, uuid: Optional[str]) -> int:
         if uuid is None:
             return cast(int, self._native.dispatch(text))
         self._native.dispatch_to(uuid, text)
         return 1
 
+    def _has_send_room(self, size: int) -> bool:
+        # Over all streams: the core counts queued bytes per object, not per peer.
+        queued = cast(int, self._native.queued_bytes())
+        return queued == 0 or queued + size < self._max_queue // 2
+
+    def _send_deadline(self, timeout: Union[None, float, timedelta]) -> Optional[float]:
+        seconds = _seconds(timeout)
+        return None if seconds is None else time.monotonic() + seconds
+
+    def _wait_for_room(self, deadline: Optional[float]) -> None:
+        if self._native.closed:
+            raise ClosedError("closed", {"error": "Closed", "closed": True})
+        if deadline is not None and time.monotonic() >= deadline:
+            raise TimeoutError(
+                "the outbound queue stayed full: the peer is not reading",
+                {"error": "Outbound queue full", "queued_bytes": self._native.queued_bytes()},
+            )
+
     def request(
         self,
         msg: Mapping[str, Any],
+        *,
         uuid: Optional[str] = None,
         timeout: Union[None, float, timedelta] = None,
     ) -> Any:
@@ -379,6 +485,7 @@ class _Rpc(_Dispatcher):
         seconds applies on top of ``op_timeout`` (ms, in the message) and the ``timeout``
         option. Raises RemoteError, TimeoutError, DisconnectedError, NotConnectedError or
         ClosedError."""
+        self._check()
         if not self._gate.is_set():
             self._gate.set()
         text = self._native.request(uuid, _dumps(msg), _seconds(timeout))
@@ -387,11 +494,13 @@ class _Rpc(_Dispatcher):
     async def arequest(
         self,
         msg: Mapping[str, Any],
+        *,
         uuid: Optional[str] = None,
         timeout: Union[None, float, timedelta] = None,
     ) -> Any:
         """:meth:`request` for asyncio: awaits the answer without blocking the loop.
         Cancelling the awaiting task abandons the request."""
+        self._check()
         if not self._gate.is_set():
             self._gate.set()
         loop = asyncio.get_running_loop()
@@ -401,7 +510,7 @@ class _Rpc(_Dispatcher):
         try:
             self._native.request_async(token, uuid, _dumps(msg), _seconds(timeout))
             if self._finished:
-                # The dispatcher is gone, so nothing would ever deliver the answer.
+                # The reader is gone, so nothing would ever deliver the answer.
                 self._native.cancel(token)
                 raise ClosedError("closed", {"error": "Closed", "closed": True})
             text = await fut
@@ -414,11 +523,13 @@ class _Rpc(_Dispatcher):
 
     def ping(self) -> int:
         """Sends ``{"op": "ping", "data": ping_data}`` to every stream now."""
+        self._check()
         self._gate.set()
         return cast(int, self._native.ping())
 
     def set_ping_data(self, data: Any) -> None:
         """Sets the ``data`` of ping messages (legacy ``setPingDataObject``)."""
+        self._check()
         self._native.set_ping_data(None if data is None else _dumps(data))
 
     # ---- lifecycle ----
@@ -432,11 +543,11 @@ class _Rpc(_Dispatcher):
         state = "closed" if self.closed else ("connected" if self.is_connected() else "open")
         return f"<{type(self).__name__} uuid={self.uuid!r} {state}>"
 
-    # ---- delivery (dispatcher thread, or the loop) ----
+    # ---- delivery (reader thread, listener thread, executor or the loop) ----
 
-    def _take_early(self, batch: List[Tuple[Any, ...]]) -> List[Tuple[Any, ...]]:
-        """Settles the answers to :meth:`arequest` at once (their futures may live on any
-        loop); returns the other events."""
+    def _split(self, batch: List[Tuple[Any, ...]]) -> Tuple[List[Tuple[Any, ...]], List[Tuple[Any, ...]]]:
+        """The answers to :meth:`arequest` are settled by the reader thread at once (their
+        futures may live on any loop); the rest are events."""
         events = []
         done = []
         for item in batch:
@@ -444,9 +555,7 @@ class _Rpc(_Dispatcher):
                 done.append(item)
             else:
                 events.append(item)
-        if done:
-            self._settle(done)
-        return events
+        return events, done
 
     def _settle(self, done: List[Tuple[Any, ...]]) -> None:
         by_loop: Dict[asyncio.AbstractEventLoop, List[Any]] = {}
@@ -460,39 +569,52 @@ class _Rpc(_Dispatcher):
             except RuntimeError:
                 pass  # that loop is closed; nobody awaits these any more
 
-    def _pump_finished(self) -> None:
-        super()._pump_finished()
+    def _reader_finished(self) -> None:
+        super()._reader_finished()
         closed = {"error": "Closed", "closed": True}
         leftover = [(_TAG_DONE, t, None, ClosedError("closed", closed)) for t in list(self._futures)]
         if leftover:
             self._settle(leftover)
 
-    def _process(self, events: List[Tuple[Any, ...]]) -> None:
-        for item in events:
-            tag = item[0]
-            try:
-                if tag == _TAG_MESSAGE:
-                    self._on_message(item[1], item[2], item[3])
-                elif tag == _TAG_REQUEST:
-                    self._on_request(item[1], item[2], item[3], item[4])
-                elif tag == _TAG_CONNECT:
-                    peer = item[1]
-                    self._emit("connect", peer.address, peer.uuid, peer)
-                elif tag == _TAG_DISCONNECT:
-                    peer = item[1]
-                    self._emit("disconnect", peer.uuid, peer)
-                elif tag == _TAG_ERROR:
-                    self._emit("error", item[1], item[2])
-                elif tag == _TAG_LISTEN:
-                    self._emit("listen", item[1])
-            except Exception:
-                log.exception("iris-rpc: error while processing an event")
+    def _lane(self, item: Tuple[Any, ...]) -> Hashable:
+        tag = item[0]
+        if tag in (_TAG_MESSAGE, _TAG_REQUEST):
+            return cast(Hashable, item[3])
+        if tag in (_TAG_CONNECT, _TAG_DISCONNECT):
+            return cast(Hashable, item[1])
+        return None
+
+    def _is_request(self, item: Tuple[Any, ...]) -> bool:
+        return bool(item[0] == _TAG_REQUEST)
+
+    def _handle(self, item: Tuple[Any, ...]) -> None:
+        tag = item[0]
+        try:
+            if tag == _TAG_MESSAGE:
+                self._on_message(item[1], item[2], item[3])
+            elif tag == _TAG_REQUEST:
+                self._on_request(item[1], item[2], item[3], item[4])
+            elif tag == _TAG_CONNECT:
+                peer = item[1]
+                self._emit("connect", peer.address, peer.uuid, peer)
+            elif tag == _TAG_DISCONNECT:
+                peer = item[1]
+                self._emit("disconnect", peer.uuid, peer)
+            elif tag == _TAG_ERROR:
+                self._emit("error", item[1], item[2])
+            elif tag == _TAG_LISTEN:
+                self._emit("listen", item[1])
+        except Exception:
+            log.exception("iris-rpc: error while processing an event")
 
     def _refusal(self, msg: Any, peer: Any) -> Optional[Tuple[Any, Optional[BaseException]]]:
         for f in self._filters:
             try:
                 verdict = f(msg, peer)
-            except Exception as e:
+            except BaseException as e:
+                log.error("iris-rpc: filter %r raised %s", f, type(e).__name__, exc_info=True)
+                if self._fatal(e):
+                    raise
                 return (None, e)
             if verdict is None or verdict is True:
                 continue
@@ -518,7 +640,7 @@ class _Rpc(_Dispatcher):
             if refused is not None:
                 value, exc = refused
                 if exc is not None:
-                    _answer(responder, exc=exc)
+                    self._answer_error(responder, exc)
                 else:
                     responder.respond(_dumps(value), None)
                 return
@@ -529,15 +651,80 @@ class _Rpc(_Dispatcher):
             what = "No such handler" if not fns else "Too many handlers for"
             responder.respond(_dumps({"error": f"{what} '{name}'"}), None)
             return
+        fn = fns[0]
+        op = cast(str, op)
+        loop = self._loop
+        executor = self._executor
+        if executor is not None and loop is not None and not inspect.iscoroutinefunction(fn) and _on_loop(loop):
+            # A sync handler of a loop-bound object runs on the executor, off the loop.
+            with self._room:
+                self._backlog += 1
+            self._submit(executor, self._serve_counted, fn, op, msg, uuid, peer, responder)
+            return
+        self._serve(fn, op, msg, uuid, peer, responder)
+
+    def _serve_counted(self, fn: Handler, op: str, msg: Any, uuid: str, peer: Any, responder: Any) -> None:
         try:
-            result = fns[0](msg, uuid, peer)
-        except Exception as e:
-            _answer(responder, exc=e)
+            self._serve(fn, op, msg, uuid, peer, responder)
+        finally:
+            with self._room:
+                self._backlog -= 1
+
+    def _serve(self, fn: Handler, op: str, msg: Any, uuid: str, peer: Any, responder: Any) -> None:
+        """Calls the request handler and answers with its outcome."""
+        try:
+            result = fn(msg, uuid, peer)
+        except BaseException as e:
+            self._handler_failed(fn, op, e)
+            self._answer_error(responder, e)
+            if self._fatal(e):
+                raise
             return
         if inspect.isawaitable(result):
-            self._spawn(result, functools.partial(_answer_outcome, responder))
+            self._spawn(result, functools.partial(self._answer_outcome, responder, fn, op))
         else:
-            _answer(responder, result)
+            self._answer(responder, fn, op, result)
+
+    def _handler_failed(self, fn: Handler, op: str, exc: BaseException) -> None:
+        if not isinstance(exc, RemoteError):
+            log.error(
+                "iris-rpc: request handler %r for %r raised %s",
+                fn,
+                op,
+                type(exc).__name__,
+                exc_info=(type(exc), exc, exc.__traceback__),
+            )
+
+    def _answer(self, responder: Any, fn: Handler, op: str, result: Any) -> None:
+        if result is None:
+            responder.respond(None, None)
+            return
+        try:
+            text = _dumps(result)
+        except (TypeError, ValueError) as e:
+            self._handler_failed(fn, op, e)
+            self._answer_error(responder, e)
+            return
+        responder.respond(None, text)
+
+    def _answer_error(self, responder: Any, exc: BaseException) -> None:
+        try:
+            err = _dumps(_error_value(exc, self._send_stack))
+        except (TypeError, ValueError):
+            err = _dumps({"_Error": True, "name": type(exc).__name__, "message": repr(exc)})
+        responder.respond(err, None)
+
+    def _answer_outcome(self, responder: Any, fn: Handler, op: str, f: Any) -> None:
+        """Answers with the outcome of a finished handler future (asyncio or concurrent)."""
+        if f.cancelled():
+            self._answer_error(responder, asyncio.CancelledError("handler cancelled"))
+            return
+        exc = f.exception()
+        if exc is None:
+            self._answer(responder, fn, op, f.result())
+        else:
+            self._handler_failed(fn, op, exc)
+            self._answer_error(responder, exc)
 
 
 def _merge(options: Optional[Mapping[str, Any]], kwargs: Mapping[str, Any]) -> Dict[str, Any]:
@@ -584,7 +771,8 @@ class Client(_Rpc):
         opts = _merge(options, kwargs)
         if "port" in opts:
             raise ConfigError("a client takes 'address', not 'port'")
-        super().__init__(_native.Native.client(_options_json(opts)), loop)
+        local = _local_options(opts)
+        super().__init__(_native.Native.client(_options_json(opts)), loop, local)
 
 
 class Server(_Rpc):
@@ -604,7 +792,8 @@ class Server(_Rpc):
         opts = _merge(options, kwargs)
         if "address" in opts:
             raise ConfigError("a server takes 'port', not 'address'")
-        super().__init__(_native.Native.server(_options_json(opts)), loop)
+        local = _local_options(opts)
+        super().__init__(_native.Native.server(_options_json(opts)), loop, local)
 
     @property
     def address(self) -> str:
