@@ -12,7 +12,9 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
-use iris_rpc::{Client, Error, Event, Events, Message, Options, Peer, Responder, Response, Server};
+use iris_rpc::{
+    Client, Error, Event, Events, Message, Options, Peer, RawReply, Responder, Response, Server,
+};
 use napi::bindgen_prelude::{Function, Status};
 use napi::threadsafe_function::{
     ThreadsafeFunction, ThreadsafeFunctionCallMode, UnknownReturnValue,
@@ -267,15 +269,17 @@ impl NativePeer {
         let tx = lock(&self.shared.settled_tx)
             .clone()
             .ok_or_else(|| js_error(&Error::Closed))?;
-        let shared = self.shared.clone();
+        // Sent here, on the JS thread, so it keeps its place among this caller's sends (legacy
+        // writes each message in the call); only the wait for the answer is spawned.
+        let reply = with_api!(
+            &self.shared.role,
+            |x| x.request_answer(uuid.as_deref(), &msg),
+            RawReply::failed(Error::NotConnected {
+                req: Some(msg.text().clone())
+            })
+        );
         runtime()?.spawn(async move {
-            let result = with_api!(
-                &shared.role,
-                |x| x.request_answer(uuid.as_deref(), &msg).await,
-                Err(Error::NotConnected {
-                    req: Some(msg.text().clone())
-                })
-            );
+            let result = reply.await;
             let _ = tx.send(Settled::Request { call, result });
         });
         Ok(())
@@ -382,19 +386,9 @@ async fn pump(
     tsfn: BatchFn,
     mut batch: Batch,
 ) {
-    // The core emits only to a receiver that exists: a stream that authenticated before
-    // `events()` was called (the native thread can be descheduled right after connect or
-    // bind) would never be announced. Announce every stream already up; the Connect events
-    // that do arrive for them are skipped as duplicates.
-    if events.is_some() {
-        let peers = with_api!(&shared.role, |x| x.peers(), Vec::new());
-        let mut streams = lock(&shared.streams);
-        for peer in peers {
-            if streams.find(&peer).is_none() {
-                encode_connect(&mut streams, peer, &mut batch);
-            }
-        }
-    }
+    // A stream that authenticated before `events()` was called (the native thread can be
+    // descheduled right after connect or bind) is announced all the same: the core's receiver
+    // starts with a `Connect` for each stream already up.
     let permits = Arc::new(Semaphore::new(IN_FLIGHT));
     let mut evbuf: Vec<Event> = Vec::with_capacity(MAX_BATCH);
     let mut setbuf: Vec<Settled> = Vec::with_capacity(MAX_BATCH);

@@ -13,8 +13,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use iris_rpc::{
-    Backend, Client, Error, Event, Events, Message, Options, Peer, Response, Router, RouterEvent,
-    Server, Side,
+    Backend, Client, Error, Event, Events, Message, Options, Peer, RawReply, Response, Router,
+    RouterEvent, Server, Side,
 };
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
@@ -106,8 +106,10 @@ impl Obj {
     fn dispatch_to(&self, uuid: &str, msg: Message) -> iris_rpc::Result<()> {
         on_obj!(self, o => o.dispatch_to(uuid, msg))
     }
-    async fn request_raw(&self, uuid: Option<&str>, msg: &Message) -> iris_rpc::Result<Response> {
-        on_obj!(self, o => o.request_raw(uuid, msg).await)
+    /// Sends the request now (so it keeps its place among this caller's sends) and returns
+    /// the future of its answer.
+    fn request_raw(&self, uuid: Option<&str>, msg: &Message) -> RawReply {
+        on_obj!(self, o => o.request_raw(uuid, msg))
     }
     fn peers(&self) -> Vec<Peer> {
         on_obj!(self, o => o.peers())
@@ -129,20 +131,20 @@ impl Obj {
     }
 }
 
-/// A request with an optional local time limit (on top of the core's `op_timeout`/`timeout`).
-async fn request_with_limit(
-    obj: &Obj,
-    uuid: Option<&str>,
-    msg: &Message,
+/// A request's answer with an optional local time limit (on top of the core's
+/// `op_timeout`/`timeout`).
+async fn answer_within(
+    reply: RawReply,
+    req: &Message,
     limit: Option<Duration>,
 ) -> iris_rpc::Result<Response> {
     match limit {
-        None => obj.request_raw(uuid, msg).await,
-        Some(d) => match tokio::time::timeout(d, obj.request_raw(uuid, msg)).await {
+        None => reply.await,
+        Some(d) => match tokio::time::timeout(d, reply).await {
             Ok(r) => r,
             Err(_) => Err(Error::Timeout {
-                timeout_ms: d.as_millis().min(u128::from(u64::MAX)) as u64,
-                req: msg.text().clone(),
+                timeout_ms: u64::try_from(d.as_millis()).unwrap_or(u64::MAX),
+                req: req.text().clone(),
             }),
         },
     }
@@ -152,13 +154,9 @@ async fn request_with_limit(
 /// [`Native::request_async`] requests.
 struct Inbox {
     events: Option<Events>,
-    /// Events the adapter announces itself, before any other. A server's `Listen` and the
-    /// `Connect` of streams that came up during construction are emitted by the core before
-    /// the receiver exists, so they would be lost.
+    /// Events the adapter announces itself, before any other: a server's `Listen`, which the
+    /// core emits before the receiver exists.
     first: Option<Vec<Event>>,
-    /// Streams announced in `first`, whose `Connect` from the core, if it comes after all, is
-    /// dropped.
-    early: Vec<Peer>,
     /// The core's `Listen` is dropped when the adapter announces it.
     drop_listen: bool,
     done: mpsc::UnboundedReceiver<(u64, iris_rpc::Result<Response>)>,
@@ -167,23 +165,10 @@ struct Inbox {
 }
 
 impl Inbox {
-    /// Applies `first`, `early` and `drop_listen` to a batch taken from the core.
+    /// Applies `first` and `drop_listen` to a batch taken from the core.
     fn adjust(&mut self, events: &mut Vec<Event>) {
         if self.drop_listen {
             events.retain(|e| !matches!(e, Event::Listen { .. }));
-        }
-        if !self.early.is_empty() {
-            let early = &mut self.early;
-            events.retain(|e| match e {
-                Event::Connect { peer } => match early.iter().position(|p| p.same_stream(peer)) {
-                    Some(i) => {
-                        early.swap_remove(i);
-                        false
-                    }
-                    None => true,
-                },
-                _ => true,
-            });
         }
         if let Some(first) = self.first.take() {
             events.splice(0..0, first);
@@ -317,15 +302,14 @@ pub struct Native {
 
 impl Native {
     fn wrap(rt: Arc<Runtime>, obj: Obj, listen: Option<std::net::SocketAddr>) -> Native {
-        // A loopback handshake can finish before the constructor returns, so streams already
-        // up are noted before the receiver exists (see `Inbox::early`).
-        let early = obj.peers();
+        // A loopback handshake can finish before the constructor returns: the core's receiver
+        // starts with a `Connect` for each stream already up. A server's `Listen` may be gone
+        // already, so it is announced here (see `Inbox::first`).
         let events = obj.events();
-        let mut first: Vec<Event> = listen
+        let first: Vec<Event> = listen
             .map(|address| Event::Listen { address })
             .into_iter()
             .collect();
-        first.extend(early.iter().map(|p| Event::Connect { peer: p.clone() }));
         let (done_tx, done) = mpsc::unbounded_channel();
         Native {
             rt,
@@ -333,7 +317,6 @@ impl Native {
             inbox: Mutex::new(Inbox {
                 events: Some(events),
                 first: Some(first),
-                early,
                 drop_listen: listen.is_some(),
                 done,
                 held: Vec::new(),
@@ -573,11 +556,11 @@ impl Native {
     ) -> PyResult<Option<String>> {
         let m = Self::message(py, msg)?;
         let limit = timeout.map(|t| duration_from_secs(py, t)).transpose()?;
-        let obj = self.obj.clone();
-        // Driven on this thread by block_on, in slices, so that signal handlers run between
-        // them; dropping it (Ctrl-C) withdraws the request from the pending table.
-        let mut fut =
-            Box::pin(async move { request_with_limit(&obj, uuid.as_deref(), &m, limit).await });
+        // Sent here, on the calling thread; then driven on this thread by block_on, in slices,
+        // so that signal handlers run between them; dropping it (Ctrl-C) withdraws the request
+        // from the pending table.
+        let reply = self.obj.request_raw(uuid.as_deref(), &m);
+        let mut fut = Box::pin(async move { answer_within(reply, &m, limit).await });
         loop {
             let rt = self.rt.clone();
             let (back, got) = py.detach(move || {
@@ -605,13 +588,14 @@ impl Native {
     ) -> PyResult<()> {
         let m = Self::message(py, msg)?;
         let limit = timeout.map(|t| duration_from_secs(py, t)).transpose()?;
-        let obj = self.obj.clone();
         let tx = self.done_tx.clone();
-        // The lock is held across spawn and insert, so a fast answer cannot remove the entry
-        // (in next_batch) before it exists.
+        // The lock is held across sending, spawn and insert, so a fast answer cannot remove
+        // the entry (in next_batch) before it exists. Sent here, on the calling thread, so it
+        // keeps its place among this caller's sends; only the wait is spawned.
         let mut tasks = lock(&self.tasks);
+        let reply = self.obj.request_raw(uuid.as_deref(), &m);
         let task = self.rt.spawn(async move {
-            let r = request_with_limit(&obj, uuid.as_deref(), &m, limit).await;
+            let r = answer_within(reply, &m, limit).await;
             let _ = tx.send((token, r));
         });
         tasks.insert(token, task.abort_handle());

@@ -242,3 +242,30 @@ def test_answers_after_earlier_events_from_legacy(
 
     in_order = asyncio.run(main())
     assert in_order.count(False) == 0, f"{in_order.count(False)} of 2000 answers overtook an earlier event"
+
+
+@CIPHER
+def test_call_order_under_gather_reaches_legacy(
+    legacy: Callable[..., LegacyPeer], closing: Callable[[Any], Any], cipher: bool
+) -> None:
+    # asyncio.gather of arequest and adispatch calls, and plain dispatch and request calls
+    # from threads' point of view: the legacy server must see every message in call order.
+    # Requests used to be sent from a spawned task, so dispatches overtook them and requests
+    # inverted among themselves.
+    peer, client, _port = _client_to_legacy(legacy, closing, cipher)
+    n = 1500
+
+    async def main() -> Any:
+        await client.await_connected(15)
+        calls: "list[Any]" = []
+        for i in range(n):
+            if i % 3 == 0:
+                calls.append(client.arequest({"op": "seq", "n": i}))
+            else:
+                client.dispatch({"op": "e", "n": i})
+        return await asyncio.wait_for(asyncio.gather(*calls), 60)
+
+    assert all(asyncio.run(main()))
+    got = [peer.expect("message", timeout=30)["msg"]["n"] for _ in range(n)]
+    first = next((i for i, v in enumerate(got) if v != i), None)
+    assert first is None, f"out of call order at index {first}: {got[first : first + 5] if first is not None else ''}"

@@ -202,34 +202,20 @@ impl Endpoint {
                 (EventSink::Pull(tx), Some(Mutex::new(Some(rx))))
             }
         };
-        // The core starts connecting before we can subscribe, so a stream may be up already
-        // and its connect event gone: report those streams ourselves, and drop the core's
-        // event if it comes after all.
-        let mut early_peers = on_core!(&core, c => c.peers());
+        // The core starts connecting before we subscribe; its receiver starts with a `Connect`
+        // for each stream already up, so none is missed or doubled. A server's `Listen` may
+        // be gone already: it is reported here, and the core's dropped.
         let synthesized_listen = listen.is_some();
         runtime.spawn(async move {
             let mut events = events;
             if let Some(address) = listen {
                 event_tx.send(Box::new(iris_event::listen(&address))).await;
             }
-            for peer in &early_peers {
-                let ev = iris_event::from_core(Event::Connect { peer: peer.clone() });
-                if let Some(e) = ev {
-                    event_tx.send(Box::new(e)).await;
-                }
-            }
             // Keep draining after the consumer is gone: a full core queue would pause reading
             // from peers and hold up close.
             while let Some(ev) = events.next().await {
-                match &ev {
-                    Event::Listen { .. } if synthesized_listen => continue,
-                    Event::Connect { peer } => {
-                        if let Some(i) = early_peers.iter().position(|p| p.same_stream(peer)) {
-                            early_peers.swap_remove(i);
-                            continue;
-                        }
-                    }
-                    _ => {}
+                if synthesized_listen && matches!(ev, Event::Listen { .. }) {
+                    continue;
                 }
                 if let Some(e) = iris_event::from_core(ev) {
                     event_tx.send(Box::new(e)).await;

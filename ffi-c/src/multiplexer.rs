@@ -39,13 +39,6 @@ fn json_arg(text: Option<&str>, what: &str) -> FfiResult<Value> {
     }
 }
 
-fn peers_of(link: &Link) -> Vec<iris::Peer> {
-    match link {
-        Link::Client(c) => c.peers(),
-        Link::Server(s) => s.peers(),
-    }
-}
-
 impl iris_multiplexer {
     fn start(
         common: Value,
@@ -65,10 +58,10 @@ impl iris_multiplexer {
                 })
                 .map_err(FfiError::from)
             })?;
-        // The links started before we could subscribe: report their listen addresses and the
-        // streams already up ourselves, and drop the core's events for them if they come.
+        // The links started before we could subscribe: their listen addresses are reported
+        // here (the core's `Listen` is dropped); streams already up come first from the core,
+        // whose receivers start with a `Connect` for each.
         let mut early: Vec<(String, Event)> = Vec::new();
-        let mut early_peers: Vec<(String, iris::Peer)> = Vec::new();
         for (name, link) in mux.links() {
             if let Link::Server(s) = link {
                 early.push((
@@ -77,10 +70,6 @@ impl iris_multiplexer {
                         address: s.local_addr(),
                     },
                 ));
-            }
-            for peer in peers_of(link) {
-                early_peers.push((name.to_owned(), peer.clone()));
-                early.push((name.to_owned(), Event::Connect { peer }));
             }
         }
         delivery.runtime.spawn(async move {
@@ -91,18 +80,8 @@ impl iris_multiplexer {
                 }
             }
             while let Some((name, ev)) = events.recv().await {
-                match &ev {
-                    Event::Listen { .. } => continue,
-                    Event::Connect { peer } => {
-                        if let Some(i) = early_peers
-                            .iter()
-                            .position(|(n, p)| *n == name && p.same_stream(peer))
-                        {
-                            early_peers.swap_remove(i);
-                            continue;
-                        }
-                    }
-                    _ => {}
+                if matches!(ev, Event::Listen { .. }) {
+                    continue;
                 }
                 if let Some(e) = iris_event::from_core(ev) {
                     sink.send(Box::new(e.with_link(&name))).await;

@@ -6,7 +6,19 @@ from __future__ import annotations
 import asyncio
 import functools
 from datetime import timedelta
-from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union, cast, overload
+from typing import (
+    Any,
+    Callable,
+    Coroutine,
+    Dict,
+    List,
+    Mapping,
+    Optional,
+    Tuple,
+    Union,
+    cast,
+    overload,
+)
 
 from ._dispatch import F
 from ._errors import ConfigError, NotConnectedError
@@ -214,16 +226,16 @@ class Multiplexer:
         rpc, target = self._link_for(msg, uuid)
         return rpc.request(msg, uuid=target, timeout=timeout)
 
-    async def arequest(
+    def arequest(
         self,
         msg: Mapping[str, Any],
         *,
         uuid: Optional[str] = None,
         timeout: Union[None, float, timedelta] = None,
-    ) -> Any:
-        """:meth:`request` for asyncio."""
+    ) -> Coroutine[Any, Any, Any]:
+        """:meth:`request` for asyncio; sent in this call (see :meth:`Client.arequest`)."""
         rpc, target = self._link_for(msg, uuid)
-        return await rpc.arequest(msg, uuid=target, timeout=timeout)
+        return rpc.arequest(msg, uuid=target, timeout=timeout)
 
     # ---- lifecycle ----
 

@@ -16,6 +16,7 @@ from datetime import timedelta
 from typing import (
     Any,
     Callable,
+    Coroutine,
     Dict,
     Hashable,
     List,
@@ -491,15 +492,19 @@ class _Rpc(_Dispatcher):
         text = self._native.request(uuid, _dumps(msg), _seconds(timeout))
         return None if text is None else _loads(text)
 
-    async def arequest(
+    def arequest(
         self,
         msg: Mapping[str, Any],
         *,
         uuid: Optional[str] = None,
         timeout: Union[None, float, timedelta] = None,
-    ) -> Any:
-        """:meth:`request` for asyncio: awaits the answer without blocking the loop.
-        Cancelling the awaiting task abandons the request."""
+    ) -> Coroutine[Any, Any, Any]:
+        """:meth:`request` for asyncio: ``await`` the answer without blocking the loop.
+
+        The request is sent in this call, before anything is awaited, so requests and
+        dispatches leave in the order they are made, ``asyncio.gather`` included (as legacy
+        writes each message when it is made). Cancelling the awaiting task abandons the
+        request."""
         self._check()
         if not self._gate.is_set():
             self._gate.set()
@@ -509,10 +514,18 @@ class _Rpc(_Dispatcher):
         self._futures[token] = (fut, loop)
         try:
             self._native.request_async(token, uuid, _dumps(msg), _seconds(timeout))
-            if self._finished:
-                # The reader is gone, so nothing would ever deliver the answer.
-                self._native.cancel(token)
-                raise ClosedError("closed", {"error": "Closed", "closed": True})
+        except BaseException:
+            self._futures.pop(token, None)
+            raise
+        if self._finished:
+            # The reader is gone, so nothing would ever deliver the answer.
+            self._native.cancel(token)
+            self._futures.pop(token, None)
+            raise ClosedError("closed", {"error": "Closed", "closed": True})
+        return self._answer(token, fut)
+
+    async def _answer(self, token: int, fut: "asyncio.Future[Any]") -> Any:
+        try:
             text = await fut
         except asyncio.CancelledError:
             self._native.cancel(token)
@@ -560,7 +573,8 @@ class _Rpc(_Dispatcher):
     def _settle(self, done: List[Tuple[Any, ...]]) -> None:
         by_loop: Dict[asyncio.AbstractEventLoop, List[Any]] = {}
         for _tag, token, resp, exc in done:
-            entry = self._futures.get(token)
+            # Taken out here, so an answer nobody awaits leaves nothing behind.
+            entry = self._futures.pop(token, None)
             if entry is not None:
                 by_loop.setdefault(entry[1], []).append((entry[0], resp, exc))
         for loop, items in by_loop.items():
