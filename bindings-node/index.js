@@ -15,9 +15,9 @@
 const { EventEmitter } = require('events');
 const crypto = require('crypto');
 const fs = require('fs');
-const path = require('path');
 
-const native = loadNative();
+// The addon: built here from source, or this platform's prebuilt package (native.js).
+const native = require('./native.js').loadNative();
 
 // Module-wide settings, as in legacy: `config.cipher = false` turns the cipher off for every
 // instance created afterwards that does not say otherwise.
@@ -50,25 +50,16 @@ const ERROR_TYPES = {
   URIError,
 };
 
-function loadNative() {
-  const file = path.join(__dirname, 'iris-rpc.node');
-  try {
-    return require(file);
-  } catch (e) {
-    const err = new Error(
-      `iris-rpc: cannot load the native addon ${file} (${e.message}); ` +
-        'build it with `npm run build` in the iris-rpc package directory',
-    );
-    err.code = 'config';
-    err.cause = e;
-    throw err;
-  }
-}
-
 const isObject = (v) => v !== null && (typeof v === 'object' || typeof v === 'function');
 
 function log(...args) {
   if (config.verbose) console.log(...args);
+}
+
+/** `designation@address` for log lines, leaving out what is unknown (legacy printed `undefined@`). */
+function peerLabel(designation, address) {
+  const parts = [designation, address].filter((p) => p !== undefined && p !== null && p !== '');
+  return parts.length ? parts.map(String).join('@') : 'unknown peer';
 }
 
 function logError(...args) {
@@ -722,7 +713,7 @@ class Interface extends EventEmitter {
       case CONN_ERROR: {
         const err = e[1];
         if (config.verbose > 1 || (config.verbose && err.code !== 'io')) {
-          console.log('iris-rpc tls stream error:', err.message, ' | ', `${this.designation}@${e[2]}`);
+          console.log('iris-rpc tls stream error:', err.message, ' | ', peerLabel(this.designation, e[2]));
         }
         const error = new IrisError(err);
         this.emit('rpc::stream::error', error, e[2]);
@@ -1136,7 +1127,7 @@ class Router extends EventEmitter {
       case R_CONN_ERROR: {
         const err = new IrisError(e[2]);
         if (config.verbose > 1 || (config.verbose && e[2].code !== 'io')) {
-          console.log('iris-rpc router stream error:', SIDES[e[1]], e[2].message, ' | ', e[3]);
+          console.log('iris-rpc router stream error:', SIDES[e[1]], e[2].message, ' | ', peerLabel(null, e[3]));
         }
         // Connection errors are routine (a backend restarting): an unhandled 'error' event
         // must not bring the process down.

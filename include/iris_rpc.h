@@ -12,6 +12,14 @@
 #include <stddef.h>
 #include <stdint.h>
 
+// The version of this header; iris_version() gives the library's at run time.
+#define IRIS_RPC_VERSION_MAJOR 0
+#define IRIS_RPC_VERSION_MINOR 3
+#define IRIS_RPC_VERSION_PATCH 0
+#define IRIS_RPC_VERSION "0.3.0"
+// IRIS_RPC_VERSION_MAJOR * 10000 + IRIS_RPC_VERSION_MINOR * 100 + IRIS_RPC_VERSION_PATCH
+#define IRIS_RPC_VERSION_NUMBER (0 * 10000 + 3 * 100 + 0)
+
 // The outcome of a call. The numbers are stable: new codes may be added, none will change.
 //
 // Codes below 100 come from the C boundary itself (arguments, state); codes from 100 follow
@@ -670,7 +678,7 @@ enum iris_result iris_server_set_ping_data(const struct iris_server *server, con
 // Passing any other pointer is undefined behaviour.
 void iris_string_free(char *s);
 
-// The version of the library, for example `"0.1.0"`. Static; do not free.
+// The version of the library, for example `"0.3.0"` (`IRIS_RPC_VERSION`). Static; do not free.
 const char *iris_version(void);
 
 #ifdef __cplusplus

@@ -302,6 +302,32 @@ describe('servers', () => {
   });
 });
 
+describe('log lines', () => {
+  test('a stream error names the peer as designation@address, never undefined@...', async () => {
+    const logged = [];
+    const original = console.log;
+    console.log = (...args) => logged.push(args.map(String).join(' '));
+    iris.config.verbose = 1;
+    // Neither side has a designation, as legacy's default; the client's secret is wrong.
+    const server = await listening(new iris.Server({ port: '127.0.0.1:0', auth: 'right', certificates }));
+    const client = new iris.Client({ address: `127.0.0.1:${server.localPort}`, auth: 'wrong' });
+    try {
+      await Promise.all([
+        once(client, 'rpc::stream::error', bounded()),
+        once(server, 'rpc::stream::error', bounded()),
+      ]);
+    } finally {
+      iris.config.verbose = 0;
+      console.log = original;
+      await Promise.all([client.close(), server.close()]);
+    }
+    const lines = logged.filter((l) => l.includes('stream error'));
+    assert.ok(lines.length >= 2, `no stream error logged: ${JSON.stringify(logged)}`);
+    for (const line of lines) assert.doesNotMatch(line, /undefined/, line);
+    assert.ok(lines.some((l) => /\|\s+127\.0\.0\.1:\d+/.test(l)), JSON.stringify(lines));
+  });
+});
+
 describe('legacy helpers', () => {
   test('Multiplexer and createFromConfig', async () => {
     const front = new iris.Multiplexer({ auth: 'secret', certificates, uuid: 'mux-srv' }, { port: '127.0.0.1:0' }, 'front');

@@ -4,10 +4,9 @@ mod bench;
 mod demo;
 mod router;
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -74,10 +73,11 @@ struct Common {
     /// instead of warning. `iris-rpc secret` makes a strong one.
     #[arg(long)]
     refuse_weak_secret: bool,
-    /// Private key PEM file.
+    /// Private key PEM file, with --cert. A server without --key and --cert makes a fresh
+    /// self-signed pair (clients accept it unless they verify certificates).
     #[arg(long, requires = "cert")]
     key: Option<PathBuf>,
-    /// Certificate PEM file.
+    /// Certificate PEM file, with --key (see --key).
     #[arg(long, requires = "key")]
     cert: Option<PathBuf>,
     #[command(flatten)]
@@ -162,6 +162,32 @@ struct ClientArgs {
     server_pins: Vec<String>,
 }
 
+/// Why a command failed: an iris-rpc error, or input to the command that it could not use.
+enum Failure {
+    Iris(Error),
+    Input(String),
+}
+
+impl From<Error> for Failure {
+    fn from(e: Error) -> Self {
+        Failure::Iris(e)
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Iris(e) => e.fmt(f),
+            Failure::Input(what) => f.write_str(what),
+        }
+    }
+}
+
+/// ANSI colour in log lines only on a terminal, and never with `NO_COLOR` set (no-color.org).
+fn colour() -> bool {
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
 pub(crate) fn print_json(v: &Value) {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "{v}");
@@ -203,6 +229,7 @@ fn main() -> ExitCode {
     };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(colour())
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("IRIS_RPC_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
@@ -218,14 +245,14 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = rt.block_on(async {
+    let result: Result<(), Failure> = rt.block_on(async {
         match cli.command {
-            Command::Demo => demo::run().await,
-            Command::Cert { out, names } => cert(&out, &names),
-            Command::Server(a) => server(a).await,
+            Command::Demo => demo::run().await.map_err(Failure::from),
+            Command::Cert { out, names } => cert(&out, &names).map_err(Failure::from),
+            Command::Server(a) => server(a).await.map_err(Failure::from),
             Command::Client(a) => client(a).await,
-            Command::Router(a) => router::run(a).await,
-            Command::Bench(a) => bench::run(a).await,
+            Command::Router(a) => router::run(a).await.map_err(Failure::from),
+            Command::Bench(a) => bench::run(a).await.map_err(Failure::from),
             Command::Secret => {
                 println!("{}", iris_rpc::secret::generate());
                 Ok(())
@@ -247,14 +274,36 @@ fn cert(out: &std::path::Path, names: &[String]) -> Result<(), Error> {
     std::fs::create_dir_all(out)
         .map_err(|e| Error::Config(format!("cannot create {}: {e}", out.display())))?;
     let pin = iris_rpc::tls::spki_pin(&iris_rpc::Pem::new(cert.clone()))?;
-    for (file, text) in [("key.pem", key), ("cert.pem", cert)] {
+    // The key is readable by its owner only (0600), also when it replaces an existing file.
+    for (file, text, private) in [("key.pem", key, true), ("cert.pem", cert, false)] {
         let path = out.join(file);
-        std::fs::write(&path, text)
+        write_file(&path, text.as_bytes(), private)
             .map_err(|e| Error::Config(format!("cannot write {}: {e}", path.display())))?;
         println!("wrote {}", path.display());
     }
     println!("pin {pin} (clients: --server-pin {pin})");
     Ok(())
+}
+
+fn write_file(path: &std::path::Path, bytes: &[u8], private: bool) -> std::io::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    if private {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options.open(path)?;
+    #[cfg(unix)]
+    if private {
+        use std::os::unix::fs::PermissionsExt;
+        // `mode` applies to a new file only; an existing one would keep its bits. Narrowed
+        // before the key is written.
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    }
+    #[cfg(not(unix))]
+    let _ = private;
+    file.write_all(bytes)
 }
 
 pub(crate) async fn shutdown_signal() {
@@ -322,7 +371,7 @@ async fn server(a: ServerArgs) -> Result<(), Error> {
     Ok(())
 }
 
-async fn client(a: ClientArgs) -> Result<(), Error> {
+async fn client(a: ClientArgs) -> Result<(), Failure> {
     let opts = a
         .common
         .options()?
@@ -341,7 +390,7 @@ async fn client(a: ClientArgs) -> Result<(), Error> {
         tokio::select! {
             _ = &mut deadline => {
                 client.close().await;
-                return Err(Error::Config(format!("could not connect to {} in time", a.address)));
+                return Err(Failure::Input(format!("could not connect to {} in time", a.address)));
             }
             ev = events.next() => match ev {
                 Some(Event::Connect { peer }) => {
@@ -350,10 +399,10 @@ async fn client(a: ClientArgs) -> Result<(), Error> {
                 }
                 Some(Event::Error { error, .. }) => {
                     client.close().await;
-                    return Err(Error::Auth(format!("cannot connect to {}: {error}", a.address)));
+                    return Err(Error::Auth(format!("cannot connect to {}: {error}", a.address)).into());
                 }
                 Some(_) => {}
-                None => return Err(Error::Closed),
+                None => return Err(Error::Closed.into()),
             }
         }
     }
@@ -379,11 +428,11 @@ async fn client(a: ClientArgs) -> Result<(), Error> {
             }
         }
     });
-    let bad_input = Arc::new(AtomicBool::new(false));
+    let mut bad_lines = 0u64;
     let mut requests = tokio::task::JoinSet::new();
     let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
     let mut n = 0u64;
-    while let Some(line) = lines.next_line().await? {
+    while let Some(line) = lines.next_line().await.map_err(Error::from)? {
         n += 1;
         let line = line.trim();
         if line.is_empty() {
@@ -393,12 +442,12 @@ async fn client(a: ClientArgs) -> Result<(), Error> {
             Ok(v @ Value::Object(_)) => v,
             Ok(_) => {
                 eprintln!("iris-rpc: stdin line {n}: not a JSON object, skipped");
-                bad_input.store(true, Ordering::SeqCst);
+                bad_lines += 1;
                 continue;
             }
             Err(e) => {
                 eprintln!("iris-rpc: stdin line {n}: invalid JSON ({e}), skipped");
-                bad_input.store(true, Ordering::SeqCst);
+                bad_lines += 1;
                 continue;
             }
         };
@@ -420,10 +469,11 @@ async fn client(a: ClientArgs) -> Result<(), Error> {
     tokio::time::sleep(Duration::from_millis(a.linger)).await;
     client.close().await;
     let _ = printer.await;
-    if bad_input.load(Ordering::SeqCst) {
-        return Err(Error::Config(
-            "some stdin lines were not JSON objects".into(),
-        ));
+    if bad_lines > 0 {
+        return Err(Failure::Input(format!(
+            "{bad_lines} stdin line{} not a JSON object (skipped; see above)",
+            if bad_lines == 1 { " was" } else { "s were" }
+        )));
     }
     Ok(())
 }

@@ -631,3 +631,145 @@ fn secret_prints_a_fresh_256_bit_secret_and_weak_ones_are_flagged() {
     );
     assert!(err.contains("the shared secret is weak"), "{err}");
 }
+
+/// Runs the command with extra environment variables, stdin closed.
+fn run_env(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let out = Command::new(BIN)
+        .args(args)
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn no_colour_when_output_is_not_a_terminal_or_no_color_is_set() {
+    // Logs at debug level, so there is something to colour: a client that cannot connect.
+    let args = [
+        "client",
+        "--address",
+        "127.0.0.1:1",
+        "--auth",
+        "s",
+        "--connect-timeout",
+        "300",
+    ];
+    let env = [("IRIS_RPC_LOG", "debug")];
+    let (_, out, err) = run_env(&args, &env);
+    assert!(
+        err.contains("DEBUG") || err.contains("WARN"),
+        "no log lines: {err}"
+    );
+    assert!(
+        !err.contains('\u{1b}') && !out.contains('\u{1b}'),
+        "ANSI escapes in {err:?}"
+    );
+
+    // On a terminal (script(1) gives it one), colour is on unless NO_COLOR is set.
+    if Command::new("script").arg("--version").output().is_err() {
+        eprintln!("skipped the terminal half: no script(1) on this machine");
+        return;
+    }
+    let on_tty = |no_color: bool| {
+        let line = format!("IRIS_RPC_LOG=debug {BIN} {}", args.join(" "));
+        let mut cmd = Command::new("script");
+        cmd.args(["-qec", &line, "/dev/null"]).stdin(Stdio::null());
+        cmd.env_remove("NO_COLOR");
+        if no_color {
+            cmd.env("NO_COLOR", "1");
+        }
+        String::from_utf8_lossy(&cmd.output().unwrap().stdout).into_owned()
+    };
+    let coloured = on_tty(false);
+    assert!(
+        coloured.contains('\u{1b}'),
+        "no colour on a terminal: {coloured:?}"
+    );
+    let plain = on_tty(true);
+    assert!(
+        plain.contains("DEBUG") || plain.contains("WARN"),
+        "{plain:?}"
+    );
+    assert!(
+        !plain.contains('\u{1b}'),
+        "colour despite NO_COLOR: {plain:?}"
+    );
+}
+
+#[cfg(unix)]
+#[test]
+fn cert_writes_the_key_readable_by_its_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::env::temp_dir().join(format!("iris-rpc-cert-mode-{}", std::process::id()));
+    let (code, _, err) = run(&["cert", "--out", dir.to_str().unwrap()], "");
+    assert_eq!(code, 0, "{err}");
+    let mode = |f: &str| std::fs::metadata(dir.join(f)).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode("key.pem"), 0o600);
+    // Written again over an existing, more open file: still 0600.
+    std::fs::set_permissions(dir.join("key.pem"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (code, _, err) = run(&["cert", "--out", dir.to_str().unwrap()], "");
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(mode("key.pem"), 0o600);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn server_help_says_a_self_signed_pair_is_made_without_key_and_cert() {
+    let (code, out, _) = run(&["server", "--help"], "");
+    assert_eq!(code, 0);
+    let flat = out.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(flat.contains("self-signed"), "{out}");
+}
+
+#[test]
+fn errors_name_the_missing_file_and_say_out_of_range() {
+    let dir = std::env::temp_dir().join(format!("iris-rpc-missing-{}", std::process::id()));
+    let (code, _, err) = run(&["cert", "--out", dir.to_str().unwrap()], "");
+    assert_eq!(code, 0, "{err}");
+    let key = dir.join("key.pem");
+    let cert = dir.join("cert.pem");
+    let missing = dir.join("nope.pem");
+    for (k, c) in [(&missing, &cert), (&key, &missing)] {
+        let (code, _, err) = run(
+            &[
+                "server",
+                "--port",
+                "127.0.0.1:0",
+                "--auth",
+                "s",
+                "--key",
+                k.to_str().unwrap(),
+                "--cert",
+                c.to_str().unwrap(),
+            ],
+            "",
+        );
+        assert_ne!(code, 0);
+        assert!(err.contains(missing.to_str().unwrap()), "{err}");
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+    }
+    for port in ["70000", "127.0.0.1:65536"] {
+        let (code, _, err) = run(&["server", "--port", port, "--auth", "s"], "");
+        assert_ne!(code, 0);
+        assert!(err.contains("out of range"), "{port}: {err}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_bad_stdin_line_is_not_a_configuration_error() {
+    let server = ServerProc::start(&["--echo"]);
+    let addr = server.address();
+    let (code, _, err) = run(
+        &["client", "--address", &addr, "--auth", "s3cret"],
+        "not json\n",
+    );
+    assert_ne!(code, 0);
+    assert!(err.contains("stdin line 1: invalid JSON"), "{err}");
+    assert!(!err.contains("configuration error"), "{err}");
+}

@@ -81,15 +81,25 @@ pub struct Listen {
 impl Listen {
     /// Parses `"4488"`, `"host:4488"` or `"[::1]:4488"`.
     pub fn parse(s: &str) -> Result<Self> {
+        let number = |p: &str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit());
+        let out_of_range =
+            |p: &str| Error::Config(format!("port {p} is out of range (0-65535) in {s:?}"));
         if let Ok(port) = s.parse::<u16>() {
             return Ok(Listen { host: None, port });
+        }
+        if number(s) {
+            return Err(out_of_range(s));
         }
         let (host, port) = s.rsplit_once(':').ok_or_else(|| {
             Error::Config(format!("port must be a number or host:port, got {s:?}"))
         })?;
-        let port = port
-            .parse::<u16>()
-            .map_err(|_| Error::Config(format!("invalid port in {s:?}")))?;
+        let port = port.parse::<u16>().map_err(|_| {
+            if number(port) {
+                out_of_range(port)
+            } else {
+                Error::Config(format!("invalid port in {s:?}"))
+            }
+        })?;
         let host = host.trim_start_matches('[').trim_end_matches(']');
         Ok(Listen {
             host: (!host.is_empty()).then(|| host.to_owned()),
@@ -675,5 +685,21 @@ mod tests {
         assert!(Options::from_json(&json!({})).is_err());
         assert!(Options::from_json(&json!({"auth": "s", "cipher": "aes-128-cbc"})).is_err());
         assert!(Options::from_json(&json!({"auth": "s", "port": "a:b:c"})).is_err());
+    }
+
+    #[test]
+    fn ports_beyond_65535_are_out_of_range() {
+        for s in [
+            "70000",
+            "127.0.0.1:70000",
+            "[::1]:65536",
+            "99999999999999999999",
+        ] {
+            let e = Listen::parse(s).unwrap_err().to_string();
+            assert!(e.contains("out of range"), "{s}: {e}");
+        }
+        assert_eq!(Listen::parse("65535").unwrap().port, 65535);
+        let e = Listen::parse("host:http").unwrap_err().to_string();
+        assert!(e.contains("invalid port"), "{e}");
     }
 }

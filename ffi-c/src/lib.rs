@@ -101,4 +101,28 @@ mod header {
             assert!(GENERATED.contains(name), "generated header lacks {name}");
         }
     }
+
+    /// The version macros are the crate's (the workspace's) version, so a C program can check
+    /// at compile time what iris_version() reports at run time.
+    #[test]
+    fn header_carries_the_version() {
+        let want = [
+            format!("#define IRIS_RPC_VERSION \"{}\"", env!("CARGO_PKG_VERSION")),
+            format!(
+                "#define IRIS_RPC_VERSION_MAJOR {}",
+                env!("CARGO_PKG_VERSION_MAJOR")
+            ),
+            format!(
+                "#define IRIS_RPC_VERSION_MINOR {}",
+                env!("CARGO_PKG_VERSION_MINOR")
+            ),
+            format!(
+                "#define IRIS_RPC_VERSION_PATCH {}",
+                env!("CARGO_PKG_VERSION_PATCH")
+            ),
+        ];
+        for line in want {
+            assert!(GENERATED.contains(&line), "generated header lacks {line}");
+        }
+    }
 }

@@ -93,7 +93,7 @@ pub unsafe extern "C" fn iris_string_free(s: *mut c_char) {
     })
 }
 
-/// The version of the library, for example `"0.1.0"`. Static; do not free.
+/// The version of the library, for example `"0.3.0"` (`IRIS_RPC_VERSION`). Static; do not free.
 #[no_mangle]
 pub extern "C" fn iris_version() -> *const c_char {
     const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), "\0");
