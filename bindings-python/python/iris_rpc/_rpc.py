@@ -522,9 +522,9 @@ class _Rpc(_Dispatcher):
             self._native.cancel(token)
             self._futures.pop(token, None)
             raise ClosedError("closed", {"error": "Closed", "closed": True})
-        return self._answer(token, fut)
+        return self._await_answer(token, fut)
 
-    async def _answer(self, token: int, fut: "asyncio.Future[Any]") -> Any:
+    async def _await_answer(self, token: int, fut: "asyncio.Future[Any]") -> Any:
         try:
             text = await fut
         except asyncio.CancelledError:
