@@ -36,17 +36,27 @@ impl Engine {
     /// peer proved the secret over its own connection and its uuid is bound into that proof,
     /// while a legacy-mode peer's claim is only as good as a secret that may have leaked to any
     /// legacy peer (issue 19, attack 4). The newcomer is refused (the error says why) and the v2
-    /// holder stays reachable. A v2 newcomer still takes a uuid over, as in legacy.
+    /// holder stays reachable. A uuid routed through a v2 stream counts as held by it. A v2
+    /// newcomer still takes a uuid over, as in legacy.
     pub(crate) fn register(&self, stream: Arc<Stream>) -> Result<()> {
         let uuid = stream.peer.uuid().to_owned();
+        let legacy = stream.peer.mode() == Mode::Legacy;
+        // A uuid reachable through a v2 peer (a router's route) is held by that v2 stream too: a
+        // direct stream would win over the route.
+        let routed_via_v2 = legacy
+            && self
+                .route_via(&uuid)
+                .and_then(|via| self.stream(&via))
+                .is_some_and(|s| s.peer.mode() == Mode::V2);
         let mut streams = self.streams.write().unwrap_or_else(|p| p.into_inner());
-        if stream.peer.mode() == Mode::Legacy {
+        if legacy {
             let older = self.older();
-            let held_by_v2 = streams
-                .get(&uuid)
-                .into_iter()
-                .chain(older.get(&uuid).into_iter().flatten())
-                .any(|s| s.peer.mode() == Mode::V2);
+            let held_by_v2 = routed_via_v2
+                || streams
+                    .get(&uuid)
+                    .into_iter()
+                    .chain(older.get(&uuid).into_iter().flatten())
+                    .any(|s| s.peer.mode() == Mode::V2);
             if held_by_v2 {
                 return Err(Error::Auth(format!(
                     "refused a legacy-mode stream claiming uuid {uuid:?}: that uuid is held by a \

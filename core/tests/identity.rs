@@ -90,6 +90,34 @@ async fn a_legacy_mode_stream_never_takes_over_a_uuid_held_by_a_v2_stream() {
 }
 
 #[tokio::test]
+async fn a_legacy_mode_stream_never_takes_over_a_uuid_routed_through_a_v2_stream() {
+    let server = common::server(server_options()).await;
+    let mut sev = server.events();
+    let mut o = Options::new(SECRET)
+        .address(server.local_addr().to_string())
+        .uuid("router");
+    o.routes = vec!["behind".to_owned()];
+    let (router, mut rev) = Client::connect_with_events(o).unwrap();
+    next_matching(&mut rev, |e| matches!(e, Event::Connect { .. })).await;
+    next_matching(&mut sev, |e| matches!(e, Event::Routes { .. })).await;
+    let (intruder, _iev) = client_as(&server, "behind", Security::Legacy, "legacy").await;
+    let refused = next_matching(&mut sev, |e| {
+        error_text(e).is_some_and(|t| t.contains("\"behind\""))
+    })
+    .await;
+    assert!(
+        error_text(&refused)
+            .unwrap()
+            .contains("held by a v2 stream"),
+        "{refused:?}"
+    );
+    assert_eq!(server.stats().streams, 1);
+    intruder.close().await;
+    router.close().await;
+    server.close().await;
+}
+
+#[tokio::test]
 async fn a_v2_stream_still_takes_a_uuid_over_from_a_legacy_one_as_legacy_does() {
     let server = common::server(server_options()).await;
     let mut sev = server.events();
