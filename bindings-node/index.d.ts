@@ -69,6 +69,26 @@ export interface CommonOptions {
    * anything is sent: a fake server or a man in the middle gets no proof of the secret.
    */
   serverPins?: string | string[];
+  /**
+   * Beyond legacy (clients): trust on first use. A file path; the first connection to an
+   * address that authenticates records the server key's pin there (replaced atomically, mode
+   * 0600), and a later server at that address with another key is refused in the TLS handshake
+   * (`rpc::stream::error` with code `tls`, naming `pin_store`) before anything is sent.
+   */
+  pinStore?: string;
+  /**
+   * Beyond legacy (clients): the uuid, or one of the uuids, the server must authenticate as; a
+   * server announcing another is refused (code `auth`, naming `expect_server_uuid`).
+   */
+  expectServerUuid?: string | string[];
+  /**
+   * Beyond legacy (servers): bind each client's uuid to its TLS client certificate. Needs
+   * `rejectUnauthorized` and a `ca` in `certificates`; the uuid a client claims must be a DNS
+   * name of its certificate's subjectAltName or `urn:uuid:<uuid>` among its URIs, or the client
+   * is refused (code `auth`, naming `client_cert_uuid`). Legacy clients present their
+   * certificate as they always did.
+   */
+  clientCertUuid?: boolean;
   /** Default request timeout in ms (60000); a message's `op_timeout` overrides it. */
   timeout?: number;
   /** Ping every `pingFreq` ms (default 3000) when `ping`, `pingFreq` or `pingDataObject` is set. */

@@ -135,6 +135,13 @@ struct ServerArgs {
     /// Answer each request with {"echo": <request>} and send each event back to its sender.
     #[arg(long)]
     echo: bool,
+    /// Require client certificates signed by this CA (PEM file); repeat for several.
+    #[arg(long = "client-ca")]
+    client_ca: Vec<PathBuf>,
+    /// Bind each client's uuid to its certificate (needs --client-ca): the uuid a client
+    /// claims must be a DNS name of its certificate, or urn:uuid:<uuid> among its URIs.
+    #[arg(long, requires = "client_ca")]
+    client_cert_uuid: bool,
 }
 
 #[derive(Args)]
@@ -160,6 +167,13 @@ struct ClientArgs {
     /// `iris-rpc cert` prints); repeat for several. Nothing is sent to a server that fails it.
     #[arg(long = "server-pin")]
     server_pins: Vec<String>,
+    /// Trust on first use: record the server's key pin for this address in FILE on the first
+    /// connection, and refuse another key at this address afterwards.
+    #[arg(long)]
+    pin_store: Option<PathBuf>,
+    /// Refuse a server that authenticates as another uuid; repeat to allow several.
+    #[arg(long = "expect-server-uuid")]
+    expect_server_uuid: Vec<String>,
 }
 
 /// Why a command failed: an iris-rpc error, or input to the command that it could not use.
@@ -326,6 +340,18 @@ async fn server(a: ServerArgs) -> Result<(), Error> {
     if opts.certificates.is_none() {
         opts = opts.certificates(Certificates::self_signed()?);
     }
+    if !a.client_ca.is_empty() {
+        if let Some(c) = opts.certificates.as_mut() {
+            c.ca.extend(
+                a.client_ca
+                    .iter()
+                    .map(|p| iris_rpc::Pem::new(p.display().to_string())),
+            );
+        }
+        opts = opts
+            .reject_unauthorized(true)
+            .client_cert_uuid(a.client_cert_uuid);
+    }
     let server = Server::bind(opts).await?;
     let mut events = server.events();
     print_json(
@@ -381,6 +407,13 @@ async fn client(a: ClientArgs) -> Result<(), Failure> {
         .server_pins
         .iter()
         .fold(opts, |o, pin| o.server_pin(pin.clone()));
+    let mut opts = a
+        .expect_server_uuid
+        .iter()
+        .fold(opts, |o, u| o.expect_server_uuid(u.clone()));
+    if let Some(p) = &a.pin_store {
+        opts = opts.pin_store(p.clone());
+    }
     let client = Arc::new(Client::connect(opts)?);
     let mut events = client.events();
     // Connect first: the first failure (refused, TLS, wrong secret) ends the command.

@@ -352,6 +352,72 @@ fn a_client_pinned_to_the_server_key_refuses_a_relay_and_reaches_the_server() {
 }
 
 #[test]
+fn pin_store_and_expect_server_uuid_refuse_the_wrong_server() {
+    let dir = std::env::temp_dir().join(format!("iris-rpc-tofu-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let d = dir.to_str().unwrap();
+    let (code, out, err) = run(&["cert", "--out", d], "");
+    assert_eq!(code, 0, "{err}");
+    let pin = out
+        .lines()
+        .find_map(|l| l.strip_prefix("pin "))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no pin in {out}"))
+        .to_owned();
+    let (key, cert) = (format!("{d}/key.pem"), format!("{d}/cert.pem"));
+    let store = format!("{d}/known-servers");
+    let server = ServerProc::start(&["--key", &key, "--cert", &cert, "--uuid", "real", "--echo"]);
+    let client = |addr: &str, expect: &str| {
+        run(
+            &[
+                "client",
+                "--address",
+                addr,
+                "--auth",
+                "s3cret",
+                "--pin-store",
+                &store,
+                "--expect-server-uuid",
+                expect,
+                "--request",
+            ],
+            "{\"op\":\"x\"}\n",
+        )
+    };
+    // First use: connects and records the server's key for its address.
+    let (code, out, err) = client(&server.address(), "real");
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("\"echo\""), "{out}");
+    let recorded = std::fs::read_to_string(&store).unwrap();
+    assert!(
+        recorded.contains(&format!("{} {pin}", server.address())),
+        "{recorded}"
+    );
+    // The right key but another uuid than expected.
+    let (code, _, err) = client(&server.address(), "other");
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("authenticated as uuid \"real\"") && err.contains("expect_server_uuid"),
+        "{err}"
+    );
+    // A relay (its own key) at an address the store holds the server's key for.
+    let relay = RelayProc::start(&server.address());
+    let relay_addr = format!("127.0.0.1:{}", relay.port);
+    std::fs::write(&store, format!("{recorded}{relay_addr} {pin}\n")).unwrap();
+    let (code, out, err) = client(&relay_addr, "real");
+    assert_ne!(code, 0, "{out}");
+    assert!(
+        err.contains("pin_store") && err.contains("recorded"),
+        "{err}"
+    );
+    assert!(
+        relay.edited().is_empty(),
+        "the client sent the relay nothing to edit"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn bad_flags_are_refused() {
     let (code, _, err) = run(&["server", "--auth", "s"], "");
     assert_eq!(code, 2);

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use rand::Rng;
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
@@ -64,7 +65,11 @@ impl Client {
         let handle = tokio::runtime::Handle::try_current().map_err(|_| {
             Error::Config("Client::connect must be called inside a tokio runtime".into())
         })?;
-        let tls = crate::tls::client_config_pinned(
+        let store = opts
+            .pin_store
+            .as_ref()
+            .map(|p| Arc::new(crate::tls::PinStore::new(p)));
+        let shared = crate::tls::client_config_pinned(
             opts.certificates.as_ref(),
             opts.reject_unauthorized,
             &opts.server_pins,
@@ -72,17 +77,26 @@ impl Client {
         let mut targets = Vec::new();
         for a in &opts.address {
             let (host, port) = split_host_port(a)?;
-            targets.push((a.clone(), host, port));
+            // With a pin store each address is checked against its own stored pin.
+            let tls = match &store {
+                Some(store) => crate::tls::client_config_for(
+                    opts.certificates.as_ref(),
+                    opts.reject_unauthorized,
+                    &opts.server_pins,
+                    Some((store.clone(), a)),
+                )?,
+                None => shared.clone(),
+            };
+            targets.push((a.clone(), host, port, TlsConnector::from(tls)));
         }
         let engine = Engine::new(opts)?;
         let events = with_events.then(|| engine.events());
-        let connector = TlsConnector::from(tls);
-        for (address, host, port) in targets {
+        for (address, host, port, c) in targets {
             engine.task_started();
             let e = engine.clone();
-            let c = connector.clone();
+            let store = store.clone();
             handle.spawn(async move {
-                reconnect_loop(&e, &address, &host, port, c).await;
+                reconnect_loop(&e, &address, &host, port, c, store).await;
                 e.task_finished();
             });
         }
@@ -119,6 +133,7 @@ async fn reconnect_loop(
     host: &str,
     port: u16,
     connector: TlsConnector,
+    store: Option<Arc<crate::tls::PinStore>>,
 ) {
     let initial = engine.opts.reconnect_initial;
     let max = engine.opts.reconnect_max.max(initial);
@@ -126,7 +141,7 @@ async fn reconnect_loop(
     while !engine.shutdown.is_triggered() {
         // Only connecting races the shutdown: a stream that came up is served to its end,
         // which on close is soon, so its `Disconnect` is never lost.
-        let attempt = connect_once(engine, address, host, port, &connector).await;
+        let attempt = connect_once(engine, address, host, port, &connector, store.as_deref()).await;
         match attempt {
             Ok(true) => delay = initial,
             Ok(false) => {}
@@ -157,6 +172,7 @@ async fn connect_once(
     host: &str,
     port: u16,
     connector: &TlsConnector,
+    store: Option<&crate::tls::PinStore>,
 ) -> Result<bool> {
     let name = crate::tls::server_name(host)?;
     let mut lines = LineBuffer::new(engine.opts.limits.max_line);
@@ -170,6 +186,23 @@ async fn connect_once(
             .map_err(|e| Error::Tls(e.to_string()))?;
         let cb = crate::connection::channel_binding(&**tls.get_ref().1);
         let est = handshake(&mut tls, &mut lines, Handshake::client(engine, cb), None).await?;
+        let expected = &engine.opts.expect_server_uuid;
+        if !expected.is_empty() && !expected.contains(&est.peer.uuid) {
+            let _ = tls.shutdown().await;
+            return Err(Error::Auth(format!(
+                "the server authenticated as uuid {:?}, not as expect_server_uuid {:?} (another \
+                 server that knows the secret, or the wrong address)",
+                est.peer.uuid, expected
+            )));
+        }
+        if let Some(store) = store {
+            // Trust on first use: the first server at this address that authenticated.
+            let pin = crate::tls::peer_spki_sha256(tls.get_ref().1.peer_certificates())?;
+            if let Err(e) = store.record(address, &pin) {
+                let _ = tls.shutdown().await;
+                return Err(e);
+            }
+        }
         Ok::<_, Error>((tls, est))
     };
     let connected = tokio::select! {

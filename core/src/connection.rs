@@ -265,7 +265,6 @@ pub(crate) async fn serve<IO>(
 where
     IO: AsyncRead + AsyncWrite + Send + 'static,
 {
-    let (rd, wr) = tokio::io::split(io);
     let outbox = Arc::new(Outbox::default());
     let queued = Arc::new(AtomicUsize::new(0));
     let shutdown = Arc::new(Shutdown::default());
@@ -287,7 +286,23 @@ where
     if est.mode == crate::protocol::Mode::Legacy && engine.opts.security.speaks_v2() {
         engine.warn_legacy_peer(&peer);
     }
-    engine.register(stream.clone());
+    if let Err(error) = engine.register(stream.clone()) {
+        let reason = error.to_string();
+        tracing::warn!(peer = %peer.uuid(), address = %peer.address(), %reason, "stream refused");
+        stream.close(reason.clone());
+        drop(stream);
+        // Close cleanly (TLS close_notify): the peer sees the end of the stream.
+        let mut io = Box::pin(io);
+        let _ = io.as_mut().shutdown().await;
+        engine
+            .emit(Event::Error {
+                error,
+                address: Some(peer.address().to_owned()),
+            })
+            .await;
+        return reason;
+    }
+    let (rd, wr) = tokio::io::split(io);
     let writer = tokio::spawn(write_loop(wr, outbox, est.sealer, queued, shutdown.clone()));
     let timer = tokio::spawn(run_timer(
         stream.clone(),

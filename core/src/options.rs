@@ -206,6 +206,24 @@ pub struct Options {
     /// 64 hex characters). Checked before anything is sent, so a fake server or a man in the
     /// middle gets no proof of the secret. Empty (the default): no pinning.
     pub server_pins: Vec<String>,
+    /// Client: a trust-on-first-use store of server key pins, a file (default none). The first
+    /// connection to an address that authenticates records the server certificate's key pin
+    /// for that address; every later connection to it must show the same key, checked in the
+    /// TLS handshake before anything is sent. The file holds `address sha256/<base64>` lines
+    /// and is replaced atomically, mode 0600.
+    pub pin_store: Option<std::path::PathBuf>,
+    /// Client: the uuid (or one of the uuids) the server must authenticate as (default: any).
+    /// A server that announces another uuid is refused after the handshake. In v2 the server's
+    /// uuid is covered by its proof of the secret over this connection; in legacy mode only by
+    /// the secret (and a replayed legacy session announces the recorded uuid).
+    pub expect_server_uuid: Vec<String>,
+    /// Server: bind each client's uuid to its TLS client certificate (default off). Needs
+    /// `reject_unauthorized` and `ca` (the CA that signs client certificates, verified by
+    /// rustls' WebPKI client verifier); then the uuid a client claims must be a DNS name of its
+    /// certificate's subjectAltName, or `urn:uuid:<uuid>` among its URI names. A client whose
+    /// certificate names another uuid is refused, so one leaked secret does not let its holder
+    /// be anyone.
+    pub client_cert_uuid: bool,
     /// Client: `host:port` addresses, one stream each.
     pub address: Vec<String>,
     /// Server: where to listen.
@@ -241,6 +259,9 @@ impl Options {
             timeout: Duration::from_secs(60),
             reject_unauthorized: false,
             server_pins: Vec::new(),
+            pin_store: None,
+            expect_server_uuid: Vec::new(),
+            client_cert_uuid: false,
             address: Vec::new(),
             port: None,
             routes: Vec::new(),
@@ -323,6 +344,24 @@ impl Options {
         self
     }
 
+    /// Sets `pin_store` (see [`Options::pin_store`]).
+    pub fn pin_store(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.pin_store = Some(path.into());
+        self
+    }
+
+    /// Adds a uuid the server may authenticate as (see [`Options::expect_server_uuid`]).
+    pub fn expect_server_uuid(mut self, uuid: impl Into<String>) -> Self {
+        self.expect_server_uuid.push(uuid.into());
+        self
+    }
+
+    /// Sets `client_cert_uuid` (see [`Options::client_cert_uuid`]).
+    pub fn client_cert_uuid(mut self, on: bool) -> Self {
+        self.client_cert_uuid = on;
+        self
+    }
+
     /// Adds a client address `host:port`.
     pub fn address(mut self, addr: impl Into<String>) -> Self {
         self.address.push(addr.into());
@@ -350,8 +389,8 @@ impl Options {
     /// Options from a legacy-style JSON object: the legacy names (`auth`/`secret`, `uuid`,
     /// `designation`, `mac`, `certificates`, `cipher`, `signatures`, `security`, `ping`, `pingFreq`,
     /// `pingDataObject`, `timeout`, `rejectUnauthorized`, `address`, `port`, `routes`,
-    /// `refuseWeakSecret`, `serverPins`) in camelCase or snake_case, durations in milliseconds, and the limit
-    /// names of [`Limits`].
+    /// `refuseWeakSecret`, `serverPins`, `pinStore`, `expectServerUuid`, `clientCertUuid`) in
+    /// camelCase or snake_case, durations in milliseconds, and the limit names of [`Limits`].
     pub fn from_json(v: &Value) -> Result<Self> {
         let raw: RawOptions = serde_json::from_value(v.clone())
             .map_err(|e| Error::Config(format!("invalid options: {e}")))?;
@@ -470,6 +509,12 @@ struct RawOptions {
     reject_unauthorized: Option<bool>,
     #[serde(alias = "serverPins")]
     server_pins: Option<OneOrMany>,
+    #[serde(alias = "pinStore")]
+    pin_store: Option<String>,
+    #[serde(alias = "expectServerUuid")]
+    expect_server_uuid: Option<OneOrMany>,
+    #[serde(alias = "clientCertUuid")]
+    client_cert_uuid: Option<bool>,
     address: Option<OneOrMany>,
     port: Option<PortValue>,
     host: Option<String>,
@@ -573,6 +618,15 @@ impl RawOptions {
             Some(OneOrMany::One(p)) => vec![p],
             Some(OneOrMany::Many(v)) => v,
         };
+        o.pin_store = self.pin_store.map(std::path::PathBuf::from);
+        o.expect_server_uuid = match self.expect_server_uuid {
+            None => Vec::new(),
+            Some(OneOrMany::One(u)) => vec![u],
+            Some(OneOrMany::Many(v)) => v,
+        };
+        if let Some(b) = self.client_cert_uuid {
+            o.client_cert_uuid = b;
+        }
         o.address = match self.address {
             None => Vec::new(),
             Some(OneOrMany::One(a)) => vec![a],

@@ -70,6 +70,13 @@ impl Server {
             .certificates
             .clone()
             .ok_or_else(|| Error::Config("a server needs 'certificates' (key and cert)".into()))?;
+        if opts.client_cert_uuid && !opts.reject_unauthorized {
+            return Err(Error::Config(
+                "client_cert_uuid needs reject_unauthorized and a `ca` (the CA that signs client \
+                 certificates): a certificate nobody verified binds nothing"
+                    .into(),
+            ));
+        }
         let tls = crate::tls::server_config(&certs, opts.reject_unauthorized)?;
         let engine = Engine::new(opts)?;
         let events = with_events.then(|| engine.events());
@@ -179,7 +186,19 @@ async fn connection(engine: &Arc<Engine>, tcp: TcpStream, addr: SocketAddr, acce
             engine.opts.limits.max_unauthenticated_bytes,
         );
         let hs = Handshake::server(engine, cb);
-        match handshake(&mut tls, &mut lines, hs, Some(budget)).await {
+        let est = handshake(&mut tls, &mut lines, hs, Some(budget)).await;
+        // client_cert_uuid: the uuid claimed is the one the verified certificate names.
+        let est = est.and_then(|est| {
+            if engine.opts.client_cert_uuid {
+                crate::tls::check_client_cert_uuid(
+                    tls.get_ref().1.peer_certificates(),
+                    &est.peer.uuid,
+                )
+                .map_err(Error::Auth)?;
+            }
+            Ok(est)
+        });
+        match est {
             Ok(est) => Ok((tls, est)),
             Err(e) => {
                 // Refuse cleanly (close_notify), telling the peer nothing more.

@@ -5,7 +5,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, MutexGuard, RwLockReadGuard};
 
 use crate::engine::Engine;
+use crate::error::{Error, Result};
 use crate::peer::Peer;
+use crate::protocol::Mode;
 use crate::stream::Stream;
 
 /// Where a uuid is held.
@@ -29,12 +31,44 @@ impl Engine {
     /// Registers an authenticated stream. As in legacy, a stream already registered with the
     /// same uuid stays connected: it is set aside (its own requests, answers and events go
     /// on), and `dispatch`/`request` to that uuid reach the newest stream.
-    pub(crate) fn register(&self, stream: Arc<Stream>) {
+    ///
+    /// Except that a uuid held by a v2 stream is never taken over by a legacy-mode one: a v2
+    /// peer proved the secret over its own connection and its uuid is bound into that proof,
+    /// while a legacy-mode peer's claim is only as good as a secret that may have leaked to any
+    /// legacy peer (issue 19, attack 4). The newcomer is refused (the error says why) and the v2
+    /// holder stays reachable. A uuid routed through a v2 stream counts as held by it. A v2
+    /// newcomer still takes a uuid over, as in legacy.
+    pub(crate) fn register(&self, stream: Arc<Stream>) -> Result<()> {
         let uuid = stream.peer.uuid().to_owned();
+        let legacy = stream.peer.mode() == Mode::Legacy;
+        // A uuid reachable through a v2 peer (a router's route) is held by that v2 stream too: a
+        // direct stream would win over the route.
+        let routed_via_v2 = legacy
+            && self
+                .route_via(&uuid)
+                .and_then(|via| self.stream(&via))
+                .is_some_and(|s| s.peer.mode() == Mode::V2);
         let mut streams = self.streams.write().unwrap_or_else(|p| p.into_inner());
+        if legacy {
+            let older = self.older();
+            let held_by_v2 = routed_via_v2
+                || streams
+                    .get(&uuid)
+                    .into_iter()
+                    .chain(older.get(&uuid).into_iter().flatten())
+                    .any(|s| s.peer.mode() == Mode::V2);
+            if held_by_v2 {
+                return Err(Error::Auth(format!(
+                    "refused a legacy-mode stream claiming uuid {uuid:?}: that uuid is held by a \
+                     v2 stream, which a legacy-mode peer (authenticated by the shared secret \
+                     alone) may not take over"
+                )));
+            }
+        }
         if let Some(old) = streams.insert(uuid.clone(), stream) {
             self.older().entry(uuid).or_default().push(old);
         }
+        Ok(())
     }
 
     /// Removes a stream. When it was the registered one for its uuid, the newest stream set

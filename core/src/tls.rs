@@ -186,6 +186,17 @@ pub fn client_config_pinned(
     reject_unauthorized: bool,
     pins: &[String],
 ) -> Result<Arc<rustls::ClientConfig>> {
+    client_config_for(certs, reject_unauthorized, pins, None)
+}
+
+/// [`client_config_pinned`] for one address, whose server key must also match the pin that
+/// `store` holds for `address`, if it holds one (trust on first use; see [`PinStore`]).
+pub fn client_config_for(
+    certs: Option<&Certificates>,
+    reject_unauthorized: bool,
+    pins: &[String],
+    store: Option<(Arc<PinStore>, &str)>,
+) -> Result<Arc<rustls::ClientConfig>> {
     let pins = pins
         .iter()
         .map(|p| parse_pin(p))
@@ -209,10 +220,18 @@ pub fn client_config_pinned(
     } else {
         Arc::new(AcceptAnyServerCert(provider()))
     };
-    let verifier: Arc<dyn ServerCertVerifier> = if pins.is_empty() {
+    let inner: Arc<dyn ServerCertVerifier> = if pins.is_empty() {
         inner
     } else {
         Arc::new(PinnedServerCert { inner, pins })
+    };
+    let verifier: Arc<dyn ServerCertVerifier> = match store {
+        None => inner,
+        Some((store, address)) => Arc::new(StoredServerCert {
+            inner,
+            store,
+            address: address.to_owned(),
+        }),
     };
     let builder = builder
         .dangerous()
@@ -267,6 +286,49 @@ pub fn spki_pin(cert: &Pem) -> Result<String> {
     let hash =
         spki_sha256(&der).map_err(|e| Error::Config(format!("unusable certificate: {e}")))?;
     Ok(format!("sha256/{}", base64_encode(&hash)))
+}
+
+/// The SHA-256 of the SubjectPublicKeyInfo of the first certificate of a peer's chain: what
+/// [`spki_pin`] prints, as bytes.
+pub fn peer_spki_sha256(chain: Option<&[CertificateDer<'_>]>) -> Result<[u8; 32]> {
+    let der = chain
+        .and_then(|c| c.first())
+        .ok_or_else(|| Error::Tls("the peer showed no certificate".into()))?;
+    spki_sha256(der).map_err(|e| Error::Tls(format!("unusable peer certificate: {e}")))
+}
+
+/// The pin text (`sha256/<base64>`) of an SPKI hash.
+pub fn pin_text(hash: &[u8; 32]) -> String {
+    format!("sha256/{}", base64_encode(hash))
+}
+
+/// `client_cert_uuid`: whether the (already verified) client certificate `chain` names `uuid`,
+/// as a DNS name of its subjectAltName or as the URI `urn:uuid:<uuid>`. The error says which
+/// names the certificate carries.
+pub fn check_client_cert_uuid(
+    chain: Option<&[CertificateDer<'_>]>,
+    uuid: &str,
+) -> std::result::Result<(), String> {
+    let der = chain.and_then(|c| c.first()).ok_or_else(|| {
+        format!(
+            "client claiming uuid {uuid:?} showed no certificate, and client_cert_uuid binds \
+             every uuid to a client certificate"
+        )
+    })?;
+    let cert = webpki::EndEntityCert::try_from(der)
+        .map_err(|e| format!("client certificate unusable: {e}"))?;
+    let urn = format!("urn:uuid:{uuid}");
+    let dns: Vec<&str> = cert.valid_dns_names().collect();
+    let uris: Vec<&str> = cert.valid_uri_names().collect();
+    if dns.contains(&uuid) || uris.contains(&urn.as_str()) {
+        return Ok(());
+    }
+    Err(format!(
+        "client claimed uuid {uuid:?} but its certificate is for {:?} (client_cert_uuid: the uuid \
+         must be a DNS name of the certificate or the URI {urn:?}); a peer that holds the \
+         secret but not that uuid's certificate",
+        dns.iter().chain(uris.iter()).collect::<Vec<_>>()
+    ))
 }
 
 fn spki_sha256(der: &CertificateDer<'_>) -> std::result::Result<[u8; 32], webpki::Error> {
@@ -354,6 +416,233 @@ impl std::fmt::Display for PinMismatch {
 }
 
 impl std::error::Error for PinMismatch {}
+
+/// A trust-on-first-use store of server key pins (the `pin_store` option): a text file of
+/// `address sha256/<base64>` lines, one per server address, like ssh's `known_hosts`. A client
+/// checks a server against the pin stored for its address during the TLS handshake, before it
+/// sends anything; the first connection to an address that authenticates records its pin
+/// ([`PinStore::record`]). The file is replaced atomically (a temporary file in the same
+/// directory, flushed, then renamed over it) with mode 0600; `#` lines and blank lines are kept
+/// out of the way (ignored and not rewritten).
+#[derive(Debug)]
+pub struct PinStore {
+    path: std::path::PathBuf,
+}
+
+/// One process updates a store at a time (another process may still write between our read
+/// and our rename: the last writer wins, and the lost pin is recorded again next time).
+static STORE_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+impl PinStore {
+    /// The store in `path` (read at each use; a missing file is an empty store).
+    pub fn new(path: impl Into<std::path::PathBuf>) -> Self {
+        PinStore { path: path.into() }
+    }
+
+    fn load(&self) -> Result<Vec<(String, [u8; 32])>> {
+        let text = match std::fs::read_to_string(&self.path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => {
+                return Err(Error::Config(format!(
+                    "cannot read pin_store {}: {e}",
+                    self.path.display()
+                )))
+            }
+        };
+        let mut out = Vec::new();
+        for (n, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let parsed = line
+                .split_once(char::is_whitespace)
+                .and_then(|(a, p)| Some((a.to_owned(), parse_pin(p.trim()).ok()?)));
+            match parsed {
+                Some(entry) => out.push(entry),
+                None => {
+                    return Err(Error::Config(format!(
+                        "pin_store {} line {}: expected `address sha256/<base64>`",
+                        self.path.display(),
+                        n + 1
+                    )))
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The pin stored for `address`.
+    pub fn lookup(&self, address: &str) -> Result<Option<[u8; 32]>> {
+        Ok(self
+            .load()?
+            .into_iter()
+            .find(|(a, _)| a == address)
+            .map(|(_, p)| p))
+    }
+
+    /// Records `pin` for `address` unless the store has one for it; fails if the stored one
+    /// differs (the server changed its key, or another connection met a different server).
+    pub fn record(&self, address: &str, pin: &[u8; 32]) -> Result<()> {
+        let _guard = STORE_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+        let mut entries = self.load()?;
+        if let Some((_, stored)) = entries.iter().find(|(a, _)| a == address) {
+            if bool::from(stored.ct_eq(pin)) {
+                return Ok(());
+            }
+            return Err(Error::Auth(
+                StoreMismatch {
+                    address: address.to_owned(),
+                    stored: pin_text(stored),
+                    seen: pin_text(pin),
+                    path: self.path.display().to_string(),
+                }
+                .to_string(),
+            ));
+        }
+        entries.push((address.to_owned(), *pin));
+        let mut text = String::from(
+            "# iris-rpc pin_store: server key pins recorded on first use (address sha256/<base64>)\n",
+        );
+        for (a, p) in &entries {
+            text.push_str(a);
+            text.push(' ');
+            text.push_str(&pin_text(p));
+            text.push('\n');
+        }
+        self.write_atomically(text.as_bytes()).map_err(|e| {
+            Error::Config(format!(
+                "cannot write pin_store {}: {e}",
+                self.path.display()
+            ))
+        })
+    }
+
+    fn write_atomically(&self, bytes: &[u8]) -> std::io::Result<()> {
+        use std::io::Write;
+        let name = self
+            .path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "pins".into());
+        let tmp = self.path.with_file_name(format!(
+            ".{name}.tmp.{}.{}",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            options.mode(0o600);
+        }
+        let result = (|| {
+            let mut f = options.open(&tmp)?;
+            f.write_all(bytes)?;
+            f.sync_all()?;
+            drop(f);
+            std::fs::rename(&tmp, &self.path)
+        })();
+        if result.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        result
+    }
+}
+
+/// Why a client refused a server by its pin_store entry.
+struct StoreMismatch {
+    address: String,
+    stored: String,
+    seen: String,
+    path: String,
+}
+
+impl std::fmt::Display for StoreMismatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the server at {} shows certificate key {}, but pin_store {} recorded {} for that \
+             address on first use (a fake server or a man in the middle, or the server changed \
+             its key: then remove its line from the store)",
+            self.address, self.seen, self.path, self.stored
+        )
+    }
+}
+
+impl std::fmt::Debug for StoreMismatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
+}
+
+impl std::error::Error for StoreMismatch {}
+
+/// `pin_store`: the key of the server's certificate must match the stored pin of its address,
+/// if there is one, then `inner` decides.
+#[derive(Debug)]
+struct StoredServerCert {
+    inner: Arc<dyn ServerCertVerifier>,
+    store: Arc<PinStore>,
+    address: String,
+}
+
+impl ServerCertVerifier for StoredServerCert {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> std::result::Result<ServerCertVerified, rustls::Error> {
+        let hash = spki_sha256(end_entity).map_err(|_| {
+            rustls::Error::InvalidCertificate(rustls::CertificateError::BadEncoding)
+        })?;
+        let stored = self
+            .store
+            .lookup(&self.address)
+            .map_err(|e| rustls::Error::General(e.to_string()))?;
+        if let Some(stored) = stored {
+            if !bool::from(stored.ct_eq(&hash)) {
+                return Err(rustls::Error::InvalidCertificate(
+                    rustls::CertificateError::Other(rustls::OtherError(Arc::new(StoreMismatch {
+                        address: self.address.clone(),
+                        stored: pin_text(&stored),
+                        seen: pin_text(&hash),
+                        path: self.store.path.display().to_string(),
+                    }))),
+                ));
+            }
+        }
+        self.inner
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
 
 /// `server_pins`: the key of the server's certificate must be pinned, then `inner` decides.
 #[derive(Debug)]

@@ -9,6 +9,7 @@ import functools
 import inspect
 import itertools
 import json
+import os
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -107,6 +108,9 @@ _ALIASES = {
     "rejectUnauthorized": "reject_unauthorized",
     "refuseWeakSecret": "refuse_weak_secret",
     "serverPins": "server_pins",
+    "pinStore": "pin_store",
+    "expectServerUuid": "expect_server_uuid",
+    "clientCertUuid": "client_cert_uuid",
     "reconnectInitial": "reconnect_initial",
     "reconnectMax": "reconnect_max",
     "maxLine": "max_line",
@@ -133,6 +137,9 @@ _KNOWN = {
     "security",
     "refuse_weak_secret",
     "server_pins",
+    "pin_store",
+    "expect_server_uuid",
+    "client_cert_uuid",
     "ping",
     "ping_data",
     "reject_unauthorized",
@@ -192,6 +199,8 @@ def _options_json(options: Mapping[str, Any]) -> str:
             value = _certificates(value)
         elif name in _DURATIONS_MS:
             value = _ms(name, value)
+        elif name == "pin_store" and isinstance(value, os.PathLike):
+            value = os.fspath(value)
         out[name] = value
     try:
         return _dumps(out)
@@ -771,6 +780,12 @@ class Client(_Rpc):
     matches none of them (``sha256/<base64>`` of its SubjectPublicKeyInfo, as ``iris-rpc cert``
     prints), before it sends anything. ``refuse_weak_secret=True`` turns the warning about a
     weak ``auth`` (below 128 bits by a conservative estimate) into a ConfigError.
+
+    ``pin_store`` (a path) trusts on first use: the first connection to an address that
+    authenticates records the server's key pin in that file (replaced atomically, mode 0600),
+    and a later server at that address with another key is refused (a TlsError naming
+    ``pin_store``) before anything is sent. ``expect_server_uuid`` (a string or a list) refuses
+    a server that authenticates as another uuid (an AuthError naming ``expect_server_uuid``).
     """
 
     _kind = "client"
@@ -792,7 +807,13 @@ class Client(_Rpc):
 class Server(_Rpc):
     """An iris-rpc server listening on ``port`` (a number, or ``"host:port"``; 0 picks a free
     port, see :attr:`port`). Takes the options of :class:`Client`, with ``port`` instead of
-    ``address``; ``certificates`` is required."""
+    ``address``; ``certificates`` is required.
+
+    ``reject_unauthorized=True`` with a ``ca`` in ``certificates`` requires client certificates
+    signed by that CA; ``client_cert_uuid=True`` then binds each client's uuid to its
+    certificate (a DNS name of its subjectAltName, or ``urn:uuid:<uuid>`` among its URIs): a
+    client claiming another uuid is refused with an ``"error"`` event (an AuthError naming
+    ``client_cert_uuid``)."""
 
     _kind = "server"
 
