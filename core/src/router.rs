@@ -102,7 +102,9 @@ pub struct Router {
 /// Where the relays report events: a bounded queue that never makes a relay wait (a relay
 /// that waited for a slow or absent reader would stop relaying).
 struct Reporter {
-    tx: tokio::sync::mpsc::Sender<RouterEvent>,
+    /// Taken by [`Router::close`], so the receiver ends then (an adapter forwarding the events
+    /// waits for that end).
+    tx: std::sync::Mutex<Option<tokio::sync::mpsc::Sender<RouterEvent>>>,
     dropped: AtomicU64,
     /// Whether [`Router::events`] was taken (only then is a drop worth a warning).
     taken: AtomicBool,
@@ -110,14 +112,16 @@ struct Reporter {
 
 impl Reporter {
     fn send(&self, ev: RouterEvent) {
-        if let Err(tokio::sync::mpsc::error::TrySendError::Full(_)) = self.tx.try_send(ev) {
+        let tx = self.tx.lock().ok().and_then(|t| t.clone());
+        let Some(tx) = tx else { return };
+        if let Err(tokio::sync::mpsc::error::TrySendError::Full(_)) = tx.try_send(ev) {
             let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
             // Logged at 1, 2, 4, 8, ... drops, so a reader that stalls cannot flood the log.
             if n.is_power_of_two() {
                 if self.taken.load(Ordering::Relaxed) {
                     tracing::warn!(
                         dropped = n,
-                        capacity = self.tx.max_capacity(),
+                        capacity = tx.max_capacity(),
                         "router: event queue full (router_event_queue), events dropped"
                     );
                 } else {
@@ -225,7 +229,7 @@ impl Router {
         be.set_route_provider(Arc::new(move || reachable(&wf)));
         let (tx, rx) = tokio::sync::mpsc::channel(fe.opts.limits.router_event_queue);
         let report = Arc::new(Reporter {
-            tx,
+            tx: std::sync::Mutex::new(Some(tx)),
             dropped: AtomicU64::new(0),
             taken: AtomicBool::new(false),
         });
@@ -317,6 +321,10 @@ impl Router {
         self.backend.close().await;
         for t in &self.tasks {
             t.abort();
+        }
+        // Nothing more to report: the events end.
+        if let Ok(mut tx) = self.report.tx.lock() {
+            tx.take();
         }
     }
 }

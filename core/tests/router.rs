@@ -529,3 +529,20 @@ async fn the_router_event_queue_is_bounded_and_never_stalls_the_relay() {
     router.close().await;
     server.close().await;
 }
+
+/// Defect: the router kept its event queue's sender for its own lifetime, so the events never
+/// ended after `close()`, and the C adapter, which forwards them until they end, hung in
+/// `iris_router_free`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn router_events_end_when_it_closes() {
+    let server = server(server_options().uuid("backend")).await;
+    let router = router_to(&server.local_addr().to_string(), "127.0.0.1:0").await;
+    let mut events = router.events().unwrap();
+    router.close().await;
+    let ended = tokio::time::timeout(WAIT, async { while events.recv().await.is_some() {} }).await;
+    assert!(
+        ended.is_ok(),
+        "the router's events did not end after close()"
+    );
+    server.close().await;
+}
