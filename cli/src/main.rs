@@ -2,6 +2,7 @@
 
 mod bench;
 mod demo;
+mod observe;
 mod router;
 
 use std::io::Write;
@@ -25,6 +26,10 @@ use tokio::io::AsyncBufReadExt;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Log lines on stderr as text or as one JSON object per line. Filter with IRIS_RPC_LOG or
+    /// RUST_LOG (`warn` by default; e.g. `iris_rpc=debug`).
+    #[arg(long, global = true, value_enum, default_value_t)]
+    log_format: observe::LogFormat,
 }
 
 #[derive(Subcommand)]
@@ -82,6 +87,8 @@ struct Common {
     cert: Option<PathBuf>,
     #[command(flatten)]
     limits: HandshakeLimits,
+    #[command(flatten)]
+    metrics: observe::MetricsArgs,
 }
 
 /// The limits on connections that have not authenticated yet (shared with the router).
@@ -125,6 +132,12 @@ impl Common {
     }
 }
 
+/// `--echo`: the op answered with an error, the op not answered, and how many of those the
+/// server holds.
+const ECHO_ERROR: &str = "echo::error";
+const ECHO_IGNORE: &str = "echo::ignore";
+const ECHO_IGNORED_MAX: usize = 1024;
+
 #[derive(Args)]
 struct ServerArgs {
     /// Port, or host:port, to listen on.
@@ -133,6 +146,9 @@ struct ServerArgs {
     #[command(flatten)]
     common: Common,
     /// Answer each request with {"echo": <request>} and send each event back to its sender.
+    /// A request with op "echo::error" is answered with that as its error instead, and one
+    /// with op "echo::ignore" is not answered (its sender sees a timeout; the 1024 latest are
+    /// held): a peer to try error and timeout handling, and metrics, against.
     #[arg(long)]
     echo: bool,
 }
@@ -201,13 +217,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("IRIS_RPC_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .init();
+    observe::init_logs(cli.log_format);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -282,7 +292,9 @@ async fn server(a: ServerArgs) -> Result<(), Error> {
     print_json(
         &json!({"event": "listen", "address": server.local_addr().to_string(), "uuid": server.uuid()}),
     );
+    a.common.metrics.start().await?;
     let server = Arc::new(server);
+    let mut ignored = std::collections::VecDeque::new();
     loop {
         let ev = tokio::select! {
             _ = shutdown_signal() => break,
@@ -308,7 +320,17 @@ async fn server(a: ServerArgs) -> Result<(), Error> {
                 print_json(&json!({"event": "request", "uuid": req.uuid, "msg": req.msg.value()}));
                 if a.echo {
                     let body = req.msg.value();
-                    req.respond(Ok(json!({ "echo": body })));
+                    match body["op"].as_str() {
+                        Some(ECHO_ERROR) => req.respond(Err(json!({ "echo": body }))),
+                        Some(ECHO_IGNORE) => {
+                            if ignored.len() == ECHO_IGNORED_MAX {
+                                // The oldest is dropped: its peer gets "No such handler".
+                                ignored.pop_front();
+                            }
+                            ignored.push_back(req);
+                        }
+                        _ => req.respond(Ok(json!({ "echo": body }))),
+                    }
                 }
                 // Without --echo the request is dropped: the peer gets "No such handler".
             }
@@ -332,6 +354,7 @@ async fn client(a: ClientArgs) -> Result<(), Error> {
         .server_pins
         .iter()
         .fold(opts, |o, pin| o.server_pin(pin.clone()));
+    a.common.metrics.start().await?;
     let client = Arc::new(Client::connect(opts)?);
     let mut events = client.events();
     // Connect first: the first failure (refused, TLS, wrong secret) ends the command.
