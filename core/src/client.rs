@@ -5,6 +5,7 @@ use std::sync::Arc;
 use rand::Rng;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
+use tracing::Instrument;
 
 use crate::connection::{handshake, serve, Handshake};
 use crate::endpoint::{spawn_pinger, Endpoint};
@@ -126,7 +127,9 @@ async fn reconnect_loop(
     while !engine.shutdown.is_triggered() {
         // Only connecting races the shutdown: a stream that came up is served to its end,
         // which on close is soon, so its `Disconnect` is never lost.
-        let attempt = connect_once(engine, address, host, port, &connector).await;
+        let attempt = connect_once(engine, address, host, port, &connector)
+            .instrument(tracing::info_span!("connecting", address = %address))
+            .await;
         match attempt {
             Ok(true) => delay = initial,
             Ok(false) => {}
