@@ -269,3 +269,13 @@ def test_call_order_under_gather_reaches_legacy(
     got = [peer.expect("message", timeout=30)["msg"]["n"] for _ in range(n)]
     first = next((i for i, v in enumerate(got) if v != i), None)
     assert first is None, f"out of call order at index {first}: {got[first : first + 5] if first is not None else ''}"
+
+
+def test_arequest_made_outside_a_loop_runs_under_asyncio_run(
+    legacy: Callable[..., LegacyPeer], closing: Callable[[Any], Any]
+) -> None:
+    # `asyncio.run(client.arequest(...))` creates the awaitable before any loop runs: it is
+    # sent when the loop runs it (sending at the call needs a running loop).
+    _peer, client, _port = _client_to_legacy(legacy, closing, True)
+    client.wait_connected(timeout=15)
+    assert asyncio.run(client.arequest({"op": "add", "a": 20, "b": 22})) == {"sum": 42}

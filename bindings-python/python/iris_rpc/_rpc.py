@@ -512,12 +512,29 @@ class _Rpc(_Dispatcher):
 
         The request is sent in this call, before anything is awaited, so requests and
         dispatches leave in the order they are made, ``asyncio.gather`` included (as legacy
-        writes each message when it is made). Cancelling the awaiting task abandons the
-        request."""
+        writes each message when it is made); made outside a running loop, as in
+        ``asyncio.run(client.arequest(...))``, it is sent when the loop runs it. Cancelling the
+        awaiting task abandons the request."""
         self._check()
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            # Made outside a running loop (``asyncio.run(client.arequest(...))``): nothing can
+            # await it before the loop runs it, so it is sent then.
+            return self._start_then_await(msg, uuid, timeout)
+        token, fut = self._start_async(loop, msg, uuid, timeout)
+        return self._await_answer(token, fut)
+
+    def _start_async(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        msg: Mapping[str, Any],
+        uuid: Optional[str],
+        timeout: Union[None, float, timedelta],
+    ) -> Tuple[int, "asyncio.Future[Any]"]:
+        """Sends a request whose answer settles a future of ``loop``."""
         if not self._gate.is_set():
             self._gate.set()
-        loop = asyncio.get_running_loop()
         fut: "asyncio.Future[Any]" = loop.create_future()
         token = next(_tokens)
         self._futures[token] = (fut, loop)
@@ -531,7 +548,16 @@ class _Rpc(_Dispatcher):
             self._native.cancel(token)
             self._futures.pop(token, None)
             raise ClosedError("closed", {"error": "Closed", "closed": True})
-        return self._await_answer(token, fut)
+        return token, fut
+
+    async def _start_then_await(
+        self,
+        msg: Mapping[str, Any],
+        uuid: Optional[str],
+        timeout: Union[None, float, timedelta],
+    ) -> Any:
+        token, fut = self._start_async(asyncio.get_running_loop(), msg, uuid, timeout)
+        return await self._await_answer(token, fut)
 
     async def _await_answer(self, token: int, fut: "asyncio.Future[Any]") -> Any:
         try:
