@@ -177,8 +177,11 @@ async fn connect_once(
     let name = crate::tls::server_name(host)?;
     let mut lines = LineBuffer::new(engine.opts.limits.max_line);
     let _counted = Counted::new(&engine.connections);
+    // Handshakes count from TCP up: a server that is down is not a failed handshake.
+    let tcp_up = std::sync::atomic::AtomicBool::new(false);
     let auth = async {
         let tcp = TcpStream::connect((host, port)).await?;
+        tcp_up.store(true, std::sync::atomic::Ordering::Relaxed);
         let _ = tcp.set_nodelay(true);
         let mut tls = connector
             .connect(name, tcp)
@@ -209,12 +212,18 @@ async fn connect_once(
         _ = engine.shutdown.wait() => return Ok(false),
         r = tokio::time::timeout(engine.opts.limits.auth_timeout, auth) => r,
     };
-    let (tls, est) = connected.unwrap_or_else(|_| {
+    let connected = connected.unwrap_or_else(|_| {
+        crate::metrics::get().limit_hit(crate::metrics::Limit::AuthTimeout);
         Err(Error::LimitExceeded(format!(
             "connect and authentication not completed within {:?}",
             engine.opts.limits.auth_timeout
         )))
-    })?;
+    });
+    if tcp_up.load(std::sync::atomic::Ordering::Relaxed) {
+        let m = crate::metrics::get();
+        m.handshake(false, connected.as_ref().map(|(_, est)| est.mode));
+    }
+    let (tls, est) = connected?;
     serve(engine.clone(), tls, lines, est, address.to_owned()).await;
     Ok(true)
 }

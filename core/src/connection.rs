@@ -9,6 +9,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::event::Event;
+use crate::metrics::Limit;
 use crate::outbox::Outbox;
 use crate::peer::{Peer, PeerInner};
 use crate::protocol::{
@@ -132,6 +133,7 @@ impl<'a> HandshakeBudget<'a> {
             let before = self.total.fetch_add(more, Ordering::SeqCst);
             self.held = now;
             if before + more > self.max {
+                crate::metrics::get().limit_hit(Limit::MaxUnauthenticatedBytes);
                 return Err(Error::LimitExceeded(format!(
                     "unauthenticated connections would hold more than the {} byte limit \
                      (max_unauthenticated_bytes)",
@@ -192,11 +194,15 @@ pub(crate) async fn handshake<IO: AsyncRead + AsyncWrite + Unpin>(
                     Ok(Some(l)) => break l.to_vec(),
                     Ok(None) => {}
                     Err(e) if max < stream_max => {
+                        crate::metrics::get().limit_hit(Limit::MaxHandshakeLine);
                         return Err(Error::LimitExceeded(format!(
                             "{e} before authentication (max_handshake_line)"
-                        )))
+                        )));
                     }
-                    Err(e) => return Err(Error::LimitExceeded(e.to_string())),
+                    Err(e) => {
+                        crate::metrics::get().limit_hit(Limit::MaxLine);
+                        return Err(Error::LimitExceeded(e.to_string()));
+                    }
                 }
                 let n = match io.read(lines.read_buf(READ_MIN)).await {
                     Ok(n) => n,
@@ -359,6 +365,8 @@ async fn read_loop<R: AsyncRead + Unpin>(
         stream.out.hold();
         let pass = async {
             let mut in_pass = 0usize;
+            // Counted once per pass, not per line.
+            let mut received = Received(0);
             loop {
                 if in_pass == PASS_LINES {
                     // Let what this pass queued leave while the rest is worked through.
@@ -371,11 +379,15 @@ async fn read_loop<R: AsyncRead + Unpin>(
                 let line = match lines.next_line() {
                     Ok(Some(l)) => l,
                     Ok(None) => return Ok(()),
-                    Err(e) => return Err(format!("limit exceeded: {e}")),
+                    Err(e) => {
+                        crate::metrics::get().limit_hit(Limit::MaxLine);
+                        return Err(format!("limit exceeded: {e}"));
+                    }
                 };
                 if line.is_empty() {
                     continue;
                 }
+                received.0 += 1;
                 let parsed = opener
                     .open(line, &mut plain)
                     .map_err(|e| format!("protocol error: {e}"))?;
@@ -394,6 +406,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
             .await
             .map_err(|e| format!("read error: {e}"))?;
         lines.filled(n);
+        crate::metrics::get().bytes_in.inc_by(n as u64);
         // Grow while reads come back full; shrink back (and give the buffer back once it is
         // empty) when they come back small.
         room = if n == room {
@@ -407,6 +420,17 @@ async fn read_loop<R: AsyncRead + Unpin>(
             return Err("connection closed by peer".into());
         }
         stream.heard();
+    }
+}
+
+/// Messages read in one pass, added to the counter when the pass ends however it ends.
+struct Received(u64);
+
+impl Drop for Received {
+    fn drop(&mut self) {
+        if self.0 > 0 {
+            crate::metrics::get().messages_in.inc_by(self.0);
+        }
     }
 }
 
@@ -467,6 +491,7 @@ async fn write_loop<W: AsyncWrite>(
             last_batch = batch.len();
         }
         let mut bytes = 0;
+        let mut sent = 0usize;
         let mut exhausted = false;
         for text in batch.drain(..) {
             bytes += text.len() + 1;
@@ -476,6 +501,7 @@ async fn write_loop<W: AsyncWrite>(
                 exhausted = true;
                 break;
             }
+            sent += 1;
         }
         if exhausted {
             shutdown.trigger();
@@ -507,6 +533,9 @@ async fn write_loop<W: AsyncWrite>(
             };
             buf.clear();
             queued.fetch_sub(bytes, Ordering::Relaxed);
+            let m = crate::metrics::get();
+            m.bytes_out.inc_by(bytes as u64);
+            m.messages_out.inc_by(sent as u64);
             if !ok {
                 shutdown.trigger();
                 outbox.close();

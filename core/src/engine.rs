@@ -110,7 +110,7 @@ impl Engine {
         };
         let keys = Arc::new(Keys::new(&opts.auth));
         let ping_data = RwLock::new(opts.ping_data.clone());
-        Ok(Arc::new(Engine {
+        let engine = Arc::new(Engine {
             opts,
             identity,
             keys,
@@ -128,7 +128,9 @@ impl Engine {
             unauthenticated_bytes: AtomicUsize::new(0),
             connections: AtomicUsize::new(0),
             legacy_warned: Mutex::new(HashSet::new()),
-        }))
+        });
+        crate::metrics::track(&engine);
+        Ok(engine)
     }
 
     // ---- events ----------------------------------------------------------------------------

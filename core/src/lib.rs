@@ -43,6 +43,7 @@ mod event;
 mod handlers;
 mod link;
 mod message;
+pub mod metrics;
 mod multiplexer;
 mod options;
 mod outbox;

@@ -53,9 +53,10 @@ pub(crate) fn start(
 ) -> RawReply {
     let id = request_id();
     let (tx, rx) = oneshot::channel();
+    let started = now();
     let inserted = stream
         .pending()
-        .insert(&id, req.clone(), timeout_ms, now(), tx);
+        .insert(&id, req.clone(), timeout_ms, started, tx);
     match inserted {
         Ok(i) => {
             if i.earliest {
@@ -67,6 +68,7 @@ pub(crate) fn start(
             return RawReply::ready(Err(closed_error(why, req)));
         }
         Err((Refused::Full { max }, _)) => {
+            crate::metrics::get().limit_hit(crate::metrics::Limit::MaxPending);
             return RawReply::ready(Err(Error::LimitExceeded(format!(
                 "{max} requests already pending on this stream"
             ))));
@@ -83,6 +85,7 @@ pub(crate) fn start(
             stream: stream.clone(),
             id: id.clone().into_boxed_str(),
             req,
+            started,
         },
         whole,
     };
@@ -110,6 +113,8 @@ enum State {
         stream: Arc<Stream>,
         id: Box<str>,
         req: Arc<str>,
+        /// When it was sent, for the latency histogram.
+        started: std::time::Instant,
     },
     Done,
 }
@@ -144,16 +149,22 @@ impl Future for RawReply {
     type Output = Result<Response>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let out = match &mut self.state {
-            State::Ready(r) => r.take().unwrap_or(Err(Error::Closed)),
-            State::Waiting { rx, req, .. } => match Pin::new(rx).poll(cx) {
-                Poll::Ready(r) => {
-                    r.unwrap_or_else(|_| Err(Error::Disconnected { req: req.clone() }))
-                }
+        let (out, started) = match &mut self.state {
+            State::Ready(r) => (r.take().unwrap_or(Err(Error::Closed)), None),
+            State::Waiting {
+                rx, req, started, ..
+            } => match Pin::new(rx).poll(cx) {
+                Poll::Ready(r) => (
+                    r.unwrap_or_else(|_| Err(Error::Disconnected { req: req.clone() })),
+                    Some(*started),
+                ),
                 Poll::Pending => return Poll::Pending,
             },
-            State::Done => Err(Error::Closed),
+            // Polled after it settled: counted already.
+            State::Done => return Poll::Ready(Err(Error::Closed)),
         };
+        crate::metrics::get()
+            .request_settled(&out, started.map(|s| now().saturating_duration_since(s)));
         // Settled: the table let go of the entry already, nothing to cancel on drop.
         self.state = State::Done;
         Poll::Ready(if self.whole {

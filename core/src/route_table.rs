@@ -16,6 +16,11 @@ impl RouteTable {
         self.via.get(uuid)
     }
 
+    /// Routed uuids in the table.
+    pub(crate) fn len(&self) -> usize {
+        self.via.len()
+    }
+
     /// Routes held through the stream `via`.
     pub(crate) fn count(&self, via: &str) -> usize {
         self.per_stream.get(via).copied().unwrap_or(0)

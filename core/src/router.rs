@@ -379,8 +379,12 @@ async fn relay(
                 announce(&to, "rpc::online", &online);
                 announce(&to, "rpc::offline", &offline);
             }
-            Event::Message { msg, uuid, peer } => forward_event(&to, msg, &uuid, &peer, tag_sender),
+            Event::Message { msg, uuid, peer } => {
+                crate::metrics::get().relayed(false);
+                forward_event(&to, msg, &uuid, &peer, tag_sender)
+            }
             Event::Request(req) => {
+                crate::metrics::get().relayed(true);
                 let to = to.clone();
                 tokio::spawn(forward_request(to, req, frontend, tag_sender));
             }

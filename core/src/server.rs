@@ -13,6 +13,7 @@ use crate::endpoint::{spawn_pinger, Endpoint};
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::event::Event;
+use crate::metrics::Limit;
 use crate::options::Options;
 use crate::protocol::LineBuffer;
 
@@ -148,14 +149,18 @@ async fn accept_loop(
         };
         let limits = &engine.opts.limits;
         let total = engine.connections.load(Ordering::SeqCst);
+        let metrics = crate::metrics::get();
         if limits.max_connections.is_some_and(|m| total >= m) {
             tracing::warn!(%addr, "refused: max_connections reached");
+            metrics.refused(Limit::MaxConnections);
             continue;
         }
         if engine.unauthenticated.load(Ordering::SeqCst) >= limits.max_unauthenticated {
             tracing::warn!(%addr, "refused: max_unauthenticated reached");
+            metrics.refused(Limit::MaxUnauthenticated);
             continue;
         }
+        metrics.accepted.inc();
         engine.connections.fetch_add(1, Ordering::SeqCst);
         engine.unauthenticated.fetch_add(1, Ordering::SeqCst);
         engine.task_started();
@@ -210,6 +215,7 @@ async fn connection(engine: &Arc<Engine>, tcp: TcpStream, addr: SocketAddr, acce
     let result = tokio::select! {
         _ = engine.shutdown.wait() => Err(Error::Closed),
         r = tokio::time::timeout(engine.opts.limits.auth_timeout, auth) => r.unwrap_or_else(|_| {
+            crate::metrics::get().limit_hit(Limit::AuthTimeout);
             Err(Error::LimitExceeded(format!(
                 "authentication not completed within {:?}",
                 engine.opts.limits.auth_timeout
@@ -217,6 +223,11 @@ async fn connection(engine: &Arc<Engine>, tcp: TcpStream, addr: SocketAddr, acce
         }),
     };
     engine.unauthenticated.fetch_sub(1, Ordering::SeqCst);
+    match &result {
+        // Closed locally (shutdown) is not the handshake's outcome.
+        Err(Error::Closed) => {}
+        r => crate::metrics::get().handshake(true, r.as_ref().map(|(_, est)| est.mode)),
+    }
     match result {
         Ok((tls, est)) => {
             serve(engine.clone(), tls, lines, est, addr.to_string()).await;

@@ -97,6 +97,7 @@ impl Stream {
                 self.max_queue
             );
             self.close(why.clone());
+            crate::metrics::get().limit_hit(crate::metrics::Limit::MaxQueue);
             return Err(Error::LimitExceeded(why));
         }
         self.out.push(text).map_err(|_| {
