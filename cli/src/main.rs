@@ -2,9 +2,10 @@
 
 mod bench;
 mod demo;
+mod observe;
 mod router;
 
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -24,6 +25,10 @@ use tokio::io::AsyncBufReadExt;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Log lines on stderr as text or as one JSON object per line. Filter with IRIS_RPC_LOG or
+    /// RUST_LOG (`warn` by default; e.g. `iris_rpc=debug`).
+    #[arg(long, global = true, value_enum, default_value_t)]
+    log_format: observe::LogFormat,
 }
 
 #[derive(Subcommand)]
@@ -82,6 +87,8 @@ struct Common {
     cert: Option<PathBuf>,
     #[command(flatten)]
     limits: HandshakeLimits,
+    #[command(flatten)]
+    metrics: observe::MetricsArgs,
 }
 
 /// The limits on connections that have not authenticated yet (shared with the router).
@@ -125,6 +132,12 @@ impl Common {
     }
 }
 
+/// `--echo`: the op answered with an error, the op not answered, and how many of those the
+/// server holds.
+const ECHO_ERROR: &str = "echo::error";
+const ECHO_IGNORE: &str = "echo::ignore";
+const ECHO_IGNORED_MAX: usize = 1024;
+
 #[derive(Args)]
 struct ServerArgs {
     /// Port, or host:port, to listen on.
@@ -133,6 +146,9 @@ struct ServerArgs {
     #[command(flatten)]
     common: Common,
     /// Answer each request with {"echo": <request>} and send each event back to its sender.
+    /// A request with op "echo::error" is answered with that as its error instead, and one
+    /// with op "echo::ignore" is not answered (its sender sees a timeout; the 1024 latest are
+    /// held): a peer to try error and timeout handling, and metrics, against.
     #[arg(long)]
     echo: bool,
     /// Require client certificates signed by this CA (PEM file); repeat for several.
@@ -197,11 +213,6 @@ impl std::fmt::Display for Failure {
     }
 }
 
-/// ANSI colour in log lines only on a terminal, and never with `NO_COLOR` set (no-color.org).
-fn colour() -> bool {
-    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
-}
-
 pub(crate) fn print_json(v: &Value) {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "{v}");
@@ -241,14 +252,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(colour())
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("IRIS_RPC_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .init();
+    observe::init_logs(cli.log_format);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -357,7 +361,9 @@ async fn server(a: ServerArgs) -> Result<(), Error> {
     print_json(
         &json!({"event": "listen", "address": server.local_addr().to_string(), "uuid": server.uuid()}),
     );
+    a.common.metrics.start().await?;
     let server = Arc::new(server);
+    let mut ignored = std::collections::VecDeque::new();
     loop {
         let ev = tokio::select! {
             _ = shutdown_signal() => break,
@@ -383,7 +389,17 @@ async fn server(a: ServerArgs) -> Result<(), Error> {
                 print_json(&json!({"event": "request", "uuid": req.uuid, "msg": req.msg.value()}));
                 if a.echo {
                     let body = req.msg.value();
-                    req.respond(Ok(json!({ "echo": body })));
+                    match body["op"].as_str() {
+                        Some(ECHO_ERROR) => req.respond(Err(json!({ "echo": body }))),
+                        Some(ECHO_IGNORE) => {
+                            if ignored.len() == ECHO_IGNORED_MAX {
+                                // The oldest is dropped: its peer gets "No such handler".
+                                ignored.pop_front();
+                            }
+                            ignored.push_back(req);
+                        }
+                        _ => req.respond(Ok(json!({ "echo": body }))),
+                    }
                 }
                 // Without --echo the request is dropped: the peer gets "No such handler".
             }
@@ -414,6 +430,7 @@ async fn client(a: ClientArgs) -> Result<(), Failure> {
     if let Some(p) = &a.pin_store {
         opts = opts.pin_store(p.clone());
     }
+    a.common.metrics.start().await?;
     let client = Arc::new(Client::connect(opts)?);
     let mut events = client.events();
     // Connect first: the first failure (refused, TLS, wrong secret) ends the command.

@@ -46,6 +46,8 @@ pub struct RouterArgs {
     cert: Option<PathBuf>,
     #[command(flatten)]
     limits: crate::HandshakeLimits,
+    #[command(flatten)]
+    metrics: crate::observe::MetricsArgs,
 }
 
 fn side(s: Side) -> &'static str {
@@ -94,6 +96,7 @@ pub async fn run(a: RouterArgs) -> Result<(), Error> {
         listen["to"] = json!(to);
     }
     crate::print_json(&listen);
+    a.metrics.start().await?;
     let Some(mut events) = router.events() else {
         return Err(Error::Closed);
     };

@@ -531,11 +531,11 @@ async fn write_loop<W: AsyncWrite>(
                     }
                 }
             };
+            let m = crate::metrics::get();
+            m.bytes_out.inc_by(buf.len() as u64);
+            m.messages_out.inc_by(sent as u64);
             buf.clear();
             queued.fetch_sub(bytes, Ordering::Relaxed);
-            let m = crate::metrics::get();
-            m.bytes_out.inc_by(bytes as u64);
-            m.messages_out.inc_by(sent as u64);
             if !ok {
                 shutdown.trigger();
                 outbox.close();

@@ -234,12 +234,12 @@ impl Metrics {
         let bytes_in = counter(
             &mut registry,
             "iris_rpc_received_bytes",
-            "Bytes received on authenticated streams (inside TLS)",
+            "Bytes received on authenticated streams (inside TLS, before the line cipher if on)",
         );
         let bytes_out = counter(
             &mut registry,
             "iris_rpc_sent_bytes",
-            "Bytes of messages written to authenticated streams (inside TLS, before the cipher)",
+            "Bytes written to authenticated streams (inside TLS, after the line cipher if on)",
         );
         let requests_family = Family::<Labels<1>, Counter>::default();
         registry.register(
