@@ -681,6 +681,12 @@ void iris_string_free(char *s);
 // The version of the library, for example `"0.3.0"` (`IRIS_RPC_VERSION`). Static; do not free.
 const char *iris_version(void);
 
+// The process's metrics in the Prometheus text format (version 0.0.4), the same text
+// `iris-rpc server --metrics` serves: every instance in the process adds into it (see the
+// README's metrics table). On `IRIS_OK` the text goes to `text_out` (free it with
+// `iris_string_free`) and its length to `len_out` when not NULL.
+enum iris_result iris_metrics_text(char **text_out, size_t *len_out);
+
 #ifdef __cplusplus
 }  // extern "C"
 #endif  // __cplusplus

@@ -99,3 +99,23 @@ pub extern "C" fn iris_version() -> *const c_char {
     const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), "\0");
     VERSION.as_ptr().cast()
 }
+
+/// The process's metrics in the Prometheus text format (version 0.0.4), the same text
+/// `iris-rpc server --metrics` serves: every instance in the process adds into it (see the
+/// README's metrics table). On `IRIS_OK` the text goes to `text_out` (free it with
+/// `iris_string_free`) and its length to `len_out` when not NULL.
+#[no_mangle]
+pub unsafe extern "C" fn iris_metrics_text(
+    text_out: *mut *mut c_char,
+    len_out: *mut usize,
+) -> iris_result {
+    crate::result::guard(|| {
+        need_out(text_out, "text_out")?;
+        let text = iris::metrics::text();
+        *text_out = owned_c_string(&text)?;
+        if !len_out.is_null() {
+            *len_out = text.len();
+        }
+        Ok(())
+    })
+}

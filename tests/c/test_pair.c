@@ -380,6 +380,16 @@ static void test_callback_rules(void) {
     iris_string_free(resp);
     CHECK(__atomic_load_n(&st.blocked_call, __ATOMIC_SEQ_CST) == IRIS_ERR_INVALID_STATE);
     CHECK(__atomic_load_n(&st.answered, __ATOMIC_SEQ_CST) == 1);
+    /* The process's metrics, as Prometheus text: the answered request is counted. */
+    char *metrics = NULL;
+    size_t metrics_len = 0;
+    CHECK_OK(iris_metrics_text(&metrics, &metrics_len));
+    CHECK(metrics && strlen(metrics) == metrics_len);
+    const char *answered = metrics ? strstr(metrics, "iris_rpc_requests_total{outcome=\"answered\"} ") : NULL;
+    CHECK(answered && atoll(answered + strlen("iris_rpc_requests_total{outcome=\"answered\"} ")) >= 1);
+    CHECK(metrics && strstr(metrics, "# TYPE iris_rpc_connections gauge") != NULL);
+    iris_string_free(metrics);
+    CHECK_RES(iris_metrics_text(NULL, NULL), IRIS_ERR_NULL_ARGUMENT);
     /* Closing from inside the callback: the request is answered, then the server closes. */
     resp = NULL;
     CHECK_OK(iris_client_request_wait(c, NULL, "{\"op\":\"close\"}", 0, &resp, NULL));
