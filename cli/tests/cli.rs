@@ -839,3 +839,95 @@ fn a_bad_stdin_line_is_not_a_configuration_error() {
     assert!(err.contains("stdin line 1: invalid JSON"), "{err}");
     assert!(!err.contains("configuration error"), "{err}");
 }
+
+/// Runs a server with `log_args` and the log variables `env` (none other), has a client (uuid `log-client`,
+/// designation `logger`) make one request and leave, and returns the server's stderr.
+fn server_log_of_one_client(log_args: &[&str], env: &[(&str, &str)]) -> String {
+    let mut args = vec![
+        "server",
+        "--port",
+        "127.0.0.1:0",
+        "--auth",
+        STRONG,
+        "--echo",
+    ];
+    args.extend_from_slice(log_args);
+    let mut cmd = Command::new(BIN);
+    cmd.args(&args)
+        .env_remove("IRIS_RPC_LOG")
+        .env_remove("RUST_LOG")
+        .env_remove("NO_COLOR")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let listen: serde_json::Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    let addr = listen["address"].as_str().unwrap().to_owned();
+    let (code, _, err) = run(
+        &[
+            "client",
+            "--address",
+            &addr,
+            "--auth",
+            STRONG,
+            "--request",
+            "--uuid",
+            "log-client",
+            "--designation",
+            "logger",
+        ],
+        "{\"op\":\"x\"}\n",
+    );
+    assert_eq!(code, 0, "{err}");
+    // The server logs the stream's end before it prints the disconnect.
+    for line in lines.by_ref() {
+        let v: serde_json::Value = serde_json::from_str(&line.unwrap()).unwrap();
+        if v["event"] == "disconnect" {
+            break;
+        }
+    }
+    child.kill().unwrap();
+    let out = child.wait_with_output().unwrap();
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn json_logs_carry_the_connection_span() {
+    let err = server_log_of_one_client(&["--log-format", "json"], &[("IRIS_RPC_LOG", "info")]);
+    let ended = err
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["fields"]["message"] == "stream ended")
+        .unwrap_or_else(|| panic!("no JSON 'stream ended' record in:\n{err}"));
+    assert_eq!(ended["level"], "INFO", "{ended}");
+    let span = &ended["span"];
+    assert_eq!(span["name"], "connection", "{ended}");
+    assert_eq!(span["peer"], "log-client", "{ended}");
+    assert_eq!(span["designation"], "logger", "{ended}");
+    assert_eq!(span["mode"], "v2", "{ended}");
+    assert!(
+        span["address"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("127.0.0.1:"),
+        "{ended}"
+    );
+}
+
+#[test]
+fn text_logs_have_no_colour_off_a_terminal_and_filters_apply() {
+    let err = server_log_of_one_client(&[], &[("IRIS_RPC_LOG", "info")]);
+    assert!(err.contains("stream ended"), "{err}");
+    assert!(err.contains("connection{peer=log-client"), "{err}");
+    assert!(!err.contains('\u{1b}'), "ANSI escapes on a pipe: {err:?}");
+    // RUST_LOG when IRIS_RPC_LOG is unset; IRIS_RPC_LOG wins when both are; `warn` by default.
+    let err = server_log_of_one_client(&[], &[("RUST_LOG", "iris_rpc=info")]);
+    assert!(err.contains("stream ended"), "{err}");
+    let err = server_log_of_one_client(&[], &[("RUST_LOG", "info"), ("IRIS_RPC_LOG", "error")]);
+    assert!(!err.contains("stream ended"), "{err}");
+    let err = server_log_of_one_client(&[], &[]);
+    assert!(!err.contains("stream ended"), "{err}");
+}

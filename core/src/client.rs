@@ -6,6 +6,7 @@ use rand::Rng;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
+use tracing::Instrument;
 
 use crate::connection::{handshake, serve, Handshake};
 use crate::endpoint::{spawn_pinger, Endpoint};
@@ -141,7 +142,9 @@ async fn reconnect_loop(
     while !engine.shutdown.is_triggered() {
         // Only connecting races the shutdown: a stream that came up is served to its end,
         // which on close is soon, so its `Disconnect` is never lost.
-        let attempt = connect_once(engine, address, host, port, &connector, store.as_deref()).await;
+        let attempt = connect_once(engine, address, host, port, &connector, store.as_deref())
+            .instrument(tracing::info_span!("connecting", address = %address))
+            .await;
         match attempt {
             Ok(true) => delay = initial,
             Ok(false) => {}

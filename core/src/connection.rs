@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tracing::Instrument;
 
 use crate::engine::Engine;
 use crate::error::{Error, Result};
@@ -261,7 +262,32 @@ pub(crate) async fn handshake<IO: AsyncRead + AsyncWrite + Unpin>(
 /// keeps the request deadlines and the dead-peer limit. Nothing the event consumer does can
 /// hold up the timer, and the end of the stream (`peer.end()`, close, a dead peer) stops the
 /// reader even while it waits for room in a full event queue.
+///
+/// Everything the stream logs, in these tasks, is inside a `connection` span that names the
+/// peer (uuid, designation, address, session mode).
 pub(crate) async fn serve<IO>(
+    engine: Arc<Engine>,
+    io: IO,
+    lines: LineBuffer,
+    est: Established,
+    address: String,
+) -> String
+where
+    IO: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let span = tracing::info_span!(
+        "connection",
+        peer = %est.peer.uuid,
+        designation = est.peer.designation.as_deref().unwrap_or(""),
+        address = %address,
+        mode = est.mode.as_str(),
+    );
+    serve_stream(engine, io, lines, est, address)
+        .instrument(span)
+        .await
+}
+
+async fn serve_stream<IO>(
     engine: Arc<Engine>,
     io: IO,
     lines: LineBuffer,
@@ -309,11 +335,14 @@ where
         return reason;
     }
     let (rd, wr) = tokio::io::split(io);
-    let writer = tokio::spawn(write_loop(wr, outbox, est.sealer, queued, shutdown.clone()));
-    let timer = tokio::spawn(run_timer(
-        stream.clone(),
-        engine.opts.limits.dead_peer_timeout,
-    ));
+    let writer = tokio::spawn(
+        write_loop(wr, outbox, est.sealer, queued, shutdown.clone())
+            .instrument(tracing::Span::current()),
+    );
+    let timer = tokio::spawn(
+        run_timer(stream.clone(), engine.opts.limits.dead_peer_timeout)
+            .instrument(tracing::Span::current()),
+    );
     engine.announce_connect(&stream).await;
     engine.add_routes(&peer, &est.routes).await;
 

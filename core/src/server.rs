@@ -7,6 +7,7 @@ use std::sync::Arc;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
+use tracing::Instrument;
 
 use crate::connection::{handshake, serve, Handshake, HandshakeBudget};
 use crate::endpoint::{spawn_pinger, Endpoint};
@@ -166,11 +167,16 @@ async fn accept_loop(
         engine.task_started();
         let e = engine.clone();
         let acceptor = acceptor.clone();
-        tokio::spawn(async move {
-            connection(&e, tcp, addr, acceptor).await;
-            e.connections.fetch_sub(1, Ordering::SeqCst);
-            e.task_finished();
-        });
+        // Until the handshake names the peer, a connection is known by its address.
+        let span = tracing::info_span!("accepted", address = %addr);
+        tokio::spawn(
+            async move {
+                connection(&e, tcp, addr, acceptor).await;
+                e.connections.fetch_sub(1, Ordering::SeqCst);
+                e.task_finished();
+            }
+            .instrument(span),
+        );
     }
     // The port is free once close() returns: the listener goes before the task counts done.
     drop(listener);
