@@ -12,6 +12,12 @@ export interface Config {
 }
 export const config: Config;
 
+/**
+ * The process's metrics in the Prometheus text format (version 0.0.4): every instance in the
+ * process adds into them. Beyond legacy (not an enumerable export).
+ */
+export function metrics(): string;
+
 /** PEM text (or Buffers holding it). */
 export type PemInput = string | Buffer;
 

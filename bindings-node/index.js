@@ -1260,5 +1260,15 @@ module.exports = {
   Certificates,
 };
 
+/**
+ * The process's metrics in the Prometheus text format (version 0.0.4): every Client, Server,
+ * Multiplexer and Router in the process adds into them. Serve it as-is for Prometheus, e.g.
+ * `res.setHeader('Content-Type', 'text/plain; version=0.0.4'); res.end(metrics())`.
+ */
+function metrics() {
+  return native.metrics();
+}
+
 // Beyond legacy, not enumerable so the exports keep the legacy names exactly.
 Object.defineProperty(module.exports, 'IrisError', { value: IrisError, enumerable: false });
+Object.defineProperty(module.exports, 'metrics', { value: metrics, enumerable: false });

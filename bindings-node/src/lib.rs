@@ -37,6 +37,13 @@ pub(crate) fn init_logging() {
     });
 }
 
+/// The process's metrics in the Prometheus text format (version 0.0.4): every instance in the
+/// process adds into them (the core's `iris_rpc::metrics`).
+#[napi(catch_unwind)]
+pub fn metrics() -> String {
+    iris_rpc::metrics::text()
+}
+
 /// A PEM key and certificate pair.
 #[napi(object)]
 pub struct KeyAndCert {

@@ -69,6 +69,28 @@ describe('exports', () => {
   });
 });
 
+describe('metrics', () => {
+  test('metrics() is the Prometheus text, counting what this process did', async () => {
+    const count = (text, series) => {
+      const line = text.split('\n').find((l) => l.startsWith(series + ' '));
+      return line === undefined ? 0 : Number(line.slice(series.length + 1));
+    };
+    const answered = 'iris_rpc_requests_total{outcome="answered"}';
+    const before = count(iris.metrics(), answered);
+    const { server, client, close } = await pair();
+    try {
+      server.on('hello', (msg, respond) => respond(null, { hi: true }));
+      await client.request({ op: 'hello' });
+      const text = iris.metrics();
+      assert.match(text, /^# TYPE iris_rpc_connections gauge$/m);
+      assert.equal(count(text, answered), before + 1);
+      assert.ok(count(text, 'iris_rpc_streams') >= 2, text);
+    } finally {
+      await close();
+    }
+  });
+});
+
 describe('requests', () => {
   test('await request(): responses and every kind of failure', async () => {
     const { server, client, close } = await pair();
