@@ -420,9 +420,8 @@ const GAUGES: [(&str, &str); 7] = [
 mod tests {
     use super::*;
 
-    /// Every series name and label the README documents: renaming one breaks dashboards.
-    #[test]
-    fn names_are_stable() {
+    /// The text once every labelled family has a series (an empty family is not written).
+    fn text_with_every_family() -> String {
         let m = get();
         m.accepted.inc();
         m.refused(Limit::MaxConnections);
@@ -430,7 +429,13 @@ mod tests {
         m.handshake(false, Err(&Error::Auth("x".into())));
         m.request_settled(&Err(Error::Closed), Some(Duration::from_millis(3)));
         m.relayed(true);
-        let t = text();
+        text()
+    }
+
+    /// Every series name and label the README documents: renaming one breaks dashboards.
+    #[test]
+    fn names_are_stable() {
+        let t = text_with_every_family();
         for name in [
             "# TYPE iris_rpc_connections gauge",
             "# TYPE iris_rpc_unauthenticated_connections gauge",
@@ -468,6 +473,28 @@ mod tests {
         ] {
             assert!(t.contains(name), "{name} missing from:\n{t}");
         }
+    }
+
+    /// The Grafana dashboard in docs/ queries only series this module makes.
+    #[test]
+    fn the_dashboard_uses_existing_series() {
+        let dash = include_str!("../../docs/grafana-dashboard.json");
+        let t = text_with_every_family();
+        let mut used = 0;
+        for (i, _) in dash.match_indices("iris_rpc_") {
+            let name: String = dash[i..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            assert!(
+                t.contains(&format!("# TYPE {name} "))
+                    || t.contains(&format!("\n{name}{{"))
+                    || t.contains(&format!("\n{name} ")),
+                "the dashboard queries {name}, which does not exist"
+            );
+            used += 1;
+        }
+        assert!(used >= 18, "the dashboard queries {used} series");
     }
 
     #[test]
