@@ -931,3 +931,81 @@ fn text_logs_have_no_colour_off_a_terminal_and_filters_apply() {
     let err = server_log_of_one_client(&[], &[]);
     assert!(!err.contains("stream ended"), "{err}");
 }
+
+/// GET `path` from `addr` over plain HTTP; returns the status line and the body.
+fn http_get(addr: &str, path: &str) -> (String, String) {
+    use std::io::Read;
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut reply = String::new();
+    s.read_to_string(&mut reply).unwrap();
+    let (head, body) = reply.split_once("\r\n\r\n").unwrap();
+    (
+        head.lines().next().unwrap_or("").to_owned(),
+        body.to_owned(),
+    )
+}
+
+#[test]
+fn router_serves_its_relays_on_metrics() {
+    let server = ServerProc::start(&["--echo"]);
+    let to = server.address();
+    let mut router = Command::new(BIN)
+        .args([
+            "router",
+            "--port",
+            "127.0.0.1:0",
+            "--auth",
+            "s3cret",
+            "--to",
+            &to,
+            "--metrics",
+            "127.0.0.1:0",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(router.stdout.take().unwrap()).lines();
+    let (mut front, mut metrics, mut backend_up) = (None, None, false);
+    while front.is_none() || metrics.is_none() || !backend_up {
+        let v: serde_json::Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+        match v["event"].as_str() {
+            Some("listen") => front = v["frontend"].as_str().map(str::to_owned),
+            Some("metrics") => metrics = v["address"].as_str().map(str::to_owned),
+            Some("connect") if v["side"] == "backend" => backend_up = true,
+            _ => {}
+        }
+    }
+    let (front, metrics) = (front.unwrap(), metrics.unwrap());
+    let (code, _, err) = run(
+        &[
+            "client",
+            "--address",
+            &front,
+            "--auth",
+            "s3cret",
+            "--request",
+        ],
+        "{\"op\":\"hi\"}\n{\"op\":\"again\"}\n",
+    );
+    assert_eq!(code, 0, "{err}");
+    let (status, body) = http_get(&metrics, "/metrics");
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    assert!(
+        body.contains("iris_rpc_router_relays_total{kind=\"request\"} 2\n"),
+        "{body}"
+    );
+    // The backend client and the frontend server each did one handshake.
+    assert!(
+        body.contains(
+            "iris_rpc_handshakes_total{side=\"client\",outcome=\"ok\",mode=\"v2\",reason=\"none\"} 1\n"
+        ),
+        "{body}"
+    );
+    let (status, _) = http_get(&metrics, "/nothing");
+    assert_eq!(status, "HTTP/1.1 404 Not Found");
+    let _ = router.kill();
+    let _ = router.wait();
+}
