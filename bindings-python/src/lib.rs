@@ -6,6 +6,8 @@
 //! `Native.next_batch`, with the GIL released while it waits. Rust never calls into Python
 //! from the runtime's threads, so a busy interpreter cannot stall the network.
 
+mod logs;
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc as std_mpsc;
@@ -974,6 +976,31 @@ fn self_signed_pem(py: Python<'_>, names: Option<Vec<String>>) -> PyResult<(Stri
 }
 
 /// Sets the callable `(kind, message, value_json) -> exception` used for every error.
+/// Forwards the core's log records up to `level` (0 off, 1 error, 2 warn, 3 info, 4 debug,
+/// 5 trace) to `log_take`.
+#[pyfunction]
+fn log_set_level(level: u8) {
+    logs::set_level(level);
+}
+
+/// Waits up to `timeout_ms` (GIL released) for the core's log records: `(level, target, text)`.
+#[pyfunction]
+fn log_take(py: Python<'_>, timeout_ms: u64) -> Vec<logs::Record> {
+    py.detach(|| logs::take(Duration::from_millis(timeout_ms)))
+}
+
+/// `true`: `log_take` returns at once from now on (exit); `false`: it waits again.
+#[pyfunction]
+fn log_closed(closed: bool) {
+    logs::set_closed(closed);
+}
+
+/// The process's metrics in the Prometheus text format (version 0.0.4).
+#[pyfunction]
+fn metrics() -> String {
+    iris_rpc::metrics::text()
+}
+
 #[pyfunction]
 fn set_error_factory(py: Python<'_>, factory: Py<PyAny>) -> PyResult<()> {
     ERROR_FACTORY
@@ -1021,5 +1048,9 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(self_signed_pem, m)?)?;
     m.add_function(wrap_pyfunction!(set_error_factory, m)?)?;
     m.add_function(wrap_pyfunction!(make_error, m)?)?;
+    m.add_function(wrap_pyfunction!(metrics, m)?)?;
+    m.add_function(wrap_pyfunction!(log_set_level, m)?)?;
+    m.add_function(wrap_pyfunction!(log_take, m)?)?;
+    m.add_function(wrap_pyfunction!(log_closed, m)?)?;
     Ok(())
 }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 from typing import Any, Callable, Tuple
@@ -69,6 +70,30 @@ def test_request_answered(pair: Pair) -> None:
     assert msg == {"op": "add", "a": 2, "b": 40}
     assert (uuid, stream_uuid, designation) == ("py-client", "py-client", "cli")
     assert thread == "iris-rpc-server"
+
+
+def _series(text: str, name: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line[len(name) + 1 :])
+    return 0.0
+
+
+def test_metrics_count_what_the_process_did(pair: Pair) -> None:
+    server, client = pair
+    answered = 'iris_rpc_requests_total{outcome="answered"}'
+    before = _series(iris_rpc.metrics(), answered)
+
+    @server.on("hello")
+    def hello(msg: Any, uuid: str, stream: Any) -> Any:
+        return "hi"
+
+    connected(pair)
+    assert client.request({"op": "hello"}) == "hi"
+    text = iris_rpc.metrics()
+    assert "# TYPE iris_rpc_connections gauge" in text
+    assert _series(text, answered) == before + 1
+    assert _series(text, "iris_rpc_streams") >= 2
 
 
 def test_values_round_trip(pair: Pair) -> None:
@@ -323,6 +348,31 @@ def test_wrong_secret(certs: iris_rpc.Certificates, closing: Callable[[Any], Any
     exc = errors.wait(1)[0][0]
     assert isinstance(exc, iris_rpc.IrisError)
     assert not server.is_connected()
+
+
+def test_core_logs_reach_python_logging(
+    certs: iris_rpc.Certificates, closing: Callable[[Any], Any], caplog: Any
+) -> None:
+    caplog.set_level(logging.WARNING, logger="iris_rpc")
+    server = closing(Server(auth=SECRET, port="127.0.0.1:0", certificates=certs))
+    client = closing(Client(auth="not-the-secret", address=server.address))
+    with pytest.raises(iris_rpc.NotConnectedError):
+        client.wait_connected(1.0)
+
+    def refused() -> list[Any]:
+        return [
+            r
+            for r in caplog.records
+            if r.name == "iris_rpc" and "connection refused" in r.getMessage()
+        ]
+
+    wait_for(lambda: bool(refused()), what="the core's 'connection refused' on logging")
+    record = refused()[0]
+    assert record.levelno == logging.WARNING
+    assert record.rust_target == "iris_rpc::server"
+    # The span of the handshake names the address; the fields follow the message.
+    assert "accepted{address=127.0.0.1:" in record.getMessage()
+    assert "error=" in record.getMessage()
 
 
 def test_filters(pair: Pair) -> None:

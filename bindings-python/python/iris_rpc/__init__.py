@@ -31,11 +31,23 @@ from ._errors import (
     TlsError,
 )
 from ._multiplexer import Multiplexer, create_from_config
+from . import _logs  # noqa: F401  (the core's log records go to logging from now on)
 from ._native import __version__
+from ._native import metrics as _metrics
 from ._router import Router
 from ._rpc import Certificates, Client, Peer, Server, self_signed
 
+def metrics() -> str:
+    """The process's metrics in the Prometheus text format (version 0.0.4).
+
+    Every Client, Server, Multiplexer and Router in the process adds into them; serve the text
+    as-is (content type ``text/plain; version=0.0.4``) for Prometheus to scrape.
+    """
+    return _metrics()
+
+
 __all__ = [
+    "metrics",
     "Client",
     "Server",
     "Router",
