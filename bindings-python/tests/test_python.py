@@ -363,7 +363,7 @@ def test_core_logs_reach_python_logging(
         return [
             r
             for r in caplog.records
-            if r.name == "iris_rpc" and "connection refused" in r.getMessage()
+            if r.name == "iris_rpc.core" and "connection refused" in r.getMessage()
         ]
 
     wait_for(lambda: bool(refused()), what="the core's 'connection refused' on logging")

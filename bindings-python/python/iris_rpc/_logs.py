@@ -1,8 +1,9 @@
-"""The core's log records on Python's ``logging``: logger ``iris_rpc`` (records keep the Rust
-module as ``rust_target``), never printed by the native code.
+"""The core's log records on Python's ``logging``: logger ``iris_rpc.core`` (a child of the
+package's ``iris_rpc``; records keep the Rust module as ``rust_target``), never printed by the
+native code.
 
-Records are forwarded at the ``iris_rpc`` logger's effective level, checked again at least
-once a second, so ``logging.getLogger("iris_rpc").setLevel(logging.DEBUG)`` takes effect
+Records are forwarded at the ``iris_rpc.core`` logger's effective level, checked again at
+least once a second, so ``logging.getLogger("iris_rpc").setLevel(logging.DEBUG)`` takes effect
 without a restart; below that level the core does not even format them. One daemon thread,
 ``iris-rpc-log``, pulls them in batches with the GIL released while it waits; it is started
 on import, stopped at exit, and started again in a forked child.
@@ -18,7 +19,7 @@ from typing import Optional
 
 from . import _native
 
-log = logging.getLogger("iris_rpc")
+log = logging.getLogger("iris_rpc.core")
 
 #: The core's levels (1 error ... 5 trace) as ``logging`` levels (trace below DEBUG).
 _LEVELS = {1: logging.ERROR, 2: logging.WARNING, 3: logging.INFO, 4: logging.DEBUG, 5: 5}
@@ -30,7 +31,7 @@ _stopping = False
 
 
 def _native_level() -> int:
-    """The most verbose core level the ``iris_rpc`` logger would emit (0: none)."""
+    """The most verbose core level the ``iris_rpc.core`` logger would emit (0: none)."""
     for number in (5, 4, 3, 2, 1):
         if log.isEnabledFor(_LEVELS[number]):
             return number
