@@ -18,6 +18,29 @@ export const config: Config;
  */
 export function metrics(): string;
 
+/** One of the core's log records. */
+export interface LogRecord {
+  level: 'error' | 'warn' | 'info' | 'debug' | 'trace';
+  /** The Rust module that wrote it. */
+  target: string;
+  message: string;
+  fields: Record<string, string>;
+  /** The spans it happened in, outermost first (a stream's: `connection` with peer, designation, address, mode). */
+  spans: Array<{ name: string } & Record<string, string>>;
+}
+
+/**
+ * The core's log records, instead of stderr: listen for `log`; `level` (default 'warn') is the
+ * most verbose level delivered. Beyond legacy (not an enumerable export).
+ */
+export const log: {
+  level: 'off' | 'error' | 'warn' | 'info' | 'debug' | 'trace';
+  on(event: 'log', listener: (record: LogRecord) => void): unknown;
+  once(event: 'log', listener: (record: LogRecord) => void): unknown;
+  off(event: 'log', listener: (record: LogRecord) => void): unknown;
+  removeListener(event: 'log', listener: (record: LogRecord) => void): unknown;
+};
+
 /** PEM text (or Buffers holding it). */
 export type PemInput = string | Buffer;
 

@@ -1269,6 +1269,50 @@ function metrics() {
   return native.metrics();
 }
 
+const LOG_LEVELS = { off: 0, error: 1, warn: 2, info: 3, debug: 4, trace: 5 };
+
+/**
+ * The core's log records, instead of stderr: `log.on('log', (record) => ...)` receives
+ * `{ level, target, message, fields, spans }` for each record at `log.level` ('warn' by
+ * default; 'error', 'info', 'debug', 'trace' or 'off') or above, where `spans` names the
+ * connection (`{ name: 'connection', peer, designation, address, mode }`). Nothing is
+ * collected while no listener is attached, and listening never keeps the process alive.
+ */
+class LogEmitter extends EventEmitter {
+  #level = 'warn';
+
+  constructor() {
+    super();
+    this.on('newListener', (event) => {
+      if (event === 'log' && this.listenerCount('log') === 0) process.nextTick(() => this.#install());
+    });
+    this.on('removeListener', (event) => {
+      if (event === 'log' && this.listenerCount('log') === 0) this.#install();
+    });
+  }
+
+  get level() {
+    return this.#level;
+  }
+
+  set level(level) {
+    if (!(level in LOG_LEVELS)) throw new TypeError(`log.level must be one of ${Object.keys(LOG_LEVELS).join(', ')}`);
+    this.#level = level;
+    this.#install();
+  }
+
+  #install() {
+    if (this.listenerCount('log') === 0) {
+      native.setLogListener(undefined, 0);
+      return;
+    }
+    native.setLogListener((text) => this.emit('log', JSON.parse(text)), LOG_LEVELS[this.#level]);
+  }
+}
+
+const coreLog = new LogEmitter();
+
 // Beyond legacy, not enumerable so the exports keep the legacy names exactly.
 Object.defineProperty(module.exports, 'IrisError', { value: IrisError, enumerable: false });
 Object.defineProperty(module.exports, 'metrics', { value: metrics, enumerable: false });
+Object.defineProperty(module.exports, 'log', { value: coreLog, enumerable: false });

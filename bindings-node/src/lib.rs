@@ -9,6 +9,7 @@
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod batch;
+mod logs;
 mod native;
 mod router;
 
@@ -17,22 +18,25 @@ use napi_derive::napi;
 pub use native::NativePeer;
 pub use router::NativeRouter;
 
-/// Sends the core's log (the `tracing` events it emits: refused connections, ended streams and
-/// why) to stderr when the environment variable `IRIS_RPC_LOG` holds a filter such as `debug`
-/// or `iris_rpc=info`. Off otherwise; set up once per process.
+/// Sets up the core's log once per process: records go to the package's `log` emitter
+/// (`logs.rs`) at the level JavaScript asks for, and also to stderr when the environment
+/// variable `IRIS_RPC_LOG` holds a filter such as `debug` or `iris_rpc=info`.
 pub(crate) fn init_logging() {
+    use tracing_subscriber::prelude::*;
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
-        let Ok(filter) = std::env::var("IRIS_RPC_LOG") else {
-            return;
-        };
-        let Ok(filter) = tracing_subscriber::EnvFilter::try_new(filter) else {
-            return;
-        };
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(filter)
-            .with_writer(std::io::stderr)
-            .with_ansi(false)
+        let stderr = std::env::var("IRIS_RPC_LOG")
+            .ok()
+            .and_then(|f| tracing_subscriber::EnvFilter::try_new(f).ok())
+            .map(|filter| {
+                tracing_subscriber::fmt::layer()
+                    .with_writer(std::io::stderr)
+                    .with_ansi(false)
+                    .with_filter(filter)
+            });
+        let _ = tracing_subscriber::registry()
+            .with(stderr)
+            .with(logs::Forward.with_filter(logs::filter()))
             .try_init();
     });
 }

@@ -91,6 +91,40 @@ describe('metrics', () => {
   });
 });
 
+describe('log', () => {
+  test("the core's records reach log listeners with the connection's span", async () => {
+    const records = [];
+    const listener = (r) => records.push(r);
+    iris.log.level = 'info';
+    iris.log.on('log', listener);
+    try {
+      // Let the listener be installed (next tick), then make the core log: a stream that ends.
+      await new Promise((resolve) => setImmediate(resolve));
+      const { server, client } = await pair({}, { uuid: 'log-cli', designation: 'logger' });
+      const ended = once(server, 'disconnect', bounded());
+      client.close();
+      await ended;
+      const deadline = Date.now() + 10000;
+      const found = () => records.find((r) => r.message === 'stream ended' && r.spans.some((s) => s.peer === 'log-cli'));
+      while (!found() && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 20));
+      const r = found();
+      assert.ok(r, JSON.stringify(records));
+      assert.equal(r.level, 'info');
+      assert.equal(r.target, 'iris_rpc::connection');
+      const span = r.spans.find((s) => s.name === 'connection');
+      assert.equal(span.designation, 'logger');
+      assert.equal(span.mode, 'v2');
+      assert.match(span.address, /^127\.0\.0\.1:/);
+      assert.ok(r.fields.reason, JSON.stringify(r));
+      await server.close();
+    } finally {
+      iris.log.off('log', listener);
+      iris.log.level = 'warn';
+    }
+    assert.throws(() => { iris.log.level = 'loud'; }, TypeError);
+  });
+});
+
 describe('requests', () => {
   test('await request(): responses and every kind of failure', async () => {
     const { server, client, close } = await pair();
