@@ -15,6 +15,7 @@ mod router;
 
 use napi_derive::napi;
 
+pub use logs::set_log_listener;
 pub use native::NativePeer;
 pub use router::NativeRouter;
 

@@ -141,8 +141,7 @@ impl<S: Subscriber + for<'a> LookupSpan<'a>> Layer<S> for Forward {
 
     fn enabled(&self, metadata: &Metadata<'_>, _: Context<'_, S>) -> bool {
         // Spans whatever their level (one per connection): a warning names its connection.
-        metadata.is_span()
-            || level_number(metadata.level()) <= MAX_LEVEL.load(Ordering::Relaxed)
+        metadata.is_span() || level_number(metadata.level()) <= MAX_LEVEL.load(Ordering::Relaxed)
     }
 
     fn on_new_span(
