@@ -4,7 +4,9 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use iris_rpc::{Backend, Certificates, Error, Options, Router, RouterEvent, Security, Side};
+use iris_rpc::{
+    Backend, Certificates, ClusterOptions, Error, Options, Router, RouterEvent, Security, Side,
+};
 use serde_json::json;
 
 /// Options of `iris-rpc router`.
@@ -48,6 +50,73 @@ pub struct RouterArgs {
     limits: crate::HandshakeLimits,
     #[command(flatten)]
     metrics: crate::observe::MetricsArgs,
+    #[command(flatten)]
+    cluster: ClusterArgs,
+}
+
+/// Options of a router that joins a cluster (`docs/CLUSTER.md`).
+#[derive(Args)]
+struct ClusterArgs {
+    /// Join a cluster of routers over NATS: nats://HOST:PORT[,nats://HOST:PORT..].
+    #[arg(long)]
+    cluster: Option<String>,
+    /// The cluster's name (subject prefix): routers with the same name form one router.
+    #[arg(long, default_value = "iris", requires = "cluster")]
+    cluster_name: String,
+    /// NATS token.
+    #[arg(
+        long,
+        env = "IRIS_RPC_CLUSTER_TOKEN",
+        hide_env_values = true,
+        requires = "cluster"
+    )]
+    cluster_token: Option<String>,
+    /// NATS user (with IRIS_RPC_CLUSTER_PASSWORD or --cluster-password).
+    #[arg(long, requires_all = ["cluster", "cluster_password"])]
+    cluster_user: Option<String>,
+    /// NATS password.
+    #[arg(
+        long,
+        env = "IRIS_RPC_CLUSTER_PASSWORD",
+        hide_env_values = true,
+        requires = "cluster_user"
+    )]
+    cluster_password: Option<String>,
+    /// A file holding the NKey seed (SU...) for NATS.
+    #[arg(long, requires = "cluster")]
+    cluster_nkey: Option<PathBuf>,
+    /// A NATS .creds file (JWT and NKey seed).
+    #[arg(long, requires = "cluster")]
+    cluster_creds: Option<PathBuf>,
+    /// Require TLS to NATS.
+    #[arg(long, requires = "cluster")]
+    cluster_tls: bool,
+    /// CA certificates (PEM) to trust for NATS.
+    #[arg(long, requires = "cluster")]
+    cluster_ca: Option<PathBuf>,
+}
+
+impl ClusterArgs {
+    fn options(&self) -> Result<Option<ClusterOptions>, Error> {
+        let Some(servers) = &self.cluster else {
+            return Ok(None);
+        };
+        let mut o = ClusterOptions::new(servers);
+        o.name = self.cluster_name.clone();
+        o.token = self.cluster_token.clone();
+        if let (Some(u), Some(p)) = (&self.cluster_user, &self.cluster_password) {
+            o.user_password = Some((u.clone(), p.clone()));
+        }
+        if let Some(path) = &self.cluster_nkey {
+            let seed = std::fs::read_to_string(path)
+                .map_err(|e| Error::Config(format!("--cluster-nkey {}: {e}", path.display())))?;
+            o.nkey_seed = Some(seed.trim().to_owned());
+        }
+        o.credentials_file = self.cluster_creds.clone();
+        o.require_tls = self.cluster_tls;
+        o.root_certificates = self.cluster_ca.clone();
+        Ok(Some(o))
+    }
 }
 
 fn side(s: Side) -> &'static str {
@@ -87,8 +156,14 @@ pub async fn run(a: RouterArgs) -> Result<(), Error> {
         (None, Some(p)) => Backend::Server(back.port(p.as_str())),
         (None, None) => return Err(Error::Config("give --to or --backend-port".into())),
     };
-    let router = Router::start(frontend, backend).await?;
+    let router = match a.cluster.options()? {
+        Some(c) => Router::start_clustered(frontend, backend, c).await?,
+        None => Router::start(frontend, backend).await?,
+    };
     let mut listen = json!({"event": "listen", "frontend": router.local_addr().to_string()});
+    if let Some(c) = &a.cluster.cluster {
+        listen["cluster"] = json!(c);
+    }
     if let Some(b) = router.backend_addr() {
         listen["backend"] = json!(b.to_string());
     }

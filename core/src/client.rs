@@ -60,7 +60,7 @@ impl Client {
         opts: Options,
         with_events: bool,
     ) -> Result<(Client, Option<crate::event::Events>)> {
-        if opts.address.is_empty() {
+        if opts.address.is_empty() && opts.failover.is_empty() {
             return Err(Error::Config("a client needs 'address' (host:port)".into()));
         }
         let handle = tokio::runtime::Handle::try_current().map_err(|_| {
@@ -75,10 +75,8 @@ impl Client {
             opts.reject_unauthorized,
             &opts.server_pins,
         )?;
-        let mut targets = Vec::new();
-        for a in &opts.address {
-            let (host, port) = split_host_port(a)?;
-            // With a pin store each address is checked against its own stored pin.
+        // With a pin store each address is checked against its own stored pin.
+        let connector_for = |a: &str| -> Result<TlsConnector> {
             let tls = match &store {
                 Some(store) => crate::tls::client_config_for(
                     opts.certificates.as_ref(),
@@ -88,16 +86,30 @@ impl Client {
                 )?,
                 None => shared.clone(),
             };
-            targets.push((a.clone(), host, port, TlsConnector::from(tls)));
+            Ok(TlsConnector::from(tls))
+        };
+        // One stream per address, and one more over every failover address.
+        let mut targets = Vec::new();
+        for a in &opts.address {
+            let (host, port) = split_host_port(a)?;
+            targets.push(vec![(a.clone(), host, port, connector_for(a)?)]);
+        }
+        let mut failover = Vec::new();
+        for a in &opts.failover {
+            let (host, port) = split_host_port(a)?;
+            failover.push((a.clone(), host, port, connector_for(a)?));
+        }
+        if !failover.is_empty() {
+            targets.push(failover);
         }
         let engine = Engine::new(opts)?;
         let events = with_events.then(|| engine.events());
-        for (address, host, port, c) in targets {
+        for t in targets {
             engine.task_started();
             let e = engine.clone();
             let store = store.clone();
             handle.spawn(async move {
-                reconnect_loop(&e, &address, &host, port, c, store).await;
+                reconnect_loop(&e, &t, store).await;
                 e.task_finished();
             });
         }
@@ -128,27 +140,36 @@ fn split_host_port(address: &str) -> Result<(String, u16)> {
     Ok((host.to_owned(), port))
 }
 
+/// Keeps one stream up over `targets`: the same one while it works, the next after a failure.
 async fn reconnect_loop(
     engine: &Arc<Engine>,
-    address: &str,
-    host: &str,
-    port: u16,
-    connector: TlsConnector,
+    targets: &[(String, String, u16, TlsConnector)],
     store: Option<Arc<crate::tls::PinStore>>,
 ) {
     let initial = engine.opts.reconnect_initial;
     let max = engine.opts.reconnect_max.max(initial);
     let mut delay = initial;
+    let mut next = 0;
     while !engine.shutdown.is_triggered() {
+        let Some((address, host, port, connector)) = targets.get(next % targets.len().max(1))
+        else {
+            return;
+        };
+        let (address, host, port) = (address.as_str(), host.as_str(), *port);
         // Only connecting races the shutdown: a stream that came up is served to its end,
         // which on close is soon, so its `Disconnect` is never lost.
-        let attempt = connect_once(engine, address, host, port, &connector, store.as_deref())
+        let attempt = connect_once(engine, address, host, port, connector, store.as_deref())
             .instrument(tracing::info_span!("connecting", address = %address))
             .await;
         match attempt {
-            Ok(true) => delay = initial,
+            // A stream that ended (its router died) moves on too: the next is most likely up.
+            Ok(true) => {
+                delay = initial;
+                next = (next + 1) % targets.len().max(1);
+            }
             Ok(false) => {}
             Err(error) => {
+                next = (next + 1) % targets.len().max(1);
                 tracing::debug!(%address, %error, "connection attempt failed");
                 engine
                     .emit(Event::Error {

@@ -33,6 +33,8 @@
 #![warn(missing_docs)]
 
 mod client;
+#[cfg(feature = "cluster")]
+mod cluster;
 mod connection;
 mod delivery;
 mod dispatch;
@@ -63,6 +65,8 @@ mod streams;
 pub mod tls;
 
 pub use client::Client;
+#[cfg(feature = "cluster")]
+pub use cluster::ClusterOptions;
 pub use endpoint::Endpoint;
 pub use engine::Stats;
 pub use error::{error_object, Error, ErrorKind, Result};

@@ -226,6 +226,11 @@ pub struct Options {
     pub client_cert_uuid: bool,
     /// Client: `host:port` addresses, one stream each.
     pub address: Vec<String>,
+    /// Client: `host:port` addresses for one more stream, which fails over: each attempt tries
+    /// the next one in turn, so when the router it was on dies the stream comes back on
+    /// another (for a cluster of routers). Beside `address`, whose meaning (a stream per
+    /// address) stays legacy's.
+    pub failover: Vec<String>,
     /// Server: where to listen.
     pub port: Option<PortSpec>,
     /// Uuids announced as reachable through this instance in `rpc::init`.
@@ -263,6 +268,7 @@ impl Options {
             expect_server_uuid: Vec::new(),
             client_cert_uuid: false,
             address: Vec::new(),
+            failover: Vec::new(),
             port: None,
             routes: Vec::new(),
             reconnect_initial: Duration::from_secs(1),
@@ -365,6 +371,12 @@ impl Options {
     /// Adds a client address `host:port`.
     pub fn address(mut self, addr: impl Into<String>) -> Self {
         self.address.push(addr.into());
+        self
+    }
+
+    /// Adds an address to the failover stream (see [`Options::failover`]).
+    pub fn failover(mut self, addr: impl Into<String>) -> Self {
+        self.failover.push(addr.into());
         self
     }
 

@@ -33,6 +33,52 @@ use crate::protocol::message::{body_meta, legacy_handles, misread_by_legacy, ops
 use crate::protocol::Mode;
 use crate::server::Server;
 
+#[cfg(feature = "cluster")]
+use crate::cluster::{Cluster, ClusterOptions};
+#[cfg(not(feature = "cluster"))]
+use absent::Cluster;
+
+/// Without the `cluster` feature there is no cluster: a type with no values, so every path
+/// that would use one is provably never taken.
+#[cfg(not(feature = "cluster"))]
+mod absent {
+    use super::*;
+
+    pub(crate) enum Cluster {}
+
+    impl Cluster {
+        pub(crate) fn hold(&self, _: Side, _: &str) {
+            match *self {}
+        }
+        pub(crate) fn release(&self, _: Side, _: &str, _: bool) {
+            match *self {}
+        }
+        pub(crate) fn tell_roster(&self, _: Side, _: Arc<Engine>, _: String) {
+            match *self {}
+        }
+        pub(crate) fn send_to(&self, _: Side, _: &str, _: &Message) {
+            match *self {}
+        }
+        pub(crate) fn broadcast(&self, _: Side, _: &Message) {
+            match *self {}
+        }
+        pub(crate) fn skips(&self, _: Side, _: &str) -> bool {
+            match *self {}
+        }
+        pub(crate) async fn request(
+            &self,
+            _: Side,
+            _: &str,
+            _: &Message,
+        ) -> std::result::Result<(Option<String>, Option<String>), Value> {
+            match *self {}
+        }
+        pub(crate) async fn leave(&self) {
+            match *self {}
+        }
+    }
+}
+
 /// The router's other side.
 #[derive(Debug, Clone)]
 pub enum Backend {
@@ -43,7 +89,7 @@ pub enum Backend {
 }
 
 /// Which side of a router something happened on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Side {
     /// The frontend server.
     Frontend,
@@ -97,6 +143,7 @@ pub struct Router {
     tasks: Vec<tokio::task::JoinHandle<()>>,
     events: std::sync::Mutex<Option<RouterEvents>>,
     report: Arc<Reporter>,
+    cluster: Option<Arc<Cluster>>,
 }
 
 /// Where the relays report events: a bounded queue that never makes a relay wait (a relay
@@ -172,7 +219,7 @@ fn send_where(to: &Engine, m: &Message, keep: impl Fn(&Peer) -> bool) {
 /// handler throws (it reads an undefined variable), which ends its stream, so legacy-mode
 /// peers never get one: they keep the route, as legacy itself does (it never reads its
 /// routes); our peers in legacy mode drop it when the router's stream ends.
-fn announce(to: &Engine, op: &str, uuids: &[String]) {
+pub(crate) fn announce(to: &Engine, op: &str, uuids: &[String]) {
     for u in uuids {
         if let Some(m) = control(op, u) {
             if op == ops::OFFLINE {
@@ -200,6 +247,28 @@ fn reached_over_legacy(engine: &Engine, uuid: &str) -> bool {
 impl Router {
     /// Starts the frontend server and the backend on the current tokio runtime.
     pub async fn start(frontend: Options, backend: Backend) -> Result<Router> {
+        Self::start_inner(frontend, backend, None).await
+    }
+
+    /// [`Router::start`], joined to the cluster of routers that `cluster` names (see
+    /// `docs/CLUSTER.md`): peers on any router of the cluster reach each other as through one
+    /// router. Fails with a clear error when NATS is unreachable (nothing is left listening).
+    #[cfg(feature = "cluster")]
+    pub async fn start_clustered(
+        frontend: Options,
+        backend: Backend,
+        cluster: ClusterOptions,
+    ) -> Result<Router> {
+        Self::start_inner(frontend, backend, Some(cluster)).await
+    }
+
+    #[cfg_attr(not(feature = "cluster"), allow(unused_variables))]
+    async fn start_inner(
+        frontend: Options,
+        backend: Backend,
+        #[cfg(feature = "cluster")] cluster: Option<ClusterOptions>,
+        #[cfg(not(feature = "cluster"))] cluster: Option<std::convert::Infallible>,
+    ) -> Result<Router> {
         let (frontend, fev) = Server::bind_with_events(frontend).await?;
         let fe = frontend.engine().clone();
         let backend_is_server = matches!(backend, Backend::Server(_));
@@ -224,6 +293,20 @@ impl Router {
         };
         let (backend, bev) = backend;
         let be = backend.engine().clone();
+        #[cfg(feature = "cluster")]
+        let cluster = match cluster {
+            None => None,
+            Some(o) => match Cluster::join(&o, &fe, &be, !backend_is_server).await {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    frontend.close().await;
+                    backend.close().await;
+                    return Err(e);
+                }
+            },
+        };
+        #[cfg(not(feature = "cluster"))]
+        let cluster: Option<Arc<Cluster>> = None;
         let (wf, wb) = (Arc::downgrade(&fe), Arc::downgrade(&be));
         fe.set_route_provider(Arc::new(move || reachable(&wb)));
         be.set_route_provider(Arc::new(move || reachable(&wf)));
@@ -241,6 +324,7 @@ impl Router {
                 Side::Frontend,
                 true,
                 report.clone(),
+                cluster.clone(),
             )),
             tokio::spawn(relay(
                 bev,
@@ -249,6 +333,7 @@ impl Router {
                 Side::Backend,
                 backend_is_server,
                 report.clone(),
+                cluster.clone(),
             )),
         ];
         Ok(Router {
@@ -257,6 +342,7 @@ impl Router {
             tasks,
             events: std::sync::Mutex::new(Some(rx)),
             report,
+            cluster,
         })
     }
 
@@ -317,6 +403,9 @@ impl Router {
 
     /// Stops both sides.
     pub async fn close(&self) {
+        if let Some(c) = &self.cluster {
+            c.leave().await;
+        }
         self.frontend.close().await;
         self.backend.close().await;
         for t in &self.tasks {
@@ -337,8 +426,10 @@ async fn relay(
     side: Side,
     tag_sender: bool,
     report: Arc<Reporter>,
+    cluster: Option<Arc<Cluster>>,
 ) {
     let frontend = side == Side::Frontend;
+    let to_side = other(side);
     while let Some(ev) = events.next().await {
         match ev {
             Event::Connect { peer } => {
@@ -361,6 +452,11 @@ async fn relay(
                         let _ = from.dispatch_to(peer.uuid(), &m);
                     }
                 }
+                if let Some(c) = &cluster {
+                    c.hold(side, peer.uuid());
+                    // And what the other routers hold on the other side.
+                    c.tell_roster(to_side, from.clone(), peer.uuid().to_owned());
+                }
             }
             Event::Disconnect { peer, reason } => {
                 tracing::info!(uuid = %peer.uuid(), frontend, "router: peer disconnected");
@@ -372,21 +468,47 @@ async fn relay(
                 if !holds(&to, peer.uuid()) {
                     announce(&to, "rpc::offline", &[peer.uuid().to_owned()]);
                 }
+                if let Some(c) = &cluster {
+                    c.release(side, peer.uuid(), from.holds(peer.uuid()));
+                }
             }
             Event::Routes {
                 online, offline, ..
             } => {
                 announce(&to, "rpc::online", &online);
                 announce(&to, "rpc::offline", &offline);
+                if let Some(c) = &cluster {
+                    for u in &online {
+                        c.hold(side, u);
+                    }
+                    for u in &offline {
+                        c.release(side, u, from.holds(u));
+                    }
+                }
             }
             Event::Message { msg, uuid, peer } => {
                 crate::metrics::get().relayed(false);
-                forward_event(&to, msg, &uuid, &peer, tag_sender)
+                forward_event(
+                    &to,
+                    to_side,
+                    msg,
+                    &uuid,
+                    &peer,
+                    tag_sender,
+                    cluster.as_deref(),
+                )
             }
             Event::Request(req) => {
                 crate::metrics::get().relayed(true);
                 let to = to.clone();
-                tokio::spawn(forward_request(to, req, frontend, tag_sender));
+                tokio::spawn(forward_request(
+                    to,
+                    to_side,
+                    req,
+                    frontend,
+                    tag_sender,
+                    cluster.clone(),
+                ));
             }
             Event::Error { error, address } => {
                 tracing::debug!(%error, ?address, frontend, "router: connection error");
@@ -424,7 +546,22 @@ fn relayed_body(
     Ok((body, target))
 }
 
-fn forward_event(to: &Engine, msg: Message, uuid: &str, peer: &Peer, tag_sender: bool) {
+fn other(side: Side) -> Side {
+    match side {
+        Side::Frontend => Side::Backend,
+        Side::Backend => Side::Frontend,
+    }
+}
+
+fn forward_event(
+    to: &Engine,
+    to_side: Side,
+    msg: Message,
+    uuid: &str,
+    peer: &Peer,
+    tag_sender: bool,
+    cluster: Option<&Cluster>,
+) {
     let (body, target) = match relayed_body(msg.as_str(), uuid, peer, tag_sender) {
         Ok(x) => x,
         Err(e) => {
@@ -435,30 +572,64 @@ fn forward_event(to: &Engine, msg: Message, uuid: &str, peer: &Peer, tag_sender:
     let Ok(m) = Message::from_json(&body) else {
         return;
     };
-    // What a legacy peer would run as one of its own handlers instead of delivering (and that
-    // can end its stream) goes to our peers only.
+    match (target, cluster) {
+        (Some(t), Some(c)) if !to.holds(&t) => c.send_to(to_side, &t, &m),
+        (Some(t), _) => deliver(to, &m, Some(&t), &|_| false),
+        (None, Some(c)) => {
+            // A server several routers connect to sends its broadcasts to each: the router
+            // that holds its uuid relays them, the others leave them.
+            if c.skips(other(to_side), peer.uuid()) {
+                return;
+            }
+            deliver(to, &m, None, &|p| c.skips(to_side, p.uuid()));
+            c.broadcast(to_side, &m);
+        }
+        (None, None) => deliver(to, &m, None, &|_| false),
+    }
+}
+
+/// Delivers a relayed message to `to`'s peers: the one `target` names, or every peer but those
+/// `skip` names. What a legacy peer would run as one of its own handlers instead of
+/// delivering (and that can end its stream) goes to our peers only.
+pub(crate) fn deliver(
+    to: &Engine,
+    m: &Message,
+    target: Option<&str>,
+    skip: &dyn Fn(&Peer) -> bool,
+) {
     let misread = match m.op() {
         Some(op) => legacy_handles(op),
         None => misread_by_legacy(m.as_str()),
     };
     let result = match target {
-        Some(t) if misread && reached_over_legacy(to, &t) => {
+        Some(t) if misread && reached_over_legacy(to, t) => {
             tracing::debug!(uuid = %t, "router: not relayed to a legacy peer: its op names a legacy handler");
             Ok(())
         }
-        Some(t) => to.dispatch_to(&t, &m),
+        Some(t) => to.dispatch_to(t, m),
         None if misread => {
-            send_where(to, &m, speaks_ours);
+            send_where(to, m, |p| speaks_ours(p) && !skip(p));
             Ok(())
         }
-        None => to.dispatch(&m).map(|_| ()),
+        None if to.peers().iter().any(skip) => {
+            send_where(to, m, |p| !skip(p));
+            Ok(())
+        }
+        None => to.dispatch(m).map(|_| ()),
     };
     if let Err(e) = result {
         tracing::debug!(error = %e, "router: message not delivered");
     }
 }
 
-async fn forward_request(to: Arc<Engine>, req: IncomingRequest, frontend: bool, tag_sender: bool) {
+async fn forward_request(
+    to: Arc<Engine>,
+    to_side: Side,
+    req: IncomingRequest,
+    frontend: bool,
+    tag_sender: bool,
+    cluster: Option<Arc<Cluster>>,
+) {
     let (msg, uuid, peer, responder) = req.into_parts();
     let (body, target) = match relayed_body(msg.as_str(), &uuid, &peer, tag_sender) {
         Ok(x) => x,
@@ -473,6 +644,15 @@ async fn forward_request(to: Arc<Engine>, req: IncomingRequest, frontend: bool, 
         Ok(m) => m,
         Err(e) => return responder.respond(Err(json!({ "error": e.to_string() }))),
     };
+    if let (Some(t), Some(c)) = (&target, &cluster) {
+        if !to.holds(t) {
+            // Held by another router, or by nobody (NATS's no-responders says so at once).
+            return match c.request(to_side, t, &m).await {
+                Ok((err, resp)) => responder.respond_exact(err.as_deref(), resp.as_deref()),
+                Err(e) => responder.respond(Err(e)),
+            };
+        }
+    }
     match to.start_answer(target.as_deref(), &m, None).await {
         // Relayed as answered, `err` and `resp` alike (a legacy callback gets both).
         Ok(answer) => responder.respond_exact(answer.sent_err(), answer.sent_resp()),

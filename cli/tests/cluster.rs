@@ -1,0 +1,439 @@
+//! A cluster of routers on NATS, each part in its own process: a 3-node NATS cluster
+//! (`nats-server`, routes on loopback ports), three `iris-rpc router --cluster` processes,
+//! legacy peers (npm iris-rpc 0.2.20) and ours on different routers. Addressed events,
+//! broadcasts and requests cross routers; a router killed mid-traffic loses its peers, ours
+//! fail over to another and every request settles once; a NATS node killed is survived; NATS
+//! unreachable at start is a clear error.
+//!
+//! `nats-server` comes from Debian (`tests/cluster/nats-server.sh`, which `.ci/run` calls).
+
+use std::collections::HashMap;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use iris_rpc::{Client, Message, Options, Peer};
+use iris_rpc_tests::{free_port, LegacyPeer, WAIT};
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+const BIN: &str = env!("CARGO_BIN_EXE_iris-rpc");
+
+fn nats_installed() -> bool {
+    std::process::Command::new("nats-server")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+async fn port_open(port: u16) -> bool {
+    tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_ok()
+}
+
+async fn until_async<F, Fut>(what: &str, f: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    tokio::time::timeout(WAIT, async {
+        while !f().await {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("timed out waiting for {what}"));
+}
+
+async fn until(what: &str, f: impl Fn() -> bool) {
+    until_async(what, || std::future::ready(f())).await;
+}
+
+/// One NATS node of a cluster on loopback.
+struct NatsNode {
+    child: Child,
+    port: u16,
+}
+
+/// Three NATS nodes with routes to each other.
+async fn nats_cluster() -> Vec<NatsNode> {
+    let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
+    let routes = ports
+        .iter()
+        .map(|(_, r)| format!("nats://127.0.0.1:{r}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut nodes = Vec::new();
+    for (port, route) in &ports {
+        let child = Command::new("nats-server")
+            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+            .args(["--cluster", &format!("nats://127.0.0.1:{route}")])
+            .args(["--cluster_name", "iris-test", "--routes", &routes])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("nats-server");
+        nodes.push(NatsNode { child, port: *port });
+    }
+    for n in &nodes {
+        let p = n.port;
+        until_async("a NATS node to listen", || port_open(p)).await;
+    }
+    nodes
+}
+
+fn urls(nodes: &[NatsNode]) -> String {
+    nodes
+        .iter()
+        .map(|n| format!("nats://127.0.0.1:{}", n.port))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// A router process: frontend and backend ports (clients meet in the middle), in a cluster.
+struct RouterProc {
+    child: Child,
+    front: u16,
+    back: u16,
+    lines: Arc<Mutex<Vec<Value>>>,
+}
+
+impl RouterProc {
+    async fn start(cluster: &str) -> RouterProc {
+        let (front, back) = (free_port(), free_port());
+        let mut child = Command::new(BIN)
+            .args(["router", "--auth", "secret"])
+            .args(["--port", &format!("127.0.0.1:{front}")])
+            .args(["--backend-port", &format!("127.0.0.1:{back}")])
+            .args(["--cluster", cluster])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("iris-rpc router");
+        let stdout = child.stdout.take().expect("stdout");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let l = lines.clone();
+        tokio::spawn(async move {
+            let mut r = BufReader::new(stdout).lines();
+            while let Ok(Some(line)) = r.next_line().await {
+                if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                    l.lock().unwrap().push(v);
+                }
+            }
+        });
+        let r = RouterProc {
+            child,
+            front,
+            back,
+            lines,
+        };
+        let l = r.lines.clone();
+        until("the router's listen line", || {
+            l.lock().unwrap().iter().any(|v| v["event"] == "listen")
+        })
+        .await;
+        r
+    }
+
+    fn front(&self) -> String {
+        format!("127.0.0.1:{}", self.front)
+    }
+
+    fn back(&self) -> String {
+        format!("127.0.0.1:{}", self.back)
+    }
+
+    /// Whether the router reported `uuid` connected (and not since disconnected).
+    fn holds(&self, uuid: &str) -> bool {
+        let lines = self.lines.lock().unwrap();
+        let mut up = false;
+        for v in lines.iter().filter(|v| v["uuid"] == uuid) {
+            match v["event"].as_str() {
+                Some("connect") => up = true,
+                Some("disconnect") => up = false,
+                _ => {}
+            }
+        }
+        up
+    }
+}
+
+/// Events a Rust peer received: `(op, sender uuid, whole message)`.
+type Inbox = Arc<Mutex<Vec<(String, String, Value)>>>;
+
+/// One of our peers: a client of one router side (or of several, failing over).
+fn rust_peer(uuid: &str, opts: Options) -> (Client, Inbox) {
+    let c = Client::connect(opts.uuid(uuid).designation(uuid)).expect("client");
+    let inbox: Inbox = Arc::default();
+    let i = inbox.clone();
+    c.digest(move |m: &Message, from: &str, _: &Peer| {
+        let v = m.value();
+        let op = v["op"].as_str().unwrap_or("").to_owned();
+        i.lock().unwrap().push((op, from.to_owned(), v));
+    });
+    let me = uuid.to_owned();
+    c.handle("add", move |r| {
+        let me = me.clone();
+        async move {
+            let v = r.msg.value();
+            Ok(json!({"sum": v["a"].as_i64().unwrap_or(0) + v["b"].as_i64().unwrap_or(0), "by": me}))
+        }
+    });
+    (c, inbox)
+}
+
+fn opts() -> Options {
+    let mut o = Options::new("secret");
+    o.reconnect_initial = Duration::from_millis(200);
+    o.reconnect_max = Duration::from_millis(200);
+    o
+}
+
+fn count(inbox: &Inbox, op: &str) -> usize {
+    inbox
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(o, ..)| o == op)
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_on_different_routers_meet_as_through_one() {
+    if !nats_installed() {
+        eprintln!("SKIPPED: nats-server is not installed (tests/cluster/nats-server.sh)");
+        return;
+    }
+    let mut nats = nats_cluster().await;
+    let cluster = urls(&nats);
+    let a = RouterProc::start(&cluster).await;
+    let mut b = RouterProc::start(&cluster).await;
+    let c = RouterProc::start(&cluster).await;
+
+    // Frontend: legacy lf1 on A, ours f1 on B (failing over to C). Backend: ours k1 on B
+    // (failing over to C), legacy lb1 on A, ours k2 on C.
+    let mut lf1 = LegacyPeer::client(
+        &a.front(),
+        "secret",
+        true,
+        json!({"uuid": "lf1", "timeout": 3000}),
+    )
+    .await;
+    let (f1, f1_in) = rust_peer("f1", opts().failover(b.front()).failover(c.front()));
+    let (k1, k1_in) = rust_peer("k1", opts().failover(b.back()).failover(c.back()));
+    let mut lb1 = LegacyPeer::client(&a.back(), "secret", true, json!({"uuid": "lb1"})).await;
+    let (k2, k2_in) = rust_peer("k2", opts().address(c.back()));
+    lf1.expect("connect", |_| true).await;
+    lb1.expect("connect", |_| true).await;
+    for cl in [&f1, &k1, &k2] {
+        cl.wait_connected(WAIT).await.expect("connected");
+    }
+    until("every peer held", || {
+        a.holds("lf1") && b.holds("f1") && b.holds("k1") && a.holds("lb1") && c.holds("k2")
+    })
+    .await;
+    // Presence crosses routers: our frontend peer f1 (on B) learns of k2 (on C) and lb1 (on A).
+    until("f1 told of k2 and lb1", || {
+        let r = f1.routes();
+        r.iter().any(|(u, _)| u == "k2") && r.iter().any(|(u, _)| u == "lb1")
+    })
+    .await;
+
+    // Addressed events across routers, the sender tagged (`_r`) as through one router.
+    lf1.send(json!({"cmd": "dispatch", "msg": {"op": "note", "_uuid": "k2"}}))
+        .await;
+    f1.dispatch_to("lb1", json!({"op": "hi-lb1"})).unwrap();
+    until("k2 gets lf1's note", || count(&k2_in, "note") == 1).await;
+    let (_, from, v) = k2_in.lock().unwrap()[0].clone();
+    assert_eq!(from, "lf1");
+    assert_eq!(v["_r"]["uuid"], "lf1");
+    let m = lb1.expect("message", |v| v["msg"]["op"] == "hi-lb1").await;
+    assert_eq!(m["msg"]["_r"]["uuid"], "f1");
+
+    // A broadcast from the frontend reaches every backend peer on every router, once.
+    lf1.send(json!({"cmd": "dispatch", "msg": {"op": "everyone"}}))
+        .await;
+    lb1.expect("message", |v| v["msg"]["op"] == "everyone")
+        .await;
+    until("k1 and k2 get the broadcast", || {
+        count(&k1_in, "everyone") == 1 && count(&k2_in, "everyone") == 1
+    })
+    .await;
+    // And from the backend to every frontend peer.
+    k2.dispatch(json!({"op": "to-front"})).unwrap();
+    lf1.expect("message", |v| v["msg"]["op"] == "to-front")
+        .await;
+    until("f1 gets k2's broadcast", || count(&f1_in, "to-front") == 1).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(count(&k1_in, "everyone"), 1, "delivered once");
+    assert_eq!(count(&f1_in, "to-front"), 1, "delivered once");
+    assert!(lb1
+        .collect_for("message", Duration::from_millis(100))
+        .await
+        .iter()
+        .all(|v| v["msg"]["op"] != "everyone"));
+
+    // Requests across routers: legacy to ours, ours to legacy, a remote error, nobody.
+    let r = lf1
+        .request(
+            1,
+            None,
+            json!({"op": "add", "a": 2, "b": 40, "_uuid": "k2"}),
+        )
+        .await;
+    assert_eq!(r["resp"], json!({"sum": 42, "by": "k2"}));
+    let r = f1
+        .request_to("lb1", json!({"op": "add", "a": 1, "b": 2}))
+        .await
+        .expect("lb1 answers f1");
+    assert_eq!(r, json!({"sum": 3}));
+    let r = lf1
+        .request(2, None, json!({"op": "fail", "_uuid": "lb1"}))
+        .await;
+    assert_eq!(r["err"]["name"], "TypeError", "{r}");
+    let started = std::time::Instant::now();
+    let r = lf1
+        .request(
+            3,
+            None,
+            json!({"op": "add", "a": 1, "b": 1, "_uuid": "nobody"}),
+        )
+        .await;
+    assert!(
+        r["err"]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("no peer \"nobody\"")),
+        "{r}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "no-responders settles at once, not at the 3 s timeout"
+    );
+
+    // A peer of ours leaves A's frontend: our backend peers are told (rpc::offline), the
+    // legacy one never is (its handler would throw and end its stream).
+    let (f2, _) = rust_peer("f2", opts().address(a.front()));
+    f2.wait_connected(WAIT).await.unwrap();
+    until("k2 told of f2", || {
+        k2.routes().iter().any(|(u, _)| u == "f2")
+    })
+    .await;
+    f2.close().await;
+    until("k2 told f2 left", || {
+        !k2.routes().iter().any(|(u, _)| u == "f2")
+    })
+    .await;
+
+    // Kill router B mid-traffic: lf1 (on A) asks k1 (on B, fails over to C) every 20 ms.
+    let mut sent = 0u64;
+    for _ in 0..10 {
+        sent += 1;
+        lf1.send(json!({"cmd": "request", "id": 100 + sent, "msg": {"op": "add", "a": 1, "b": 1, "_uuid": "k1"}}))
+            .await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    b.child.kill().await.unwrap();
+    let killed_at = std::time::Instant::now();
+    // k1 and f1 come back on C.
+    until("k1 and f1 back on C", || c.holds("k1") && c.holds("f1")).await;
+    eprintln!(
+        "peers back on another router {:?} after the kill",
+        killed_at.elapsed()
+    );
+    for _ in 0..40 {
+        sent += 1;
+        lf1.send(json!({"cmd": "request", "id": 100 + sent, "msg": {"op": "add", "a": 1, "b": 1, "_uuid": "k1"}}))
+            .await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Every request settles exactly once; the last ones, after the failover, are answers.
+    let mut settled: HashMap<u64, Vec<Value>> = HashMap::new();
+    tokio::time::timeout(WAIT, async {
+        while settled.len() < sent as usize {
+            let r = lf1
+                .expect("response", |v| v["id"].as_u64().is_some_and(|i| i > 100))
+                .await;
+            settled
+                .entry(r["id"].as_u64().unwrap())
+                .or_default()
+                .push(r);
+        }
+    })
+    .await
+    .expect("every request settled");
+    for r in lf1
+        .collect_for("response", Duration::from_millis(3500))
+        .await
+    {
+        settled
+            .entry(r["id"].as_u64().unwrap())
+            .or_default()
+            .push(r);
+    }
+    assert!(
+        settled.values().all(|v| v.len() == 1),
+        "settled twice: {settled:?}"
+    );
+    for id in (100 + sent - 5)..=(100 + sent) {
+        assert_eq!(settled[&id][0]["resp"]["by"], "k1", "{:?}", settled[&id]);
+    }
+    // The legacy peers never dropped (no control message they cannot take reached them).
+    assert!(
+        lf1.seen.iter().all(|v| v["ev"] != "disconnect"),
+        "{:?}",
+        lf1.seen
+    );
+    assert!(
+        lb1.seen.iter().all(|v| v["ev"] != "disconnect"),
+        "{:?}",
+        lb1.seen
+    );
+
+    // Kill a NATS node: the routers reconnect to the others and traffic crosses again.
+    nats[0].child.kill().await.unwrap();
+    until_async("an event crosses routers after a NATS node died", || {
+        let (f1, k2_in) = (&f1, &k2_in);
+        async move {
+            let _ = f1.dispatch_to("k2", json!({"op": "after-nats-kill"}));
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            count(k2_in, "after-nats-kill") > 0
+        }
+    })
+    .await;
+    let r = lf1
+        .request(
+            500,
+            None,
+            json!({"op": "add", "a": 5, "b": 5, "_uuid": "k2"}),
+        )
+        .await;
+    assert_eq!(r["resp"]["sum"], 10);
+    drop((a, c));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_unreachable_at_start_is_a_clear_error() {
+    let port = free_port();
+    let out = Command::new(BIN)
+        .args(["router", "--auth", "secret", "--port", "127.0.0.1:0"])
+        .args(["--backend-port", "127.0.0.1:0"])
+        .args(["--cluster", &format!("nats://127.0.0.1:{port}")])
+        .args(["--cluster-token", "s3cret-token-value"])
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("NATS unreachable at nats://127.0.0.1:"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("s3cret-token-value"),
+        "no secret in logs: {err}"
+    );
+}
