@@ -197,6 +197,10 @@ pub async fn run(a: RouterArgs) -> Result<(), Error> {
                 "event": "refused", "uuid": peer.uuid(), "address": peer.address(),
                 "reason": "uuid already held on the other side",
             }),
+            RouterEvent::Yielded { side: s, uuid } => json!({
+                "event": "yielded", "side": side(s), "uuid": uuid,
+                "reason": "another router of the cluster holds it now",
+            }),
             RouterEvent::Error {
                 side: s,
                 error,

@@ -103,18 +103,40 @@ struct RouterProc {
 
 impl RouterProc {
     async fn start(cluster: &str) -> RouterProc {
-        let (front, back) = (free_port(), free_port());
+        let back = free_port();
+        Self::start_with(
+            cluster,
+            &["--backend-port", &format!("127.0.0.1:{back}")],
+            back,
+        )
+        .await
+    }
+
+    /// A router whose backend is `backend` (`--backend-port P` or `--to HOST:PORT`).
+    async fn start_with(cluster: &str, backend: &[&str], back: u16) -> RouterProc {
+        let front = free_port();
         let mut child = Command::new(BIN)
             .args(["router", "--auth", "secret"])
             .args(["--port", &format!("127.0.0.1:{front}")])
-            .args(["--backend-port", &format!("127.0.0.1:{back}")])
+            .args(backend)
             .args(["--cluster", cluster])
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
             .expect("iris-rpc router");
         let stdout = child.stdout.take().expect("stdout");
+        let stderr = child.stderr.take().expect("stderr");
+        let errors = Arc::new(Mutex::new(String::new()));
+        let e = errors.clone();
+        tokio::spawn(async move {
+            let mut r = BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = r.next_line().await {
+                let mut e = e.lock().unwrap();
+                e.push_str(&line);
+                e.push('\n');
+            }
+        });
         let lines = Arc::new(Mutex::new(Vec::new()));
         let l = lines.clone();
         tokio::spawn(async move {
@@ -132,10 +154,17 @@ impl RouterProc {
             lines,
         };
         let l = r.lines.clone();
-        until("the router's listen line", || {
-            l.lock().unwrap().iter().any(|v| v["event"] == "listen")
+        let listening = tokio::time::timeout(WAIT, async {
+            while !l.lock().unwrap().iter().any(|v| v["event"] == "listen") {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
         })
         .await;
+        assert!(
+            listening.is_ok(),
+            "router did not start: {}",
+            errors.lock().unwrap()
+        );
         r
     }
 
@@ -145,6 +174,14 @@ impl RouterProc {
 
     fn back(&self) -> String {
         format!("127.0.0.1:{}", self.back)
+    }
+
+    /// Whether the router reported that another router took `uuid` over.
+    fn yielded(&self, uuid: &str) -> bool {
+        let lines = self.lines.lock().unwrap();
+        lines
+            .iter()
+            .any(|v| v["event"] == "yielded" && v["uuid"] == uuid)
     }
 
     /// Whether the router reported `uuid` connected (and not since disconnected).
@@ -160,6 +197,125 @@ impl RouterProc {
         }
         up
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routers_in_front_of_one_legacy_server_relay_each_message_once() {
+    if !nats_installed() {
+        eprintln!("SKIPPED: nats-server is not installed (tests/cluster/nats-server.sh)");
+        return;
+    }
+    let nats = nats_cluster().await;
+    let cluster = urls(&nats);
+    let sport = free_port();
+    let mut server = LegacyPeer::server(sport, "secret", true, json!({"uuid": "legacy-srv"})).await;
+    let to = format!("127.0.0.1:{sport}");
+    let a = RouterProc::start_with(&cluster, &["--to", &to, "--uuid", "router-a"], 0).await;
+    server.expect("connect", |v| v["uuid"] == "router-a").await;
+    let b = RouterProc::start_with(&cluster, &["--to", &to, "--uuid", "router-b"], 0).await;
+    server.expect("connect", |v| v["uuid"] == "router-b").await;
+    // The server's uuid is held by both routers' backends: the newest, B, wins.
+    until("A yields the server to B", || a.yielded("legacy-srv")).await;
+    assert!(!b.yielded("legacy-srv"));
+
+    let mut lc = LegacyPeer::client(&a.front(), "secret", true, json!({"uuid": "lc"})).await;
+    let (rc, rc_in) = rust_peer("rc", opts().address(b.front()));
+    lc.expect("connect", |_| true).await;
+    rc.wait_connected(WAIT).await.unwrap();
+    until("both clients held", || a.holds("lc") && b.holds("rc")).await;
+
+    // The server broadcasts: it writes to both routers, and each client gets it once.
+    server
+        .send(json!({"cmd": "dispatch", "msg": {"op": "news"}}))
+        .await;
+    lc.expect("message", |v| v["msg"]["op"] == "news").await;
+    until("rc gets the news", || count(&rc_in, "news") >= 1).await;
+    // A client on A broadcasts: the server gets it once, not once per router.
+    lc.send(json!({"cmd": "dispatch", "msg": {"op": "from-lc"}}))
+        .await;
+    let m = server
+        .expect("message", |v| v["msg"]["op"] == "from-lc")
+        .await;
+    assert_eq!(m["msg"]["_r"]["uuid"], "lc");
+    // Requests from either router's clients reach the server.
+    let r = lc
+        .request(1, None, json!({"op": "add", "a": 1, "b": 2}))
+        .await;
+    assert_eq!(r["resp"], json!({"sum": 3}));
+    let r = rc
+        .request(json!({"op": "add", "a": 3, "b": 4}))
+        .await
+        .unwrap();
+    assert_eq!(r, json!({"sum": 7}));
+    // And the server reaches a client on the router that lost its claim, by `_uuid`.
+    server
+        .send(json!({"cmd": "dispatch", "msg": {"op": "for-rc", "_uuid": "rc"}}))
+        .await;
+    until("rc gets its message", || count(&rc_in, "for-rc") == 1).await;
+
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(count(&rc_in, "news"), 1, "once, not once per router");
+    assert!(lc
+        .collect_for("message", Duration::from_millis(100))
+        .await
+        .iter()
+        .all(|v| v["msg"]["op"] != "news"));
+    assert!(server
+        .collect_for("message", Duration::from_millis(100))
+        .await
+        .iter()
+        .all(|v| v["msg"]["op"] != "from-lc"));
+    assert!(
+        server.seen.iter().all(|v| v["ev"] != "disconnect"),
+        "{:?}",
+        server.seen
+    );
+    drop((a, b, nats));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_uuid_on_two_routers_is_served_by_the_newest() {
+    if !nats_installed() {
+        eprintln!("SKIPPED: nats-server is not installed (tests/cluster/nats-server.sh)");
+        return;
+    }
+    let nats = nats_cluster().await;
+    let cluster = urls(&nats);
+    let a = RouterProc::start(&cluster).await;
+    let b = RouterProc::start(&cluster).await;
+    let c = RouterProc::start(&cluster).await;
+    let mut lf = LegacyPeer::client(&c.front(), "secret", true, json!({"uuid": "lf"})).await;
+    lf.expect("connect", |_| true).await;
+    // Two processes of ours claim "dup" on the backend: first on A, then on B.
+    let older = Client::connect(opts().address(a.back()).uuid("dup")).unwrap();
+    older.handle("who", |_| async { Ok(json!("older")) });
+    older.wait_connected(WAIT).await.unwrap();
+    until("A holds dup", || a.holds("dup")).await;
+    let newer = Client::connect(opts().address(b.back()).uuid("dup")).unwrap();
+    newer.handle("who", |_| async { Ok(json!("newer")) });
+    newer.wait_connected(WAIT).await.unwrap();
+    until("A yields dup", || a.yielded("dup")).await;
+    for id in 0..5 {
+        let r = lf
+            .request(id, None, json!({"op": "who", "_uuid": "dup"}))
+            .await;
+        assert_eq!(r["resp"], "newer", "{r}");
+    }
+    // The newest leaves: the older holder takes the uuid back.
+    newer.close().await;
+    let mut answered = false;
+    for id in 10..200 {
+        let r = lf
+            .request(id, None, json!({"op": "who", "_uuid": "dup"}))
+            .await;
+        if r["resp"] == "older" {
+            answered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(answered, "the older holder took dup back");
+    drop((a, b, c, nats));
 }
 
 /// Events a Rust peer received: `(op, sender uuid, whole message)`.

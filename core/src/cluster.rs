@@ -198,6 +198,21 @@ enum Cmd {
     Release(Side, String),
 }
 
+/// The subscription of a held uuid's subject.
+struct Holding {
+    task: tokio::task::JoinHandle<()>,
+    /// Ends it by draining: what NATS already routed here is still answered, so a request
+    /// that raced the release settles (with the answer or "no such stream") instead of
+    /// waiting for its timeout.
+    stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl Holding {
+    fn stop(self) {
+        let _ = self.stop.send(());
+    }
+}
+
 /// A router's part of the cluster.
 pub(crate) struct Cluster {
     nats: async_nats::Client,
@@ -206,12 +221,13 @@ pub(crate) struct Cluster {
     id: String,
     engines: [Weak<Engine>; 2],
     /// Uuids this router serves to the cluster, with the task that holds the subscription.
-    held: Mutex<HashMap<(Side, String), tokio::task::JoinHandle<()>>>,
+    held: Mutex<HashMap<(Side, String), Holding>>,
     /// Uuids held here whose claim another router took (newest wins).
     lost: Mutex<HashSet<(Side, String)>>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     /// The backend connects to servers, which several routers may reach (see [`Cluster::skips`]).
     backend_is_client: bool,
+    report: Arc<crate::router::Reporter>,
     /// Everything this router tells NATS, in order (see [`Cmd`]).
     outbox: tokio::sync::mpsc::Sender<Cmd>,
     /// Commands dropped because the outbox was full.
@@ -243,6 +259,7 @@ impl Cluster {
         frontend: &Arc<Engine>,
         backend: &Arc<Engine>,
         backend_is_client: bool,
+        report: Arc<crate::router::Reporter>,
     ) -> Result<Arc<Cluster>> {
         opts.check()?;
         let co = opts.connect_options().await?;
@@ -260,6 +277,7 @@ impl Cluster {
         let (outbox, rx) = tokio::sync::mpsc::channel(opts.queue.max(1));
         let c = Arc::new(Cluster {
             backend_is_client,
+            report,
             outbox,
             dropped: std::sync::atomic::AtomicU64::new(0),
             nats,
@@ -328,6 +346,33 @@ impl Cluster {
         while let Some(m) = sub.next().await {
             let Some(c) = c.upgrade() else { return };
             f(&c, m);
+        }
+    }
+
+    /// Serves a held uuid's subject until told to stop, then drains it.
+    async fn serve(
+        mut sub: async_nats::Subscriber,
+        mut stopped: tokio::sync::oneshot::Receiver<()>,
+        c: Weak<Cluster>,
+        side: Side,
+        uuid: String,
+    ) {
+        let mut draining = false;
+        loop {
+            let m = tokio::select! {
+                _ = &mut stopped, if !draining => {
+                    draining = true;
+                    if sub.drain().await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
+                m = sub.next() => m,
+            };
+            let (Some(m), Some(c)) = (m, c.upgrade()) else {
+                return;
+            };
+            c.on_addressed(side, &uuid, m);
         }
     }
 
@@ -424,12 +469,11 @@ impl Cluster {
         };
         let weak = Arc::downgrade(self);
         let u = uuid.clone();
-        let task = tokio::spawn(Self::each(sub, weak, move |c, m| {
-            c.on_addressed(side, &u, m)
-        }));
+        let (stop, stopped) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(Self::serve(sub, stopped, weak, side, u));
         if let Ok(mut h) = self.held.lock() {
-            if let Some(old) = h.insert(key, task) {
-                old.abort();
+            if let Some(old) = h.insert(key, Holding { task, stop }) {
+                old.stop();
             }
         }
         // The subscription went out before the claim, on one connection: whoever hears the
@@ -455,9 +499,9 @@ impl Cluster {
             .lock()
             .map(|mut l| l.remove(&key))
             .unwrap_or(false);
-        let task = self.held.lock().ok().and_then(|mut h| h.remove(&key));
-        if let Some(t) = task {
-            t.abort();
+        let held = self.held.lock().ok().and_then(|mut h| h.remove(&key));
+        if let Some(h) = held {
+            h.stop();
         }
         if !was_lost {
             // Not lost: nobody newer holds it, so it is offline (receivers check again).
@@ -659,13 +703,17 @@ impl Cluster {
         let key = (side, uuid.to_owned());
         if op == "rpc::online" {
             // Another router claimed a uuid held here: the newest holder wins.
-            let task = self.held.lock().ok().and_then(|mut h| h.remove(&key));
-            if let Some(t) = task {
-                t.abort();
+            let held = self.held.lock().ok().and_then(|mut h| h.remove(&key));
+            if let Some(h) = held {
+                h.stop();
                 if let Ok(mut l) = self.lost.lock() {
                     l.insert(key);
                 }
                 tracing::info!(%uuid, "cluster: another router now holds this uuid");
+                self.report.send(crate::router::RouterEvent::Yielded {
+                    side,
+                    uuid: uuid.to_owned(),
+                });
                 self.watch_winner(side, uuid.to_owned());
             }
             if let Some(to) = self.engine(other(side)) {
@@ -732,7 +780,7 @@ impl Cluster {
         let held: Vec<_> = self
             .held
             .lock()
-            .map(|mut h| h.drain().map(|(_, t)| t).collect())
+            .map(|mut h| h.drain().map(|(_, h)| h.task).collect())
             .unwrap_or_default();
         for t in held {
             t.abort();

@@ -122,6 +122,14 @@ pub enum RouterEvent {
         /// The peer.
         peer: Peer,
     },
+    /// In a cluster: another router now holds this uuid (the newest holder wins), so this
+    /// router no longer serves it to the cluster; its own stream, if still up, stays.
+    Yielded {
+        /// Which side.
+        side: Side,
+        /// The uuid.
+        uuid: String,
+    },
     /// A connection failed on one side.
     Error {
         /// Which side.
@@ -158,7 +166,7 @@ struct Reporter {
 }
 
 impl Reporter {
-    fn send(&self, ev: RouterEvent) {
+    pub(crate) fn send(&self, ev: RouterEvent) {
         let tx = self.tx.lock().ok().and_then(|t| t.clone());
         let Some(tx) = tx else { return };
         if let Err(tokio::sync::mpsc::error::TrySendError::Full(_)) = tx.try_send(ev) {
@@ -293,29 +301,31 @@ impl Router {
         };
         let (backend, bev) = backend;
         let be = backend.engine().clone();
-        #[cfg(feature = "cluster")]
-        let cluster = match cluster {
-            None => None,
-            Some(o) => match Cluster::join(&o, &fe, &be, !backend_is_server).await {
-                Ok(c) => Some(c),
-                Err(e) => {
-                    frontend.close().await;
-                    backend.close().await;
-                    return Err(e);
-                }
-            },
-        };
-        #[cfg(not(feature = "cluster"))]
-        let cluster: Option<Arc<Cluster>> = None;
-        let (wf, wb) = (Arc::downgrade(&fe), Arc::downgrade(&be));
-        fe.set_route_provider(Arc::new(move || reachable(&wb)));
-        be.set_route_provider(Arc::new(move || reachable(&wf)));
         let (tx, rx) = tokio::sync::mpsc::channel(fe.opts.limits.router_event_queue);
         let report = Arc::new(Reporter {
             tx: std::sync::Mutex::new(Some(tx)),
             dropped: AtomicU64::new(0),
             taken: AtomicBool::new(false),
         });
+        #[cfg(feature = "cluster")]
+        let cluster = match cluster {
+            None => None,
+            Some(o) => {
+                match Cluster::join(&o, &fe, &be, !backend_is_server, report.clone()).await {
+                    Ok(c) => Some(c),
+                    Err(e) => {
+                        frontend.close().await;
+                        backend.close().await;
+                        return Err(e);
+                    }
+                }
+            }
+        };
+        #[cfg(not(feature = "cluster"))]
+        let cluster: Option<Arc<Cluster>> = None;
+        let (wf, wb) = (Arc::downgrade(&fe), Arc::downgrade(&be));
+        fe.set_route_provider(Arc::new(move || reachable(&wb)));
+        be.set_route_provider(Arc::new(move || reachable(&wf)));
         let tasks = vec![
             tokio::spawn(relay(
                 fev,
@@ -573,6 +583,11 @@ fn forward_event(
         return;
     };
     match (target, cluster) {
+        // A server several routers connect to writes what it sends to every stream to each of
+        // them: only the router that holds its uuid takes it to other routers.
+        (Some(t), Some(c)) if !to.holds(&t) && c.skips(other(to_side), peer.uuid()) => {
+            tracing::debug!(uuid = %t, "router: left to the router that holds the sender");
+        }
         (Some(t), Some(c)) if !to.holds(&t) => c.send_to(to_side, &t, &m),
         (Some(t), _) => deliver(to, &m, Some(&t), &|_| false),
         (None, Some(c)) => {
