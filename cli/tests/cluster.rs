@@ -318,6 +318,73 @@ async fn a_uuid_on_two_routers_is_served_by_the_newest() {
     drop((a, b, c, nats));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_nats_each_router_still_delivers_between_its_own_peers() {
+    if !nats_installed() {
+        eprintln!("SKIPPED: nats-server is not installed (tests/cluster/nats-server.sh)");
+        return;
+    }
+    let mut nats = nats_cluster().await;
+    let cluster = urls(&nats);
+    let a = RouterProc::start(&cluster).await;
+    let b = RouterProc::start(&cluster).await;
+    let mut lf = LegacyPeer::client(&a.front(), "secret", true, json!({"uuid": "lf"})).await;
+    lf.expect("connect", |_| true).await;
+    let (_near, near_in) = rust_peer("near", opts().address(a.back()));
+    let (_far, _) = rust_peer("far", opts().address(b.back()));
+    until("peers held", || {
+        a.holds("lf") && a.holds("near") && b.holds("far")
+    })
+    .await;
+    let r = lf
+        .request(
+            1,
+            None,
+            json!({"op": "add", "a": 1, "b": 1, "_uuid": "far"}),
+        )
+        .await;
+    assert_eq!(r["resp"]["by"], "far");
+
+    for n in &mut nats {
+        n.child.kill().await.unwrap();
+    }
+    // A's own peers still meet, events and requests alike.
+    let r = lf
+        .request(
+            2,
+            None,
+            json!({"op": "add", "a": 2, "b": 2, "_uuid": "near"}),
+        )
+        .await;
+    assert_eq!(r["resp"], json!({"sum": 4, "by": "near"}));
+    lf.send(json!({"cmd": "dispatch", "msg": {"op": "local-note"}}))
+        .await;
+    until("near gets the broadcast", || {
+        count(&near_in, "local-note") == 1
+    })
+    .await;
+    // A peer on the other router cannot be reached: a clear error, not a wait for a timeout.
+    let mut failed = false;
+    for id in 3..100 {
+        let r = lf
+            .request(
+                id,
+                None,
+                json!({"op": "add", "a": 1, "b": 1, "_uuid": "far"}),
+            )
+            .await;
+        if let Some(e) = r["err"]["error"].as_str() {
+            assert!(e.contains("NATS not connected"), "{r}");
+            failed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(failed, "requests across routers fail while NATS is away");
+    assert!(lf.seen.iter().all(|v| v["ev"] != "disconnect"));
+    drop((a, b));
+}
+
 /// Events a Rust peer received: `(op, sender uuid, whole message)`.
 type Inbox = Arc<Mutex<Vec<(String, String, Value)>>>;
 

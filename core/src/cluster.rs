@@ -545,6 +545,14 @@ impl Cluster {
         uuid: &str,
         m: &Message,
     ) -> std::result::Result<(Option<String>, Option<String>), Value> {
+        if self.nats.connection_state() != async_nats::connection::State::Connected {
+            // Not to wait for the backstop while NATS is away: the peer is elsewhere or nowhere,
+            // and neither can be asked now.
+            return Err(json!({
+                "error": format!("cluster: NATS not connected, no route to peer {uuid:?}"),
+                "disconnected": true,
+            }));
+        }
         let req = async_nats::Request::new()
             .headers(self.headers("request"))
             .payload(m.as_str().to_owned().into())
