@@ -301,6 +301,18 @@ async fn a_uuid_on_two_routers_is_served_by_the_newest() {
             .await;
         assert_eq!(r["resp"], "newer", "{r}");
     }
+    // A frontend peer claiming a uuid that a backend peer holds on another router is refused,
+    // as one router refuses it: no peer takes over another's address.
+    let mut spoof = LegacyPeer::client(&c.front(), "secret", true, json!({"uuid": "dup"})).await;
+    until("C refuses the spoofing client", || {
+        c.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|v| v["event"] == "refused" && v["uuid"] == "dup")
+    })
+    .await;
+    spoof.send(json!({"cmd": "exit"})).await;
     // The newest leaves: the older holder takes the uuid back.
     newer.close().await;
     let mut answered = false;

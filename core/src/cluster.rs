@@ -587,6 +587,21 @@ impl Cluster {
         }
     }
 
+    /// Whether another router serves `uuid` on `side` (a probe on its subject; no-responders
+    /// says no at once). With NATS away nobody can be asked: no.
+    pub(crate) async fn held_elsewhere(&self, side: Side, uuid: &str) -> bool {
+        if self.nats.connection_state() != async_nats::connection::State::Connected {
+            return false;
+        }
+        let probe = async_nats::Request::new()
+            .headers(self.headers("probe"))
+            .timeout(Some(Duration::from_secs(1)));
+        self.nats
+            .send_request(self.peer_subject(side, uuid), probe)
+            .await
+            .is_ok()
+    }
+
     /// Asks every router for the uuids it holds on `side` and tells `peer` (on the other
     /// side of this router) they are online.
     pub(crate) fn tell_roster(self: &Arc<Self>, side: Side, to: Arc<Engine>, peer: String) {

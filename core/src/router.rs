@@ -65,6 +65,9 @@ mod absent {
         pub(crate) fn skips(&self, _: Side, _: &str) -> bool {
             match *self {}
         }
+        pub(crate) async fn held_elsewhere(&self, _: Side, _: &str) -> bool {
+            match *self {}
+        }
         pub(crate) async fn request(
             &self,
             _: Side,
@@ -443,7 +446,11 @@ async fn relay(
     while let Some(ev) = events.next().await {
         match ev {
             Event::Connect { peer } => {
-                if frontend && holds(&to, peer.uuid()) {
+                let elsewhere = match &cluster {
+                    Some(c) if frontend => c.held_elsewhere(to_side, peer.uuid()).await,
+                    _ => false,
+                };
+                if frontend && (holds(&to, peer.uuid()) || elsewhere) {
                     tracing::warn!(uuid = %peer.uuid(), "router: refused a peer claiming a uuid held on the other side");
                     peer.end();
                     report.send(RouterEvent::Refused { peer });
