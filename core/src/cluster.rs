@@ -111,6 +111,85 @@ impl ClusterOptions {
         }
     }
 
+    /// Options from a JSON object, as the Node, Python and C adapters pass them: `servers`
+    /// (a string, comma-separated, or an array), `name`, `token`, `user` and `password`,
+    /// `nkeySeed`, `credentialsFile`, `requireTls`, `rootCertificates`, `clientCertificate`
+    /// and `clientKey`, `rosterWaitMs`, `queue` (snake_case spellings too). A bare string is
+    /// the servers. An unknown member is an error, so a misspelt credential is not ignored.
+    pub fn from_json(text: &str) -> Result<ClusterOptions> {
+        let bad = |m: String| Error::Config(format!("cluster options: {m}"));
+        let v: Value = serde_json::from_str(text).map_err(|e| bad(e.to_string()))?;
+        let obj = match v {
+            Value::String(s) => return Ok(ClusterOptions::new(&s)),
+            Value::Object(o) => o,
+            _ => return Err(bad("expected an object or a string of servers".into())),
+        };
+        let mut o = ClusterOptions::new("");
+        let text_of = |k: &str, v: &Value| {
+            v.as_str()
+                .map(str::to_owned)
+                .ok_or_else(|| bad(format!("'{k}' must be a string")))
+        };
+        let (mut user, mut password, mut cert, mut key) = (None, None, None, None);
+        for (k, v) in &obj {
+            match k.as_str() {
+                "servers" => {
+                    o.servers = match v {
+                        Value::String(s) => ClusterOptions::new(s).servers,
+                        Value::Array(a) => a
+                            .iter()
+                            .map(|x| text_of(k, x))
+                            .collect::<Result<Vec<_>>>()?,
+                        _ => return Err(bad("'servers' must be a string or an array".into())),
+                    }
+                }
+                "name" => o.name = text_of(k, v)?,
+                "token" => o.token = Some(text_of(k, v)?),
+                "user" => user = Some(text_of(k, v)?),
+                "password" => password = Some(text_of(k, v)?),
+                "nkeySeed" | "nkey_seed" => o.nkey_seed = Some(text_of(k, v)?),
+                "credentialsFile" | "credentials_file" => {
+                    o.credentials_file = Some(text_of(k, v)?.into())
+                }
+                "requireTls" | "require_tls" => {
+                    o.require_tls = v
+                        .as_bool()
+                        .ok_or_else(|| bad(format!("'{k}' must be a boolean")))?
+                }
+                "rootCertificates" | "root_certificates" => {
+                    o.root_certificates = Some(text_of(k, v)?.into())
+                }
+                "clientCertificate" | "client_certificate" => cert = Some(text_of(k, v)?),
+                "clientKey" | "client_key" => key = Some(text_of(k, v)?),
+                "rosterWaitMs" | "roster_wait_ms" => {
+                    o.roster_wait = Duration::from_millis(
+                        v.as_u64()
+                            .ok_or_else(|| bad(format!("'{k}' must be a number of ms")))?,
+                    )
+                }
+                "queue" => {
+                    o.queue = v
+                        .as_u64()
+                        .and_then(|n| usize::try_from(n).ok())
+                        .ok_or_else(|| bad("'queue' must be a count".into()))?
+                }
+                other => return Err(bad(format!("unknown member '{other}'"))),
+            }
+        }
+        match (user, password) {
+            (Some(u), Some(p)) => o.user_password = Some((u, p)),
+            (None, None) => {}
+            _ => return Err(bad("'user' and 'password' go together".into())),
+        }
+        match (cert, key) {
+            (Some(c), Some(k)) => o.client_certificate = Some((c.into(), k.into())),
+            (None, None) => {}
+            _ => return Err(bad("'clientCertificate' and 'clientKey' go together".into())),
+        }
+        o.check()?;
+        Ok(o)
+    }
+
     fn check(&self) -> Result<()> {
         if self.servers.is_empty() {
             return Err(Error::Config(
@@ -836,4 +915,57 @@ fn answer_body(err: Option<&str>, resp: Option<&str>) -> String {
     }
     s.push('}');
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_from_json() {
+        let o = ClusterOptions::from_json(
+            r#"{"servers": ["nats://127.0.0.1:4222", "nats://127.0.0.1:4223"], "name": "prod",
+                "user": "router", "password": "pw-not-logged", "requireTls": true, "queue": 10}"#,
+        )
+        .unwrap();
+        assert_eq!(o.servers.len(), 2);
+        assert_eq!(o.name, "prod");
+        assert_eq!(o.queue, 10);
+        assert!(o.require_tls);
+        let shown = format!("{o:?}");
+        assert!(
+            shown.contains("router") && !shown.contains("pw-not-logged"),
+            "{shown}"
+        );
+        let o = ClusterOptions::from_json(r#""nats://a:1,nats://b:2""#).unwrap();
+        assert_eq!(o.servers, ["nats://a:1", "nats://b:2"]);
+        assert_eq!(o.name, "iris");
+        let o =
+            ClusterOptions::from_json(r#"{"servers": "nats://a:1", "token": "t0ken"}"#).unwrap();
+        assert!(!format!("{o:?}").contains("t0ken"));
+    }
+
+    #[test]
+    fn bad_options_are_clear_errors() {
+        for (text, says) in [
+            (
+                r#"{"servers": "nats://a:1", "tokn": "x"}"#,
+                "unknown member 'tokn'",
+            ),
+            (r#"{"servers": "nats://a:1", "user": "u"}"#, "go together"),
+            (r#"{"name": "x"}"#, "at least one NATS server"),
+            (
+                r#"{"servers": "nats://a:1", "name": "a.b"}"#,
+                "the name must be",
+            ),
+            (
+                r#"{"servers": "nats://a:1", "token": "t", "nkeySeed": "s"}"#,
+                "give one of",
+            ),
+            ("42", "expected an object"),
+        ] {
+            let e = ClusterOptions::from_json(text).unwrap_err().to_string();
+            assert!(e.contains(says), "{text}: {e}");
+        }
+    }
 }
