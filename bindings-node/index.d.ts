@@ -359,6 +359,30 @@ export interface RouterOptions extends RouterSideOptions {
   client?: RouterSideOptions & { address: string | string[]; uuid?: string };
   /** Listen on a second port for more clients (clients on both sides meet in the middle). */
   server?: RouterSideOptions & { port: number | string; host?: string; uuid?: string };
+  /** Ours: join a cluster of routers over NATS (`docs/CLUSTER.md`): servers, or the options. */
+  cluster?: string | ClusterOptions;
+}
+
+/** How a router reaches NATS (ours; `docs/CLUSTER.md`). Credentials never reach logs. */
+export interface ClusterOptions {
+  /** `nats://HOST:PORT`, comma-separated or as an array. */
+  servers: string | string[];
+  /** Subject prefix: routers with one name form one router (default `iris`). */
+  name?: string;
+  token?: string;
+  user?: string;
+  password?: string;
+  /** NKey seed (`SU...`). */
+  nkeySeed?: string;
+  credentialsFile?: string;
+  requireTls?: boolean;
+  rootCertificates?: string;
+  clientCertificate?: string;
+  clientKey?: string;
+  /** How long to wait for the other routers' rosters when a peer connects (500 ms). */
+  rosterWaitMs?: number;
+  /** Messages to other routers waiting for NATS (65536); past it, dropped with a warning. */
+  queue?: number;
 }
 
 export type RouterSide = 'frontend' | 'backend';

@@ -1015,7 +1015,16 @@ class Router extends EventEmitter {
     }
 
     const onBatch = (text) => this.#onBatch(text);
-    this.#native = native.NativeRouter.start(JSON.stringify(front), JSON.stringify(backend), backendIsServer, onBatch);
+    // Ours: join a cluster of routers over NATS (docs/CLUSTER.md): a string of servers, or
+    // { servers, name, token, user, password, nkeySeed, credentialsFile, requireTls, ... }.
+    const cluster = options.cluster === undefined || options.cluster === null ? null : JSON.stringify(options.cluster);
+    this.#native = native.NativeRouter.start(
+      JSON.stringify(front),
+      JSON.stringify(backend),
+      backendIsServer,
+      cluster,
+      onBatch,
+    );
   }
 
   /** Core options of one side: the side's own values first, then the router's. */

@@ -21,7 +21,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
-use iris_rpc::{Backend, Options, Peer, Router, RouterEvent, Side};
+use iris_rpc::{Backend, ClusterOptions, Options, Peer, Router, RouterEvent, Side};
 use napi::bindgen_prelude::{Function, Status};
 use napi::threadsafe_function::{ThreadsafeFunctionCallMode, UnknownReturnValue};
 use napi_derive::napi;
@@ -121,14 +121,21 @@ pub struct NativeRouter {
 impl NativeRouter {
     /// Starts a router: a frontend server (`frontendJson`, options with `port`) relaying to a
     /// backend client (`backendJson` with `address`) or, when `backendIsServer`, a backend
-    /// server (`backendJson` with `port`). The outcome arrives as the batch's listen entry.
+    /// server (`backendJson` with `port`); with `clusterJson` (see
+    /// `ClusterOptions::from_json`) it joins that cluster of routers. The outcome arrives as
+    /// the batch's listen entry.
     #[napi(factory, catch_unwind)]
     pub fn start(
         frontend_json: String,
         backend_json: String,
         backend_is_server: bool,
+        cluster_json: Option<String>,
         on_batch: Function<'_, String, UnknownReturnValue>,
     ) -> napi::Result<NativeRouter> {
+        let cluster = cluster_json
+            .map(|c| ClusterOptions::from_json(&c))
+            .transpose()
+            .map_err(|e| napi::Error::new(Status::InvalidArg, e.to_string()))?;
         let frontend = parse_options(&frontend_json)?;
         let back = parse_options(&backend_json)?;
         let backend = if backend_is_server {
@@ -144,7 +151,14 @@ impl NativeRouter {
             closing: AtomicBool::new(false),
         });
         let tsfn = batch_fn(&on_batch)?;
-        rt.spawn(start_then_pump(shared.clone(), frontend, backend, rx, tsfn));
+        rt.spawn(start_then_pump(
+            shared.clone(),
+            frontend,
+            backend,
+            cluster,
+            rx,
+            tsfn,
+        ));
         Ok(NativeRouter { shared })
     }
 
@@ -221,11 +235,16 @@ async fn start_then_pump(
     shared: Arc<Shared>,
     frontend: Options,
     backend: Backend,
+    cluster: Option<ClusterOptions>,
     closed: mpsc::UnboundedReceiver<()>,
     tsfn: BatchFn,
 ) {
     let mut first = Batch::new();
-    match Router::start(frontend, backend).await {
+    let started = match cluster {
+        Some(c) => Router::start_clustered(frontend, backend, c).await,
+        None => Router::start(frontend, backend).await,
+    };
+    match started {
         Ok(router) => {
             let events = router.events();
             let front = router.local_addr().to_string();
