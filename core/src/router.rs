@@ -10,6 +10,10 @@
 //! with `_uuid` go to that peer only, others to every frontend peer. Requests relay both ways
 //! and settle exactly once (answer, error, timeout, disconnect).
 //!
+//! Cluster (feature `cluster`, [`Router::start_clustered`], `cluster.rs`): many routers act
+//! as one over NATS; a uuid this router does not hold is looked for there, and broadcasts and
+//! presence reach the other routers' peers (`docs/CLUSTER.md`).
+//!
 //! Legacy peers: of the control messages a router sends (`rpc::online`, `rpc::offline`, the
 //! `rpc::init` of the handshake, `ping`), iris-rpc 0.2.20 takes all but `rpc::offline`, whose
 //! handler throws and ends the stream; legacy-mode peers never get it. Nor
