@@ -791,14 +791,21 @@ impl NativeRouter {
     /// Starts a router from legacy option JSON: `frontend_json` for the frontend server,
     /// `backend_json` for the backend, a server when `backend_server` is true (options with
     /// `port`), else a client (options with `address`). Blocks (GIL released) until both
-    /// listeners are bound; a backend client connects in the background.
+    /// listeners are bound; a backend client connects in the background. With
+    /// `cluster_json` (`ClusterOptions::from_json`) it joins that cluster of routers.
     #[staticmethod]
+    #[pyo3(signature = (frontend_json, backend_json, backend_server, cluster_json = None))]
     fn start(
         py: Python<'_>,
         frontend_json: &str,
         backend_json: &str,
         backend_server: bool,
+        cluster_json: Option<&str>,
     ) -> PyResult<NativeRouter> {
+        let cluster = cluster_json
+            .map(iris_rpc::ClusterOptions::from_json)
+            .transpose()
+            .map_err(|e| error_to_py(py, &e))?;
         let frontend = Native::options(py, frontend_json)?;
         let backend = Native::options(py, backend_json)?;
         // Checked here because a backend the core refuses after binding the frontend would
@@ -829,7 +836,14 @@ impl NativeRouter {
         let rt = iris_rpc::runtime::get().map_err(|e| error_to_py(py, &e))?;
         let rt2 = rt.clone();
         let router = py
-            .detach(move || rt2.block_on(Router::start(frontend, backend)))
+            .detach(move || {
+                rt2.block_on(async move {
+                    match cluster {
+                        Some(c) => Router::start_clustered(frontend, backend, c).await,
+                        None => Router::start(frontend, backend).await,
+                    }
+                })
+            })
             .map_err(|e| error_to_py(py, &e))?;
         let events = router.events();
         let local_addr = router.local_addr().to_string();

@@ -82,7 +82,9 @@ class NativeRouter:
     """One core Router (frontend server, backend client or server) on the shared runtime."""
 
     @staticmethod
-    def start(frontend_json: str, backend_json: str, backend_server: bool) -> "NativeRouter": ...
+    def start(
+        frontend_json: str, backend_json: str, backend_server: bool, cluster_json: Optional[str] = None
+    ) -> "NativeRouter": ...
     @property
     def local_addr(self) -> str: ...
     @property

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json as _json
 import uuid as _uuidlib
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union, cast, overload
 
@@ -80,6 +81,9 @@ class Router(_Dispatcher):
         **kwargs: Any,
     ) -> None:
         opts = _normalize(_merge(options, kwargs), "options")
+        # Ours: join a cluster of routers over NATS (docs/CLUSTER.md): a string of servers, or
+        # a mapping {servers, name, token, user, password, nkeySeed, credentialsFile, ...}.
+        cluster = opts.pop("cluster", None)
         client = opts.pop("client", None)
         server = opts.pop("server", None)
         if (client is None) == (server is None):
@@ -104,7 +108,10 @@ class Router(_Dispatcher):
         self._uuid = str(opts["uuid"])
         self._backend_uuid = str(backend["uuid"])
         self._backend_server = backend_server
-        native = _native.NativeRouter.start(_options_json(opts), _options_json(backend), backend_server)
+        cluster_json = None if cluster is None else _json.dumps(cluster)
+        native = _native.NativeRouter.start(
+            _options_json(opts), _options_json(backend), backend_server, cluster_json
+        )
         super().__init__(native, loop)
 
     # ---- identity and state ----
