@@ -379,7 +379,7 @@ export interface ClusterOptions {
   rootCertificates?: string;
   clientCertificate?: string;
   clientKey?: string;
-  /** How long to wait for the other routers' rosters when a peer connects (500 ms). */
+  /** How long to wait for the other routers' rosters when a peer connects (2000 ms). */
   rosterWaitMs?: number;
   /** Messages to other routers waiting for NATS (65536); past it, dropped with a warning. */
   queue?: number;

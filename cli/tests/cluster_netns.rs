@@ -99,24 +99,22 @@ impl Proc {
 
     /// The next line that satisfies `f` (bounded by WAIT).
     async fn line_where(&mut self, f: impl Fn(&Value) -> bool) -> Value {
-        tokio::time::timeout(WAIT, async {
-            loop {
-                let line = self
-                    .lines
-                    .next_line()
-                    .await
-                    .ok()
-                    .flatten()
-                    .expect("child output ended");
-                if let Ok(v) = serde_json::from_str::<Value>(&line) {
-                    if f(&v) {
-                        return v;
-                    }
+        tokio::time::timeout(WAIT, self.next_where(f))
+            .await
+            .expect("the expected line in time")
+            .expect("child output ended before the expected line")
+    }
+
+    /// The next line that satisfies `f`; None when the output ends first.
+    async fn next_where(&mut self, f: impl Fn(&Value) -> bool) -> Option<Value> {
+        while let Some(line) = self.lines.next_line().await.ok().flatten() {
+            if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                if f(&v) {
+                    return Some(v);
                 }
             }
-        })
-        .await
-        .expect("the expected line in time")
+        }
+        None
     }
 }
 
@@ -161,10 +159,10 @@ async fn a_request_crosses_a_network_between_two_routers() {
         );
         let started = tokio::time::timeout(
             Duration::from_secs(2),
-            r.line_where(|v| v["event"] == "listen"),
+            r.next_where(|v| v["event"] == "listen"),
         )
         .await;
-        if started.is_ok() {
+        if matches!(started, Ok(Some(_))) {
             router_a = Some(r);
             break;
         }

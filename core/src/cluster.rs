@@ -68,7 +68,8 @@ pub struct ClusterOptions {
     /// Client certificate and key PEM files, for NATS servers that verify clients.
     pub client_certificate: Option<(PathBuf, PathBuf)>,
     /// How long a router waits for the other routers' rosters when a peer connects
-    /// (default 500 ms); past it, later answers are not waited for.
+    /// (default 2 s: answers are used as they come, so a longer wait delays none; it only lets
+    /// a router under load answer late). Past it, later answers are dropped.
     pub roster_wait: Duration,
     /// Messages to other routers that may wait to be handed to NATS (default 65536); past it,
     /// new ones are dropped with a warning (NATS down for long, or far slower than the peers).
@@ -105,7 +106,7 @@ impl ClusterOptions {
                 .map(str::to_owned)
                 .collect(),
             name: "iris".into(),
-            roster_wait: Duration::from_millis(500),
+            roster_wait: Duration::from_secs(2),
             queue: 65536,
             ..ClusterOptions::default()
         }
@@ -367,7 +368,7 @@ impl Cluster {
             lost: Mutex::new(HashSet::new()),
             tasks: Mutex::new(Vec::new()),
             roster_wait: if opts.roster_wait.is_zero() {
-                Duration::from_millis(500)
+                Duration::from_secs(2)
             } else {
                 opts.roster_wait
             },
