@@ -163,7 +163,7 @@ pub struct Router {
 
 /// Where the relays report events: a bounded queue that never makes a relay wait (a relay
 /// that waited for a slow or absent reader would stop relaying).
-struct Reporter {
+pub(crate) struct Reporter {
     /// Taken by [`Router::close`], so the receiver ends then (an adapter forwarding the events
     /// waits for that end).
     tx: std::sync::Mutex<Option<tokio::sync::mpsc::Sender<RouterEvent>>>,
