@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use iris::{Backend, Router, Side};
 
+use crate::cluster::iris_cluster_options;
 use crate::endpoint::{
     iris_destroy_callback, iris_event_callback, not_in_runtime, peers_json, Delivery, UserData,
 };
@@ -45,13 +46,18 @@ impl iris_router {
     fn start(
         frontend: iris::Options,
         backend: Backend,
+        cluster: Option<iris::ClusterOptions>,
         callback: iris_event_callback,
         user_data: UserData,
         destroy: iris_destroy_callback,
     ) -> FfiResult<iris_router> {
         let (delivery, router, sink) = Delivery::start(callback, user_data, destroy, |rt| {
             not_in_runtime("iris_router_start")?;
-            Ok(Arc::new(rt.block_on(Router::start(frontend, backend))?))
+            let router = match cluster {
+                Some(c) => rt.block_on(Router::start_clustered(frontend, backend, c))?,
+                None => rt.block_on(Router::start(frontend, backend))?,
+            };
+            Ok(Arc::new(router))
         })?;
         // Nothing is lost before this: the core keeps router events in an unbounded queue
         // from `start` on, until the first `events()` call takes them.
@@ -102,37 +108,103 @@ pub unsafe extern "C" fn iris_router_start(
     router_out: *mut *mut iris_router,
 ) -> iris_result {
     guard(|| {
-        let checked = (|| {
-            need_out(router_out, "router_out")?;
-            let f = frontend
-                .as_ref()
-                .ok_or_else(|| FfiError::null("frontend"))?
-                .build()?;
-            let b = backend
-                .as_ref()
-                .ok_or_else(|| FfiError::null("backend"))?
-                .build()?;
-            Ok::<_, FfiError>((f, b))
-        })();
-        let (f, b) = match checked {
-            Ok(x) => x,
-            Err(e) => {
-                // The documented rule: destroy runs exactly once, also when creation fails.
-                if let Some(d) = destroy {
-                    d(user_data);
-                }
-                return Err(e);
-            }
-        };
-        let backend = if backend_is_server {
-            Backend::Server(b)
-        } else {
-            Backend::Client(b)
-        };
-        let router = iris_router::start(f, backend, callback, UserData(user_data), destroy)?;
-        *router_out = Box::into_raw(Box::new(router));
-        Ok(())
+        start(
+            frontend,
+            backend,
+            backend_is_server,
+            None,
+            callback,
+            user_data,
+            destroy,
+            router_out,
+        )
     })
+}
+
+/// `iris_router_start`, joined to the cluster of routers that `cluster` names
+/// (`iris_cluster_options_new`; copied, so it may be freed afterwards): peers on any router of
+/// the cluster reach each other as through one router (addressed events and requests, events
+/// without address, presence; `docs/CLUSTER.md`). Waits until the router is connected to NATS
+/// and listening. NATS unreachable is `IRIS_ERR_IO` (the router does not start alone: that
+/// would split the cluster with nobody told), refused credentials or TLS likewise; bad
+/// options `IRIS_ERR_CONFIG`; the message never shows a credential. NATS lost later: each
+/// router still delivers between its own peers and requests to peers on other routers fail
+/// at once, until NATS is back. `destroy` is called exactly once, also when this fails.
+#[no_mangle]
+pub unsafe extern "C" fn iris_router_start_clustered(
+    frontend: *const iris_options,
+    backend: *const iris_options,
+    backend_is_server: bool,
+    cluster: *const iris_cluster_options,
+    callback: iris_event_callback,
+    user_data: *mut c_void,
+    destroy: iris_destroy_callback,
+    router_out: *mut *mut iris_router,
+) -> iris_result {
+    guard(|| {
+        start(
+            frontend,
+            backend,
+            backend_is_server,
+            Some(cluster),
+            callback,
+            user_data,
+            destroy,
+            router_out,
+        )
+    })
+}
+
+/// Both starts: checks every argument, then starts; `destroy` runs exactly once either way.
+#[allow(clippy::too_many_arguments)]
+unsafe fn start(
+    frontend: *const iris_options,
+    backend: *const iris_options,
+    backend_is_server: bool,
+    cluster: Option<*const iris_cluster_options>,
+    callback: iris_event_callback,
+    user_data: *mut c_void,
+    destroy: iris_destroy_callback,
+    router_out: *mut *mut iris_router,
+) -> FfiResult<()> {
+    let checked = (|| {
+        need_out(router_out, "router_out")?;
+        let f = frontend
+            .as_ref()
+            .ok_or_else(|| FfiError::null("frontend"))?
+            .build()?;
+        let b = backend
+            .as_ref()
+            .ok_or_else(|| FfiError::null("backend"))?
+            .build()?;
+        let c = match cluster {
+            Some(c) => Some(
+                c.as_ref()
+                    .ok_or_else(|| FfiError::null("cluster"))?
+                    .build()?,
+            ),
+            None => None,
+        };
+        Ok::<_, FfiError>((f, b, c))
+    })();
+    let (f, b, c) = match checked {
+        Ok(x) => x,
+        Err(e) => {
+            // The documented rule: destroy runs exactly once, also when creation fails.
+            if let Some(d) = destroy {
+                d(user_data);
+            }
+            return Err(e);
+        }
+    };
+    let backend = if backend_is_server {
+        Backend::Server(b)
+    } else {
+        Backend::Client(b)
+    };
+    let router = iris_router::start(f, backend, c, callback, UserData(user_data), destroy)?;
+    *router_out = Box::into_raw(Box::new(router));
+    Ok(())
 }
 
 /// The TCP port the frontend listens on (0 if `router` is NULL).
