@@ -44,3 +44,41 @@ fn bench_all_smoke_rust_rust() {
     assert_eq!(rows.count(), 3, "{stdout}");
     assert!(!stdout.contains("n/a"), "a cell has no value:\n{stdout}");
 }
+
+/// The cluster pairing (two routers of one cluster between client and server, on a
+/// nats-server the server side starts): every workload but idle yields a figure, so events,
+/// their acks, requests and answers cross NATS. Skipped without nats-server.
+#[test]
+fn bench_all_smoke_rust_cluster_rust() {
+    let nats = Command::new("nats-server").arg("--version").output();
+    if !nats.is_ok_and(|o| o.status.success()) {
+        eprintln!("skipped: nats-server is not installed (tests/cluster/nats-server.sh)");
+        return;
+    }
+    let out = Command::new(BIN)
+        .args([
+            "bench",
+            "all",
+            "--pairings",
+            "rust-cluster-rust",
+            "--runs",
+            "1",
+            "--duration",
+            "0.1",
+            "--sizes",
+            "64",
+            "--cipher",
+            "on",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(!stderr.contains("failed"), "stderr:\n{stderr}");
+    let rows = stdout
+        .lines()
+        .filter(|l| l.starts_with("| rust-cluster-rust |"));
+    assert_eq!(rows.count(), 2, "events and requests rows:\n{stdout}");
+    assert!(!stdout.contains("n/a"), "a cell has no value:\n{stdout}");
+}
