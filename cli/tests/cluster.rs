@@ -3,7 +3,8 @@
 //! legacy peers (npm iris-rpc 0.2.20) and ours on different routers. Addressed events,
 //! broadcasts and requests cross routers; a router killed mid-traffic loses its peers, ours
 //! fail over to another and every request settles once; a NATS node killed is survived; NATS
-//! unreachable at start is a clear error.
+//! unreachable at start is a clear error. Rust peers in processes of their own (`iris-rpc
+//! client`) meet a legacy peer on another router.
 //!
 //! `nats-server` comes from Debian (`tests/cluster/nats-server.sh`, which `.ci/run` calls).
 
@@ -15,7 +16,7 @@ use std::time::Duration;
 use iris_rpc::{Client, Message, Options, Peer};
 use iris_rpc_tests::{free_port, LegacyPeer, WAIT};
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
 
 const BIN: &str = env!("CARGO_BIN_EXE_iris-rpc");
@@ -648,6 +649,171 @@ async fn peers_on_different_routers_meet_as_through_one() {
         .await;
     assert_eq!(r["resp"]["sum"], 10);
     drop((a, c));
+}
+
+/// A Rust peer in a process of its own: `iris-rpc client` (`--request` to send requests),
+/// which sends each stdin line and prints what arrives as JSON lines.
+struct CliPeer {
+    child: Child,
+    lines: Arc<Mutex<Vec<Value>>>,
+}
+
+impl CliPeer {
+    async fn start(address: &str, uuid: &str, requests: bool) -> CliPeer {
+        let mut cmd = Command::new(BIN);
+        cmd.args([
+            "client",
+            "--auth",
+            "secret",
+            "--address",
+            address,
+            "--uuid",
+            uuid,
+        ]);
+        if requests {
+            cmd.args(["--request", "--timeout", "3000"]);
+        }
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("iris-rpc client");
+        let stdout = child.stdout.take().expect("stdout");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let l = lines.clone();
+        tokio::spawn(async move {
+            let mut r = BufReader::new(stdout).lines();
+            while let Ok(Some(line)) = r.next_line().await {
+                if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                    l.lock().unwrap().push(v);
+                }
+            }
+        });
+        let p = CliPeer { child, lines };
+        until("iris-rpc client connected", || {
+            p.find(|v| v["event"] == "connect").is_some()
+        })
+        .await;
+        p
+    }
+
+    async fn send(&mut self, line: Value) {
+        let stdin = self.child.stdin.as_mut().expect("stdin");
+        stdin
+            .write_all(format!("{line}\n").as_bytes())
+            .await
+            .expect("write to iris-rpc client");
+        stdin.flush().await.expect("flush");
+    }
+
+    fn find(&self, f: impl Fn(&Value) -> bool) -> Option<Value> {
+        self.lines.lock().unwrap().iter().find(|v| f(v)).cloned()
+    }
+
+    async fn expect(&self, what: &str, f: impl Fn(&Value) -> bool) -> Value {
+        until(what, || self.find(&f).is_some()).await;
+        self.find(f).expect("seen")
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rust_peers_in_their_own_processes_meet_a_legacy_peer_on_another_router() {
+    if !nats_installed() {
+        eprintln!("SKIPPED: nats-server is not installed (tests/cluster/nats-server.sh)");
+        return;
+    }
+    let nats = nats_cluster().await;
+    let cluster = urls(&nats);
+    let a = RouterProc::start(&cluster).await;
+    let b = RouterProc::start(&cluster).await;
+    // The legacy worker on B's backend; two Rust processes on A's frontend: rc sends events,
+    // rq requests.
+    let mut lw = LegacyPeer::client(
+        &b.back(),
+        "secret",
+        true,
+        json!({"uuid": "lw", "timeout": 3000}),
+    )
+    .await;
+    lw.expect("connect", |_| true).await;
+    let mut rc = CliPeer::start(&a.front(), "rc", false).await;
+    let mut rq = CliPeer::start(&a.front(), "rq", true).await;
+    until("every peer held", || {
+        b.holds("lw") && a.holds("rc") && a.holds("rq")
+    })
+    .await;
+
+    // A request from rq reaches lw on the other router and its answer comes back (asked
+    // again while NATS still answers "no peer": B's subscription of lw may be on its way).
+    let mut n = 0;
+    let answer = loop {
+        n += 1;
+        rq.send(json!({"op": "add", "a": 2, "b": n, "_uuid": "lw"}))
+            .await;
+        let r = rq
+            .expect("rq's answer", |v| {
+                v["req"]["b"] == n && v["req"]["op"] == "add"
+            })
+            .await;
+        if r.get("response").is_some() || n == 50 {
+            break r;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(answer["response"], json!({"sum": 2 + n}), "{answer}");
+    // Nobody holds "nobody": an error at once, not the 3 s timeout.
+    let started = std::time::Instant::now();
+    rq.send(json!({"op": "add", "_uuid": "nobody"})).await;
+    let r = rq
+        .expect("no-responders", |v| v["req"]["_uuid"] == "nobody")
+        .await;
+    assert!(
+        r["error"]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("no peer \"nobody\"")),
+        "{r}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(2));
+
+    // lw can reach rc once A serves rc's subject: a request that NATS routes (the CLI client
+    // answers none, so any answer but "no peer" will do).
+    for id in 1..=50 {
+        let r = lw
+            .request(id, None, json!({"op": "probe", "_uuid": "rc"}))
+            .await;
+        if !r.to_string().contains("no peer") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Addressed events both ways, each with its sender's uuid.
+    lw.send(json!({"cmd": "dispatch", "msg": {"op": "note", "text": "to-rc", "_uuid": "rc"}}))
+        .await;
+    let m = rc
+        .expect("rc gets lw's note", |v| v["msg"]["text"] == "to-rc")
+        .await;
+    assert_eq!(m["uuid"], "lw", "{m}");
+    rc.send(json!({"op": "note", "text": "to-lw", "_uuid": "lw"}))
+        .await;
+    let m = lw.expect("message", |v| v["msg"]["text"] == "to-lw").await;
+    assert_eq!(m["uuid"], "rc", "{m}");
+    // Broadcasts both ways: lw's reaches both Rust processes, rc's reaches lw.
+    rc.send(json!({"op": "note", "text": "all-from-rc"})).await;
+    let m = lw
+        .expect("message", |v| v["msg"]["text"] == "all-from-rc")
+        .await;
+    assert_eq!(m["uuid"], "rc", "{m}");
+    lw.send(json!({"cmd": "dispatch", "msg": {"op": "note", "text": "all-from-lw"}}))
+        .await;
+    for p in [&rc, &rq] {
+        let m = p
+            .expect("lw's broadcast", |v| v["msg"]["text"] == "all-from-lw")
+            .await;
+        assert_eq!(m["uuid"], "lw", "{m}");
+    }
+    drop((a, b, nats));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
