@@ -816,6 +816,97 @@ async fn rust_peers_in_their_own_processes_meet_a_legacy_peer_on_another_router(
     drop((a, b, nats));
 }
 
+/// NATS bounds what crosses routers (`max_payload`): an answer larger than that still settles
+/// its request, at once, with an error naming the limit (it waited for the asker's timeout);
+/// a request larger than that fails at once and leaves the router's NATS connection up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_larger_than_nats_max_payload_settle_at_once_with_an_error() {
+    if !nats_installed() {
+        eprintln!("SKIPPED: nats-server is not installed (tests/cluster/nats-server.sh)");
+        return;
+    }
+    let conf = std::env::temp_dir().join(format!("iris-nats-{}.conf", std::process::id()));
+    std::fs::write(&conf, "max_payload: 4096\n").unwrap();
+    let port = free_port();
+    let _nats = Command::new("nats-server")
+        .args([
+            "-c",
+            conf.to_str().unwrap(),
+            "-a",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("nats-server");
+    until_async("NATS to listen", || port_open(port)).await;
+    let url = format!("nats://127.0.0.1:{port}");
+    let a = RouterProc::start(&url).await;
+    let b = RouterProc::start(&url).await;
+    let worker = Client::connect(opts().address(b.back()).uuid("big")).unwrap();
+    worker.handle("big", |_| async { Ok(json!({"d": "x".repeat(8192)})) });
+    worker.handle("small", |_| async { Ok(json!({"ok": true})) });
+    worker.wait_connected(WAIT).await.unwrap();
+    let mut lf = LegacyPeer::client(
+        &a.front(),
+        "secret",
+        true,
+        json!({"uuid": "lf", "timeout": 30000}),
+    )
+    .await;
+    lf.expect("connect", |_| true).await;
+    // Asked until B serves the worker's subject (before that NATS says "no peer").
+    let mut id = 0;
+    loop {
+        id += 1;
+        let r = lf
+            .request(id, None, json!({"op": "small", "_uuid": "big"}))
+            .await;
+        if r["resp"]["ok"] == true || id == 50 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let started = std::time::Instant::now();
+    let r = lf
+        .request(id + 1, None, json!({"op": "big", "_uuid": "big"}))
+        .await;
+    assert!(
+        r["err"]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("max_payload")),
+        "{r}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "not at the 30 s timeout"
+    );
+    // A request that large fails at once too, and the routers stay in the cluster (NATS
+    // drops a connection that sends more than max_payload).
+    let r = lf
+        .request(
+            id + 2,
+            None,
+            json!({"op": "small", "pad": "x".repeat(8192), "_uuid": "big"}),
+        )
+        .await;
+    assert!(
+        r["err"]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("max_payload")),
+        "{r}"
+    );
+    let r = lf
+        .request(id + 3, None, json!({"op": "small", "_uuid": "big"}))
+        .await;
+    assert_eq!(r["resp"]["ok"], true, "{r}");
+    let _ = std::fs::remove_file(&conf);
+    drop((a, b));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_unreachable_at_start_is_a_clear_error() {
     let port = free_port();
