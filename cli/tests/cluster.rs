@@ -28,6 +28,15 @@ fn nats_installed() -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
+/// Whether nats-server is missing, which the test then says before it skips.
+fn no_nats() -> bool {
+    let missing = !nats_installed();
+    if missing {
+        eprintln!("SKIPPED: nats-server is not installed (tests/cluster/nats-server.sh)");
+    }
+    missing
+}
+
 async fn port_open(port: u16) -> bool {
     tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
@@ -50,6 +59,21 @@ where
 
 async fn until(what: &str, f: impl Fn() -> bool) {
     until_async(what, || std::future::ready(f())).await;
+}
+
+/// The JSON lines a child prints, collected as they come.
+fn json_lines(stdout: tokio::process::ChildStdout) -> Arc<Mutex<Vec<Value>>> {
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let l = lines.clone();
+    tokio::spawn(async move {
+        let mut r = BufReader::new(stdout).lines();
+        while let Ok(Some(line)) = r.next_line().await {
+            if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                l.lock().unwrap().push(v);
+            }
+        }
+    });
+    lines
 }
 
 /// One NATS node of a cluster on loopback.
@@ -138,16 +162,7 @@ impl RouterProc {
                 e.push('\n');
             }
         });
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let l = lines.clone();
-        tokio::spawn(async move {
-            let mut r = BufReader::new(stdout).lines();
-            while let Ok(Some(line)) = r.next_line().await {
-                if let Ok(v) = serde_json::from_str::<Value>(&line) {
-                    l.lock().unwrap().push(v);
-                }
-            }
-        });
+        let lines = json_lines(stdout);
         let r = RouterProc {
             child,
             front,
@@ -202,8 +217,7 @@ impl RouterProc {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn routers_in_front_of_one_legacy_server_relay_each_message_once() {
-    if !nats_installed() {
-        eprintln!("SKIPPED: nats-server is not installed (tests/cluster/nats-server.sh)");
+    if no_nats() {
         return;
     }
     let nats = nats_cluster().await;
@@ -276,8 +290,7 @@ async fn routers_in_front_of_one_legacy_server_relay_each_message_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_uuid_on_two_routers_is_served_by_the_newest() {
-    if !nats_installed() {
-        eprintln!("SKIPPED: nats-server is not installed (tests/cluster/nats-server.sh)");
+    if no_nats() {
         return;
     }
     let nats = nats_cluster().await;
@@ -333,8 +346,7 @@ async fn a_uuid_on_two_routers_is_served_by_the_newest() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_nats_each_router_still_delivers_between_its_own_peers() {
-    if !nats_installed() {
-        eprintln!("SKIPPED: nats-server is not installed (tests/cluster/nats-server.sh)");
+    if no_nats() {
         return;
     }
     let mut nats = nats_cluster().await;
@@ -440,8 +452,7 @@ fn count(inbox: &Inbox, op: &str) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn peers_on_different_routers_meet_as_through_one() {
-    if !nats_installed() {
-        eprintln!("SKIPPED: nats-server is not installed (tests/cluster/nats-server.sh)");
+    if no_nats() {
         return;
     }
     let mut nats = nats_cluster().await;
@@ -681,16 +692,7 @@ impl CliPeer {
             .spawn()
             .expect("iris-rpc client");
         let stdout = child.stdout.take().expect("stdout");
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let l = lines.clone();
-        tokio::spawn(async move {
-            let mut r = BufReader::new(stdout).lines();
-            while let Ok(Some(line)) = r.next_line().await {
-                if let Ok(v) = serde_json::from_str::<Value>(&line) {
-                    l.lock().unwrap().push(v);
-                }
-            }
-        });
+        let lines = json_lines(stdout);
         let p = CliPeer { child, lines };
         until("iris-rpc client connected", || {
             p.find(|v| v["event"] == "connect").is_some()
@@ -720,8 +722,7 @@ impl CliPeer {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rust_peers_in_their_own_processes_meet_a_legacy_peer_on_another_router() {
-    if !nats_installed() {
-        eprintln!("SKIPPED: nats-server is not installed (tests/cluster/nats-server.sh)");
+    if no_nats() {
         return;
     }
     let nats = nats_cluster().await;
@@ -821,8 +822,7 @@ async fn rust_peers_in_their_own_processes_meet_a_legacy_peer_on_another_router(
 /// a request larger than that fails at once and leaves the router's NATS connection up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_larger_than_nats_max_payload_settle_at_once_with_an_error() {
-    if !nats_installed() {
-        eprintln!("SKIPPED: nats-server is not installed (tests/cluster/nats-server.sh)");
+    if no_nats() {
         return;
     }
     let conf = std::env::temp_dir().join(format!("iris-nats-{}.conf", std::process::id()));

@@ -107,18 +107,8 @@ pub unsafe extern "C" fn iris_router_start(
     destroy: iris_destroy_callback,
     router_out: *mut *mut iris_router,
 ) -> iris_result {
-    guard(|| {
-        start(
-            frontend,
-            backend,
-            backend_is_server,
-            None,
-            callback,
-            user_data,
-            destroy,
-            router_out,
-        )
-    })
+    let sides = (frontend, backend, backend_is_server);
+    start(sides, None, (callback, user_data, destroy), router_out)
 }
 
 /// `iris_router_start`, joined to the cluster of routers that `cluster` names
@@ -141,70 +131,66 @@ pub unsafe extern "C" fn iris_router_start_clustered(
     destroy: iris_destroy_callback,
     router_out: *mut *mut iris_router,
 ) -> iris_result {
-    guard(|| {
-        start(
-            frontend,
-            backend,
-            backend_is_server,
-            Some(cluster),
-            callback,
-            user_data,
-            destroy,
-            router_out,
-        )
-    })
+    let sides = (frontend, backend, backend_is_server);
+    start(
+        sides,
+        Some(cluster),
+        (callback, user_data, destroy),
+        router_out,
+    )
 }
 
-/// Both starts: checks every argument, then starts; `destroy` runs exactly once either way.
-#[allow(clippy::too_many_arguments)]
+/// Both starts, inside the panic guard: checks every argument, then starts; `destroy` runs
+/// exactly once either way. `sides` are the frontend and backend options and whether the
+/// backend is a server; `events` the callback, its user data and the destroy callback.
 unsafe fn start(
-    frontend: *const iris_options,
-    backend: *const iris_options,
-    backend_is_server: bool,
+    sides: (*const iris_options, *const iris_options, bool),
     cluster: Option<*const iris_cluster_options>,
-    callback: iris_event_callback,
-    user_data: *mut c_void,
-    destroy: iris_destroy_callback,
+    events: (iris_event_callback, *mut c_void, iris_destroy_callback),
     router_out: *mut *mut iris_router,
-) -> FfiResult<()> {
-    let checked = (|| {
-        need_out(router_out, "router_out")?;
-        let f = frontend
-            .as_ref()
-            .ok_or_else(|| FfiError::null("frontend"))?
-            .build()?;
-        let b = backend
-            .as_ref()
-            .ok_or_else(|| FfiError::null("backend"))?
-            .build()?;
-        let c = match cluster {
-            Some(c) => Some(
-                c.as_ref()
-                    .ok_or_else(|| FfiError::null("cluster"))?
-                    .build()?,
-            ),
-            None => None,
-        };
-        Ok::<_, FfiError>((f, b, c))
-    })();
-    let (f, b, c) = match checked {
-        Ok(x) => x,
-        Err(e) => {
-            // The documented rule: destroy runs exactly once, also when creation fails.
-            if let Some(d) = destroy {
-                d(user_data);
+) -> iris_result {
+    let (frontend, backend, backend_is_server) = sides;
+    let (callback, user_data, destroy) = events;
+    guard(|| {
+        let checked = (|| {
+            need_out(router_out, "router_out")?;
+            let f = frontend
+                .as_ref()
+                .ok_or_else(|| FfiError::null("frontend"))?
+                .build()?;
+            let b = backend
+                .as_ref()
+                .ok_or_else(|| FfiError::null("backend"))?
+                .build()?;
+            let c = match cluster {
+                Some(c) => Some(
+                    c.as_ref()
+                        .ok_or_else(|| FfiError::null("cluster"))?
+                        .build()?,
+                ),
+                None => None,
+            };
+            Ok::<_, FfiError>((f, b, c))
+        })();
+        let (f, b, c) = match checked {
+            Ok(x) => x,
+            Err(e) => {
+                // The documented rule: destroy runs exactly once, also when creation fails.
+                if let Some(d) = destroy {
+                    d(user_data);
+                }
+                return Err(e);
             }
-            return Err(e);
-        }
-    };
-    let backend = if backend_is_server {
-        Backend::Server(b)
-    } else {
-        Backend::Client(b)
-    };
-    let router = iris_router::start(f, backend, c, callback, UserData(user_data), destroy)?;
-    *router_out = Box::into_raw(Box::new(router));
-    Ok(())
+        };
+        let backend = if backend_is_server {
+            Backend::Server(b)
+        } else {
+            Backend::Client(b)
+        };
+        let router = iris_router::start(f, backend, c, callback, UserData(user_data), destroy)?;
+        *router_out = Box::into_raw(Box::new(router));
+        Ok(())
+    })
 }
 
 /// The TCP port the frontend listens on (0 if `router` is NULL).

@@ -410,10 +410,9 @@ static void legacy_send(legacy_peer *p, const char *command_json) {
         fprintf(stderr, "legacy peer: write failed\n");
 }
 
-/* Ends the peer: "exit" command, then close and reap (killing it if it hangs). */
-static void legacy_stop(legacy_peer *p) {
+/* Closes the child's stdin and reaps it, killing it if it has not exited within 5 s. */
+static void child_end(legacy_peer *p) {
     if (p->pid <= 0) return;
-    legacy_send(p, "{\"cmd\":\"exit\"}");
     close(p->in_fd);
     long long deadline = now_ms() + 5000;
     int status;
@@ -427,6 +426,13 @@ static void legacy_stop(legacy_peer *p) {
     }
     close(p->out_fd);
     p->pid = 0;
+}
+
+/* Ends the peer: "exit" command, then close and reap (killing it if it hangs). */
+static void legacy_stop(legacy_peer *p) {
+    if (p->pid <= 0) return;
+    legacy_send(p, "{\"cmd\":\"exit\"}");
+    child_end(p);
 }
 
 /* Starts the legacy package's server on a free port, retrying if another process took the

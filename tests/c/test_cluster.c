@@ -15,21 +15,8 @@
 
 /* Ends a child that does not read stdin: SIGTERM, then SIGKILL if it lingers. */
 static void child_kill(legacy_peer *p) {
-    if (p->pid <= 0) return;
-    kill(p->pid, SIGTERM);
-    long long deadline = now_ms() + 5000;
-    int status;
-    while (waitpid(p->pid, &status, WNOHANG) == 0) {
-        if (now_ms() > deadline) {
-            kill(p->pid, SIGKILL);
-            waitpid(p->pid, &status, 0);
-            break;
-        }
-        usleep(10000);
-    }
-    close(p->in_fd);
-    close(p->out_fd);
-    p->pid = 0;
+    if (p->pid > 0) kill(p->pid, SIGTERM);
+    child_end(p);
 }
 
 static int port_open(int port) {
