@@ -163,8 +163,7 @@ impl Future for RawReply {
             // Polled after it settled: counted already.
             State::Done => return Poll::Ready(Err(Error::Closed)),
         };
-        crate::metrics::get()
-            .request_settled(&out, started.map(|s| now().saturating_duration_since(s)));
+        crate::metrics::get().request_settled(&out, started);
         // Settled: the table let go of the entry already, nothing to cancel on drop.
         self.state = State::Done;
         Poll::Ready(if self.whole {
