@@ -132,6 +132,12 @@ fn outcome_index(result: &crate::error::Result<crate::message::Response>) -> usi
     }
 }
 
+/// How a request settled, as `iris_rpc_requests_total{outcome}` names it.
+#[cfg(feature = "otel")]
+pub(crate) fn outcome(result: &crate::error::Result<crate::message::Response>) -> &'static str {
+    OUTCOMES[outcome_index(result)]
+}
+
 /// The upper bounds of the latency buckets, in seconds.
 const LATENCY_BUCKETS: [f64; 16] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
