@@ -19,9 +19,11 @@ use std::time::Duration;
 use iris_rpc::protocol::Mode;
 use iris_rpc::{Backend, Certificates, Client, Options, Router, Security, Server, Side};
 use iris_rpc_tests::{free_port, LegacyPeer, WAIT};
-use opentelemetry::trace::{SpanId, TraceId, TracerProvider as _};
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry::trace::{SpanId, TraceId};
 use opentelemetry::Value as OtelValue;
-use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use opentelemetry_sdk::trace::{InMemorySpanExporter, SpanData};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracing_subscriber::layer::SubscriberExt;
@@ -410,4 +412,32 @@ fn our_traceparent_reader_agrees_with_the_sdk_propagator() {
             None => assert!(!theirs.is_valid(), "{text:?}: only the SDK accepts it"),
         }
     }
+}
+
+/// The README's setup block (between its `otel-setup` markers) is this file's own code, so it
+/// cannot rot: every line of it, without its comment, is a line here.
+#[test]
+fn the_readme_shows_the_setup_these_tests_use() {
+    let readme = include_str!("../../README.md");
+    let start = readme
+        .find("<!-- otel-setup:begin -->")
+        .expect("begin marker");
+    let end = readme.find("<!-- otel-setup:end -->").expect("end marker");
+    let ours: Vec<&str> = include_str!("otel.rs").lines().map(str::trim).collect();
+    let block = &readme[start..end];
+    let code = block
+        .lines()
+        .filter(|l| !l.starts_with("```") && !l.starts_with("<!--"));
+    let mut checked = 0;
+    for line in code {
+        let line = line.split(" // ").next().unwrap_or(line).trim();
+        if !line.is_empty() {
+            assert!(
+                ours.contains(&line),
+                "README line not in tests/rust/otel.rs: {line}"
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 8, "the block is there ({checked} lines)");
 }
