@@ -2,10 +2,10 @@
 //! against): nothing is counted while it is off, and counting goes on when it is back on. One
 //! test in this binary: the switch is process-wide.
 
-use iris_rpc::{Certificates, Client, Options, Server};
-use serde_json::json;
+mod common;
 
-const SECRET: &str = "metrics-off-test-secret-0123456789abcdef0123456789abcdef";
+use iris_rpc::{Client, Options};
+use serde_json::json;
 
 /// The value of the series `name` (with its labels, as written), 0 when absent.
 fn series(name: &str) -> f64 {
@@ -30,16 +30,10 @@ fn counted() -> Vec<f64> {
 #[tokio::test]
 async fn nothing_is_counted_while_metrics_are_off() {
     assert!(iris_rpc::metrics::enabled(), "on by default");
-    let server = Server::bind(
-        Options::new(SECRET)
-            .port("127.0.0.1:0")
-            .certificates(Certificates::self_signed().unwrap()),
-    )
-    .await
-    .unwrap();
-    server.handle("echo", |req| async move { Ok(req.msg.value()) });
+    let server = common::server(common::server_options()).await;
     let client =
-        Client::connect(Options::new(SECRET).address(server.local_addr().to_string())).unwrap();
+        Client::connect(Options::new(common::SECRET).address(server.local_addr().to_string()))
+            .unwrap();
     client
         .wait_connected(std::time::Duration::from_secs(15))
         .await

@@ -81,6 +81,17 @@ async fn spans_until<T>(what: &str, pick: impl Fn(&[SpanData]) -> Option<T>) -> 
     })
 }
 
+/// The first finished span named `name` whose attribute `key` is `value`.
+async fn span_with(name: &str, key: &str, value: &str) -> SpanData {
+    spans_until(&format!("{name} with {key}={value}"), |spans| {
+        spans
+            .iter()
+            .find(|s| s.name == name && attr_is(s, key, value))
+            .cloned()
+    })
+    .await
+}
+
 fn find<'a>(
     spans: &'a [SpanData],
     name: &str,
@@ -103,16 +114,6 @@ fn client_opts(address: &str, uuid: &str) -> Options {
     Options::new(SECRET).address(address).uuid(uuid)
 }
 
-async fn until<F: Fn() -> bool>(what: &str, f: F) {
-    tokio::time::timeout(WAIT, async {
-        while !f() {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("timed out waiting for {what}"));
-}
-
 /// A router to `backend`: its uuids are `NAME` (backend) and `NAME-front`.
 async fn router_to(backend: &str, name: &str) -> Router {
     let mut b = Options::new(SECRET).address(backend).uuid(name);
@@ -120,7 +121,7 @@ async fn router_to(backend: &str, name: &str) -> Router {
     let r = Router::start(server_opts(&format!("{name}-front")), Backend::Client(b))
         .await
         .unwrap();
-    until("the router's backend", || {
+    common::until("the router's backend", || {
         !r.peers(Side::Backend).is_empty()
     })
     .await;
@@ -135,7 +136,7 @@ async fn a_request_through_a_router_is_one_trace() {
     let router = router_to(&server.local_addr().to_string(), "t-router").await;
     let client = Client::connect(client_opts(&router.local_addr().to_string(), "t-cli")).unwrap();
     client.wait_connected(WAIT).await.unwrap();
-    until("the client at the server", || {
+    common::until("the client at the server", || {
         server.routes().iter().any(|(u, _)| u == "t-cli")
     })
     .await;
@@ -147,13 +148,7 @@ async fn a_request_through_a_router_is_one_trace() {
         .unwrap();
     assert_eq!(answer["n"], 1);
 
-    let request = spans_until("the client's request span", |spans| {
-        spans
-            .iter()
-            .find(|s| s.name == "iris_rpc.request" && attr_is(s, "peer.uuid", "t-router-front"))
-            .cloned()
-    })
-    .await;
+    let request = span_with("iris_rpc.request", "peer.uuid", "t-router-front").await;
     let trace = request.span_context.trace_id();
     assert_eq!(
         request.parent_span_id,
@@ -351,23 +346,11 @@ async fn a_malformed_traceparent_is_ignored() {
 
     let given = TraceId::from_hex(given_trace).unwrap();
     for op in ["bad.text", "bad.case", "bad.zero", "bad.type"] {
-        let span = spans_until(op, |spans| {
-            spans
-                .iter()
-                .find(|s| s.name == "iris_rpc.handle" && attr_is(s, "rpc.method", op))
-                .cloned()
-        })
-        .await;
+        let span = span_with("iris_rpc.handle", "rpc.method", op).await;
         assert_eq!(span.parent_span_id, SpanId::INVALID, "{op}: a new trace");
         assert_ne!(span.span_context.trace_id(), given, "{op}");
     }
-    let good = spans_until("good", |spans| {
-        spans
-            .iter()
-            .find(|s| s.name == "iris_rpc.handle" && attr_is(s, "rpc.method", "good"))
-            .cloned()
-    })
-    .await;
+    let good = span_with("iris_rpc.handle", "rpc.method", "good").await;
     assert_eq!(good.span_context.trace_id(), given);
     assert_eq!(good.parent_span_id, SpanId::from_hex(given_span).unwrap());
     assert!(good.parent_span_is_remote);
