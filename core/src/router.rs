@@ -522,14 +522,21 @@ async fn relay(
             Event::Request(req) => {
                 crate::metrics::get().relayed(true);
                 let to = to.clone();
-                tokio::spawn(forward_request(
-                    to,
-                    to_side,
-                    req,
-                    frontend,
-                    tag_sender,
-                    cluster.clone(),
-                ));
+                // The relay is a child of the request's handling here, and what it sends on
+                // carries the relay's trace (src/trace.rs).
+                #[cfg(feature = "otel")]
+                let span = crate::trace::relay_span(
+                    req.responder.span(),
+                    match to_side {
+                        Side::Frontend => "frontend",
+                        Side::Backend => "backend",
+                    },
+                );
+                let relay =
+                    forward_request(to, to_side, req, frontend, tag_sender, cluster.clone());
+                #[cfg(feature = "otel")]
+                let relay = tracing::Instrument::instrument(relay, span);
+                tokio::spawn(relay);
             }
             Event::Error { error, address } => {
                 tracing::debug!(%error, ?address, frontend, "router: connection error");

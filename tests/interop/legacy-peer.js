@@ -4,7 +4,8 @@
 //
 // config: { role: "server"|"client", auth, cipher (default true), uuid, designation, mac,
 //           port (server), address (client; string or array), key, cert (PEM text),
-//           timeout (ms), module (require path, default "iris-rpc") }
+//           timeout (ms), module (require path, default "iris-rpc"),
+//           wire (report each request line as read: {"ev":"wire","text":..}) }
 //
 // stdin, one JSON command per line:
 //   {"cmd":"dispatch","msg":{..}}               to every stream
@@ -25,6 +26,19 @@ const out = (o) => process.stdout.write(JSON.stringify(o) + '\n');
 console.log = (...args) => console.error(...args);
 
 const cfg = JSON.parse(process.argv[2]);
+// With "wire": true, the exact text of every request line the package reads off a stream
+// (after its line cipher), as {"ev":"wire","text":..}: the package hands that text to
+// JSON.parse and keeps nothing else of it, so JSON.parse is where it can be seen.
+if (cfg.wire) {
+  const parse = JSON.parse;
+  JSON.parse = function (text, reviver) {
+    const v = parse(text, reviver);
+    if (typeof text === 'string' && v && typeof v === 'object' && '_req' in v) {
+      out({ ev: 'wire', text });
+    }
+    return v;
+  };
+}
 const rpcModule = require(cfg.module || 'iris-rpc');
 rpcModule.config.verbose = 0;
 // Legacy honours only the module-wide switch for turning the cipher off.
