@@ -4,6 +4,8 @@
 // packages log with it and stdout must stay JSON lines.
 'use strict';
 
+const readline = require('readline');
+
 console.log = (...args) => console.error(...args);
 
 /** Writes one event line to stdout. */
@@ -11,18 +13,11 @@ const out = (o) => process.stdout.write(JSON.stringify(o) + '\n');
 
 /** Calls `handle` with each command line read from stdin, parsed; exits when stdin ends. */
 function readCommands(handle) {
-  let buffer = '';
-  process.stdin.setEncoding('utf8');
-  process.stdin.on('data', (chunk) => {
-    buffer += chunk;
-    let idx;
-    while ((idx = buffer.indexOf('\n')) >= 0) {
-      const line = buffer.slice(0, idx).trim();
-      buffer = buffer.slice(idx + 1);
-      if (line) handle(JSON.parse(line));
-    }
+  const lines = readline.createInterface({ input: process.stdin, crlfDelay: Infinity });
+  lines.on('line', (line) => {
+    if (line.trim()) handle(JSON.parse(line));
   });
-  process.stdin.on('end', () => process.exit(0));
+  lines.on('close', () => process.exit(0));
 }
 
 module.exports = { out, readCommands };
