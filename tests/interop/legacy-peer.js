@@ -22,8 +22,7 @@
 
 const crypto = require('crypto');
 
-const out = (o) => process.stdout.write(JSON.stringify(o) + '\n');
-console.log = (...args) => console.error(...args);
+const { out, readCommands } = require('./stdio');
 
 const cfg = JSON.parse(process.argv[2]);
 // With "wire": true, the exact text of every request line the package reads off a stream
@@ -89,18 +88,7 @@ rpc.on('seq', (req, cb) => {
   cb(null, true);
 });
 
-let buffer = '';
-process.stdin.setEncoding('utf8');
-process.stdin.on('data', (chunk) => {
-  buffer += chunk;
-  let idx;
-  while ((idx = buffer.indexOf('\n')) >= 0) {
-    const line = buffer.slice(0, idx).trim();
-    buffer = buffer.slice(idx + 1);
-    if (line) handle(JSON.parse(line));
-  }
-});
-process.stdin.on('end', () => process.exit(0));
+readCommands(handle);
 
 function handle(c) {
   switch (c.cmd) {
