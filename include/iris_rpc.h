@@ -105,8 +105,8 @@ typedef enum iris_event_kind {
     IRIS_EVENT_REFUSED = 7,
 } iris_event_kind;
 
-// A client (legacy `Client`): one stream per address in its options, reconnecting with
-// backoff until closed.
+// A client (legacy `Client`): one stream per address in its options, reconnecting every
+// second (as legacy; option `reconnect_max` above `reconnect_initial` backs off) until closed.
 typedef struct iris_client iris_client;
 
 // Options of a router's cluster: the NATS servers, the cluster's name, one credential

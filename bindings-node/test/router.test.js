@@ -267,6 +267,83 @@ describe('Router', () => {
     }
   });
 
+  // Issue 14, item 7: our router told a legacy server `rpc::offline` when a frontend client
+  // left; legacy's handler for it throws and ends the stream, so the router's link dropped and
+  // requests in flight failed. Here 50 clients come and go (and a peer sends events whose op
+  // legacy would look up as a control handler or an Object.prototype member) while a steady
+  // client asks every 20 ms: none fails, and the legacy server sees one connection, kept.
+  test('50 clients come and go: a legacy server behind our Router keeps its one link', async () => {
+    const server = new Proc(PEER, { impl: 'legacy', role: 'server', auth: 'secret', uuid: 'srv', port: '127.0.0.1:0', key, cert });
+    let router;
+    let steady;
+    let hostile;
+    let asking;
+    let stop = false;
+    try {
+      const listen = await server.wait((e) => e.ev === 'listen', { what: 'legacy server listen' });
+      assert.equal(listen.err, null);
+      router = await startRouter({ port: '127.0.0.1:0', client: { address: `127.0.0.1:${listen.port}` } });
+      await router.log.wait((e) => e.ev === 'connect' && e.side === 'backend', { what: 'backend connect' });
+      const address = `127.0.0.1:${router.localPort}`;
+      steady = new iris.Client({ address, auth: 'secret', uuid: 'steady' });
+      await once(steady, 'connect', { signal: AbortSignal.timeout(15000) });
+      const answered = [];
+      const failed = [];
+      asking = (async () => {
+        for (let n = 1; !stop; n++) {
+          try {
+            const r = await steady.request({ op: 'add', a: n, b: 1 });
+            (r.sum === n + 1 ? answered : failed).push(r);
+          } catch (e) {
+            failed.push(String(e));
+          }
+          await new Promise((r) => setTimeout(r, 20));
+        }
+      })();
+
+      // 50 clients come and go, five at a time.
+      for (let round = 0; round < 10; round++) {
+        const batch = [];
+        for (let i = 0; i < 5; i++) batch.push(new iris.Client({ address, auth: 'secret', uuid: `churn-${round}-${i}` }));
+        try {
+          await Promise.all(batch.map((c) => once(c, 'connect', { signal: AbortSignal.timeout(15000) })));
+        } finally {
+          await Promise.all(batch.map((c) => c.close()));
+        }
+      }
+      hostile = new iris.Client({ address, auth: 'secret', uuid: 'hostile' });
+      await once(hostile, 'connect', { signal: AbortSignal.timeout(15000) });
+      for (const op of [['rpc::offline'], [['rpc::init']], '__proto__', 'toString']) {
+        hostile.dispatch({ op, uuid: 'x', data: { uuid: 'hijack' } });
+      }
+      hostile.dispatch({ op: 'after-hostile' });
+      const after = await server.wait((e) => e.ev === 'message' && e.msg.op === 'after-hostile', { what: 'the event after the hostile ones' });
+      assert.equal(after.uuid, 'hostile');
+      // More requests after the last client left and the last offence.
+      const seen = answered.length;
+      for (let i = 0; i < 750 && answered.length < seen + 10; i++) await new Promise((r) => setTimeout(r, 20));
+      stop = true;
+      await asking;
+      assert.deepEqual(failed, []);
+      assert.ok(answered.length >= seen + 10, `only ${answered.length - seen} requests answered after the churn`);
+
+      // Everything the legacy server reported so far (its answer comes after it).
+      const m = server.mark();
+      server.send({ cmd: 'connected' });
+      await server.wait((e) => e.ev === 'connected', { after: m, what: 'connected' });
+      assert.deepEqual(server.events.filter((e) => e.ev === 'connect').map((e) => e.designation), ['router']);
+      assert.deepEqual(server.events.filter((e) => e.ev === 'disconnect'), []);
+      assert.deepEqual(router.log.events.filter((e) => e.ev === 'disconnect' && e.side === 'backend'), []);
+    } finally {
+      stop = true;
+      if (asking) await asking;
+      if (hostile) await hostile.close();
+      if (steady) await steady.close();
+      if (router) await router.close();
+      await server.stop();
+    }
+  });
+
   test('a backend server: clients on both sides meet in the middle', async () => {
     const router = await startRouter({ port: '127.0.0.1:0', server: { port: '127.0.0.1:0', auth: 'backend secret' } });
     let f;

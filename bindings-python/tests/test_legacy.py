@@ -279,3 +279,33 @@ def test_arequest_made_outside_a_loop_runs_under_asyncio_run(
     _peer, client, _port = _client_to_legacy(legacy, closing, True)
     client.wait_connected(timeout=15)
     assert asyncio.run(client.arequest({"op": "add", "a": 20, "b": 22})) == {"sum": 42}
+
+
+# Issue 14, item 6. An outage of 8 s: with exponential backoff to 30 s a client would next try
+# about 7 s after the server is back; legacy (and our default) retries every second.
+OUTAGE = 8.0
+# Generous: about 1 s (the retry period plus at most a fifth of jitter) is expected.
+BACK_WITHIN = 3.0
+
+
+def test_default_client_is_back_soon_after_a_long_outage(
+    legacy: Callable[..., LegacyPeer], closing: Callable[[Any], Any]
+) -> None:
+    port = free_port()
+    server = legacy("server", port=f"127.0.0.1:{port}", uuid="legacy-srv")
+    # Default options: nothing about reconnecting is set.
+    client = closing(Client(auth=SECRET, address=f"127.0.0.1:{port}", uuid="py-cli"))
+    client.wait_connected(15)
+    assert client.request({"op": "add", "a": 1, "b": 2}) == {"sum": 3}
+
+    server.kill()
+    wait_for(lambda: not client.is_connected(), what="the client to notice the server is gone")
+    time.sleep(OUTAGE)
+    # The legacy server process again, on the same port; it returns once it listens.
+    server = legacy("server", port=f"127.0.0.1:{port}", uuid="legacy-srv")
+    back = time.monotonic()
+    client.wait_connected(20)
+    assert client.request({"op": "add", "a": 2, "b": 3}) == {"sum": 5}
+    took = time.monotonic() - back
+    assert took < BACK_WITHIN, f"the client was back {took:.1f} s after the server"
+    server.expect("connect", lambda e: e["uuid"] == "py-cli")

@@ -436,3 +436,71 @@ def test_exit_with_an_open_router() -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == ["[1]", "done"]
+
+
+def test_leaving_clients_never_break_a_legacy_backend(
+    legacy: Callable[..., LegacyPeer], closing: Callable[[Any], Any], certs: iris_rpc.Certificates
+) -> None:
+    """Issue 14, item 7: our router told a legacy server `rpc::offline` when a frontend client
+    left; legacy's handler for it throws and ends the stream, so the router's link dropped and
+    requests in flight failed. Here 50 clients come and go (and a peer sends events whose op
+    legacy would look up as a control handler or an Object.prototype member) while a steady
+    client makes a request every 20 ms: none fails, and the legacy server sees one connection
+    from the router, never dropped."""
+    port = free_port()
+    srv = legacy("server", port=f"127.0.0.1:{port}", uuid="legacy-srv")
+    router = closing(
+        Router(auth=SECRET, port="127.0.0.1:0", certificates=certs, client={"address": f"127.0.0.1:{port}", "uuid": "router-back"})
+    )
+    backend_drops = Recorder()
+    router.on("disconnect", lambda side, uuid, stream: backend_drops(uuid) if side == "backend" else None)
+    wait_for(lambda: router.peers("backend"), what="the router's link to the legacy server")
+
+    steady = closing(Client(auth=SECRET, address=router.address, uuid="steady"))
+    steady.wait_connected(WAIT)
+    stop = threading.Event()
+    answered = []
+    failed = []
+
+    def ask() -> None:
+        n = 0
+        while not stop.is_set():
+            n += 1
+            try:
+                r = steady.request({"op": "add", "a": n, "b": 1})
+                (answered if r == {"sum": n + 1} else failed).append(r)
+            except iris_rpc.IrisError as e:
+                failed.append(repr(e))
+            time.sleep(0.02)
+
+    worker = threading.Thread(target=ask, daemon=True)
+    worker.start()
+    try:
+        # 50 clients come and go, five at a time.
+        for k in range(10):
+            batch = [Client(auth=SECRET, address=router.address, uuid=f"churn-{k}-{i}") for i in range(5)]
+            try:
+                for c in batch:
+                    c.wait_connected(WAIT)
+            finally:
+                for c in batch:
+                    c.close()
+        hostile = closing(Client(auth=SECRET, address=router.address, uuid="hostile"))
+        hostile.wait_connected(WAIT)
+        for op in (["rpc::offline"], [["rpc::init"]], "__proto__", "toString"):
+            hostile.dispatch({"op": op, "uuid": "x", "data": {"uuid": "hijack"}})
+        hostile.dispatch({"op": "after-hostile"})
+        assert srv.expect("message", lambda e: e["msg"].get("op") == "after-hostile")["uuid"] == "hostile"
+        # More requests after the last client left and the last offence.
+        seen = len(answered)
+        wait_for(lambda: len(answered) >= seen + 10, what="requests after the churn")
+    finally:
+        stop.set()
+        worker.join(WAIT)
+    assert not failed, f"{len(failed)} of {len(failed) + len(answered)} requests failed: {failed[:3]}"
+    # Everything the legacy server reported up to now (its answer comes after it).
+    srv.send({"cmd": "connected"})
+    assert srv.expect("connected")["value"] is True
+    assert [e["uuid"] for e in srv.seen if e["ev"] == "connect"] == ["router-back"]
+    assert [e for e in srv.seen if e["ev"] == "disconnect"] == []
+    assert backend_drops.items == []

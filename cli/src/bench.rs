@@ -64,9 +64,28 @@ struct SideCommon {
     /// Certificate PEM file.
     #[arg(long, requires = "key")]
     cert: Option<PathBuf>,
+    /// Count metrics in this process (on, as every instance does by default) or not (off,
+    /// `iris_rpc::metrics::set_enabled(false)`): the pairing `rust-rust-v2-metrics-off` runs
+    /// both sides off, to compare with `rust-rust-v2`.
+    #[arg(long, value_enum, default_value = "on")]
+    metrics: OnOff,
+}
+
+/// A switch on the command line.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum OnOff {
+    /// On.
+    On,
+    /// Off.
+    Off,
 }
 
 impl SideCommon {
+    /// Applies the process-wide switches (metrics) before anything starts.
+    fn apply(&self) {
+        iris_rpc::metrics::set_enabled(self.metrics == OnOff::On);
+    }
+
     fn options(&self) -> Options {
         let mut o = Options::new(self.auth.clone())
             .cipher(!self.no_cipher)
@@ -264,6 +283,7 @@ async fn stdin_closed() {
 // ---- server side -------------------------------------------------------------------------
 
 async fn serve(a: ServeArgs) -> Result<(), Error> {
+    a.common.apply();
     let mut opts = a.common.options().port(a.port.as_str());
     if opts.certificates.is_none() {
         opts = opts.certificates(Certificates::self_signed()?);
@@ -444,6 +464,7 @@ async fn serve_via_cluster(a: &ServeArgs, server: &Server) -> Result<(), Error> 
 // ---- client side -------------------------------------------------------------------------
 
 async fn client(a: ClientArgs) -> Result<(), Error> {
+    a.common.apply();
     if a.workload == Workload::Idle {
         return idle(&a).await;
     }

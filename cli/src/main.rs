@@ -4,6 +4,8 @@ mod bench;
 mod demo;
 mod observe;
 mod router;
+#[cfg(feature = "otel")]
+mod traces;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -252,7 +254,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    observe::init_logs(cli.log_format);
+    if let Err(e) = observe::init_logs(cli.log_format) {
+        eprintln!("iris-rpc: error: {e}");
+        return ExitCode::from(2);
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -142,11 +142,32 @@ pub(crate) fn log_colour() -> bool {
 }
 
 /// Installs the log subscriber on stderr: `IRIS_RPC_LOG`, else `RUST_LOG`, filters
-/// (`warn` when neither is set), in `format`.
-pub(crate) fn init_logs(format: LogFormat) {
+/// (`warn` when neither is set), in `format`; with feature `otel` and `IRIS_RPC_TRACES`, the
+/// trace exporter beside it (`traces.rs`). `Err` for an exporter it does not know.
+pub(crate) fn init_logs(format: LogFormat) -> Result<(), String> {
     let filter = tracing_subscriber::EnvFilter::try_from_env("IRIS_RPC_LOG")
         .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    #[cfg(feature = "otel")]
+    if let Some(traces) = crate::traces::layer()? {
+        use tracing_subscriber::layer::SubscriberExt;
+        use tracing_subscriber::util::SubscriberInitExt;
+        use tracing_subscriber::Layer;
+        let logs = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+        let logs = match format {
+            LogFormat::Text => logs.with_ansi(log_colour()).boxed(),
+            LogFormat::Json => logs
+                .json()
+                .with_current_span(true)
+                .with_span_list(true)
+                .boxed(),
+        };
+        tracing_subscriber::registry()
+            .with(traces)
+            .with(logs.with_filter(filter))
+            .init();
+        return Ok(());
+    }
     let builder = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(filter);
@@ -158,6 +179,7 @@ pub(crate) fn init_logs(format: LogFormat) {
             .with_span_list(true)
             .init(),
     }
+    Ok(())
 }
 
 #[cfg(test)]

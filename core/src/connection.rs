@@ -435,7 +435,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
             .await
             .map_err(|e| format!("read error: {e}"))?;
         lines.filled(n);
-        crate::metrics::get().bytes_in.inc_by(n as u64);
+        crate::metrics::get().received_bytes(n);
         // Grow while reads come back full; shrink back (and give the buffer back once it is
         // empty) when they come back small.
         room = if n == room {
@@ -458,7 +458,7 @@ struct Received(u64);
 impl Drop for Received {
     fn drop(&mut self) {
         if self.0 > 0 {
-            crate::metrics::get().messages_in.inc_by(self.0);
+            crate::metrics::get().received_messages(self.0);
         }
     }
 }
@@ -560,9 +560,7 @@ async fn write_loop<W: AsyncWrite>(
                     }
                 }
             };
-            let m = crate::metrics::get();
-            m.bytes_out.inc_by(buf.len() as u64);
-            m.messages_out.inc_by(sent as u64);
+            crate::metrics::get().sent(buf.len(), sent);
             buf.clear();
             queued.fetch_sub(bytes, Ordering::Relaxed);
             if !ok {

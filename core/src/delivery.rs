@@ -5,8 +5,6 @@
 
 use std::sync::Arc;
 
-use serde_json::value::RawValue;
-
 use crate::engine::Engine;
 use crate::error::Error;
 use crate::event::{Event, IncomingRequest};
@@ -40,10 +38,21 @@ impl Engine {
                 let uuid = self.sender(peer, routed_from.as_deref());
                 self.on_event(msg, uuid, peer).await;
             }
-            Kind::Request { id, body, meta } => {
+            Kind::Request {
+                id,
+                body,
+                meta,
+                #[cfg(feature = "otel")]
+                traceparent,
+            } => {
                 let msg = Message::received(body, meta.op.as_deref());
                 let uuid = self.sender(peer, meta.routed_from.as_deref()).to_owned();
-                self.on_request(stream, id, msg, uuid).await;
+                #[cfg(feature = "otel")]
+                let responder =
+                    Responder::new(stream.clone(), id, msg.op(), traceparent.as_deref());
+                #[cfg(not(feature = "otel"))]
+                let responder = Responder::new(stream.clone(), id, msg.op());
+                self.on_request(stream, responder, msg, uuid).await;
             }
             Kind::Response { id, err, resp } => {
                 // The answer as sent; the caller's reply turns an error in it into
@@ -117,12 +126,11 @@ impl Engine {
     pub(crate) async fn on_request(
         &self,
         stream: &Arc<Stream>,
-        id: &RawValue,
+        mut responder: Responder,
         msg: Message,
         uuid: String,
     ) {
         let peer = stream.peer.clone();
-        let mut responder = Responder::new(stream.clone(), id, msg.op());
         match self.handlers.check(&msg, &peer) {
             Ok(()) => {}
             Err(Refusal::Refused(v)) => return responder.send(Some(&v.to_string()), None),
@@ -139,7 +147,15 @@ impl Engine {
                 // has to wait goes on in a task of its own.
                 let op = msg.op().map(str::to_owned);
                 let req = Request { msg, uuid, peer };
-                let mut fut = match call_handler(h, req) {
+                // The handler runs in the request's span: what it sends is part of the trace.
+                #[cfg(feature = "otel")]
+                let span = responder.span().clone();
+                #[cfg(feature = "otel")]
+                let entered = span.enter();
+                let call = call_handler(h, req);
+                #[cfg(feature = "otel")]
+                drop(entered);
+                let mut fut = match call {
                     Ok(f) => f,
                     Err(p) => {
                         responder.respond(Err(handler_panicked()));
@@ -149,6 +165,8 @@ impl Engine {
                     }
                 };
                 let first = std::future::poll_fn(|cx| {
+                    #[cfg(feature = "otel")]
+                    let _entered = span.enter();
                     std::task::Poll::Ready(match poll_handler(fut.as_mut(), cx) {
                         std::task::Poll::Ready(v) => Some(v),
                         std::task::Poll::Pending => None,
@@ -159,8 +177,12 @@ impl Engine {
                     Some(result) => responder.respond(result),
                     None => {
                         tokio::spawn(async move {
-                            let result =
-                                std::future::poll_fn(|cx| poll_handler(fut.as_mut(), cx)).await;
+                            let result = std::future::poll_fn(|cx| {
+                                #[cfg(feature = "otel")]
+                                let _entered = span.enter();
+                                poll_handler(fut.as_mut(), cx)
+                            })
+                            .await;
                             responder.respond(result);
                         });
                     }

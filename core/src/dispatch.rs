@@ -116,13 +116,7 @@ impl Engine {
             .map(ms)
             .or_else(|| msg.op_timeout())
             .unwrap_or_else(|| ms(self.opts.timeout));
-        Ok(requests::start(
-            &stream,
-            body,
-            msg.text().clone(),
-            timeout_ms,
-            whole,
-        ))
+        Ok(requests::start(&stream, body, msg, timeout_ms, whole))
     }
 }
 

@@ -63,6 +63,8 @@ mod shutdown;
 mod stream;
 mod streams;
 pub mod tls;
+#[cfg(feature = "otel")]
+mod trace;
 
 pub use client::Client;
 #[cfg(feature = "cluster")]

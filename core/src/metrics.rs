@@ -23,12 +23,16 @@
 //! label only where a connection is set up or a limit is crossed. Gauges cost nothing until a
 //! scrape: they are computed then from the live instances' own counters.
 //!
+//! [`set_enabled`]`(false)` stops all counting in the process (the gauges, computed at a
+//! scrape, still read): what `iris-rpc bench --metrics off` measures the cost of counting
+//! against.
+//!
 //! ## Names
 //! Stable, prefixed `iris_rpc_`, units in the name (`_bytes`, `_seconds`); counters end in
 //! `_total`. Label values are drawn from fixed sets (never a uuid, an address or a message).
 //! The table is in the README and pinned by this module's tests.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, Weak};
 use std::time::Duration;
 
@@ -58,6 +62,20 @@ pub fn text() -> String {
 }
 
 type Labels<const N: usize> = [(&'static str, &'static str); N];
+
+static ENABLED: AtomicBool = AtomicBool::new(true);
+
+/// Turns counting on (the default) or off for the whole process. Off, nothing is counted from
+/// then on (the counters keep what they hold; the gauges still read the live instances at each
+/// scrape). For measuring what the counting costs, as `iris-rpc bench --metrics off` does.
+pub fn set_enabled(on: bool) {
+    ENABLED.store(on, Ordering::Relaxed);
+}
+
+/// Whether counting is on ([`set_enabled`]).
+pub fn enabled() -> bool {
+    ENABLED.load(Ordering::Relaxed)
+}
 
 /// Which configured limit was crossed: the values of `iris_rpc_limit_hits_total{limit}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,6 +115,28 @@ const OUTCOMES: [&str; 7] = [
     "limit_exceeded",
     "other",
 ];
+
+/// Where in [`OUTCOMES`] a request that settled with `result` counts.
+fn outcome_index(result: &crate::error::Result<crate::message::Response>) -> usize {
+    match result {
+        Ok(r) if r.sent_err().is_some_and(|e| e != "null") => 1,
+        Ok(_) => 0,
+        Err(e) => match e.kind() {
+            ErrorKind::Remote => 1,
+            ErrorKind::Timeout => 2,
+            ErrorKind::Disconnected => 3,
+            ErrorKind::Closed => 4,
+            ErrorKind::LimitExceeded => 5,
+            _ => 6,
+        },
+    }
+}
+
+/// How a request settled, as `iris_rpc_requests_total{outcome}` names it.
+#[cfg(feature = "otel")]
+pub(crate) fn outcome(result: &crate::error::Result<crate::message::Response>) -> &'static str {
+    OUTCOMES[outcome_index(result)]
+}
 
 /// The upper bounds of the latency buckets, in seconds.
 const LATENCY_BUCKETS: [f64; 16] = [
@@ -154,14 +194,14 @@ impl EncodeMetric for SharedHistogram {
 /// The process's metrics (see the module's documentation).
 pub(crate) struct Metrics {
     registry: Mutex<Registry>,
-    pub(crate) accepted: Counter,
+    accepted: Counter,
     refused: Family<Labels<1>, Counter>,
     handshakes: Family<Labels<4>, Counter>,
     limit_hits: Family<Labels<1>, Counter>,
-    pub(crate) messages_in: Counter,
-    pub(crate) messages_out: Counter,
-    pub(crate) bytes_in: Counter,
-    pub(crate) bytes_out: Counter,
+    messages_in: Counter,
+    messages_out: Counter,
+    bytes_in: Counter,
+    bytes_out: Counter,
     requests: [Counter; OUTCOMES.len()],
     latency: SharedHistogram,
     relays: [Counter; 2],
@@ -281,8 +321,40 @@ impl Metrics {
         }
     }
 
+    /// A server accepted a connection (TCP).
+    pub(crate) fn accepted(&self) {
+        if enabled() {
+            self.accepted.inc();
+        }
+    }
+
+    /// `bytes` were read from an authenticated stream.
+    pub(crate) fn received_bytes(&self, bytes: usize) {
+        if enabled() {
+            self.bytes_in.inc_by(bytes as u64);
+        }
+    }
+
+    /// `messages` were read from an authenticated stream.
+    pub(crate) fn received_messages(&self, messages: u64) {
+        if enabled() {
+            self.messages_in.inc_by(messages);
+        }
+    }
+
+    /// `messages` in `bytes` were written to an authenticated stream.
+    pub(crate) fn sent(&self, bytes: usize, messages: usize) {
+        if enabled() {
+            self.bytes_out.inc_by(bytes as u64);
+            self.messages_out.inc_by(messages as u64);
+        }
+    }
+
     /// A server refused a connection at accept because `limit` was full.
     pub(crate) fn refused(&self, limit: Limit) {
+        if !enabled() {
+            return;
+        }
         self.refused
             .get_or_create(&[("reason", limit.as_str())])
             .inc();
@@ -291,6 +363,9 @@ impl Metrics {
 
     /// `limit` was crossed.
     pub(crate) fn limit_hit(&self, limit: Limit) {
+        if !enabled() {
+            return;
+        }
         self.limit_hits
             .get_or_create(&[("limit", limit.as_str())])
             .inc();
@@ -302,6 +377,9 @@ impl Metrics {
         server: bool,
         result: std::result::Result<crate::protocol::Mode, &Error>,
     ) {
+        if !enabled() {
+            return;
+        }
         let side = if server { "server" } else { "client" };
         let labels = match result {
             Ok(mode) => [
@@ -320,26 +398,19 @@ impl Metrics {
         self.handshakes.get_or_create(&labels).inc();
     }
 
-    /// A request settled with `result` (an answer with `err` set counts as a remote error)
-    /// after `elapsed`, if it was sent.
+    /// A request settled with `result` (an answer with `err` set counts as a remote error);
+    /// `sent` is when it was sent, if it was (read here, so a process that counts nothing reads
+    /// no clock).
     pub(crate) fn request_settled(
         &self,
         result: &crate::error::Result<crate::message::Response>,
-        elapsed: Option<Duration>,
+        sent: Option<std::time::Instant>,
     ) {
-        let outcome = match result {
-            Ok(r) if r.sent_err().is_some_and(|e| e != "null") => 1,
-            Ok(_) => 0,
-            Err(e) => match e.kind() {
-                ErrorKind::Remote => 1,
-                ErrorKind::Timeout => 2,
-                ErrorKind::Disconnected => 3,
-                ErrorKind::Closed => 4,
-                ErrorKind::LimitExceeded => 5,
-                _ => 6,
-            },
-        };
-        self.requests[outcome].inc();
+        if !enabled() {
+            return;
+        }
+        let elapsed = sent.map(|s| crate::stream::now().saturating_duration_since(s));
+        self.requests[outcome_index(result)].inc();
         if let Some(d) = elapsed {
             self.latency.0.observe(d);
         }
@@ -347,6 +418,9 @@ impl Metrics {
 
     /// A router relayed an event (`request` false) or a request.
     pub(crate) fn relayed(&self, request: bool) {
+        if !enabled() {
+            return;
+        }
         self.relays[usize::from(request)].inc();
     }
 }
@@ -423,11 +497,11 @@ mod tests {
     /// The text once every labelled family has a series (an empty family is not written).
     fn text_with_every_family() -> String {
         let m = get();
-        m.accepted.inc();
+        m.accepted();
         m.refused(Limit::MaxConnections);
         m.handshake(true, Ok(crate::protocol::Mode::Legacy));
         m.handshake(false, Err(&Error::Auth("x".into())));
-        m.request_settled(&Err(Error::Closed), Some(Duration::from_millis(3)));
+        m.request_settled(&Err(Error::Closed), Some(crate::stream::now()));
         m.relayed(true);
         text()
     }

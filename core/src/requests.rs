@@ -16,7 +16,7 @@ use serde_json::Value;
 use tokio::sync::oneshot;
 
 use crate::error::{Error, Result};
-use crate::message::Response;
+use crate::message::{Message, Response};
 use crate::protocol::pending::{encode_request, Refused};
 use crate::stream::{closed_error, now, Stream};
 
@@ -40,17 +40,20 @@ fn request_id() -> String {
 }
 
 /// Registers a request on `stream` and queues its line, now. `body` is what goes on the wire
-/// (with `_uuid` when routed); `req` is the caller's message, for errors.
+/// (with `_uuid` when routed); `msg` is the caller's message, for errors.
 ///
 /// With `whole`, the reply settles with the answer as sent, `err` included
 /// ([`Response::sent_err`]); else an answer with an error settles as [`Error::Remote`].
 pub(crate) fn start(
     stream: &Arc<Stream>,
     body: &str,
-    req: Arc<str>,
+    msg: &Message,
     timeout_ms: u64,
     whole: bool,
 ) -> RawReply {
+    let req = msg.text().clone();
+    #[cfg(feature = "otel")]
+    let span = crate::trace::request_span(msg.op(), &stream.peer);
     let id = request_id();
     let (tx, rx) = oneshot::channel();
     let started = now();
@@ -79,6 +82,14 @@ pub(crate) fn start(
             )));
         }
     }
+    // Only to a v2 peer, and only when an OpenTelemetry layer gave the span a context.
+    #[cfg(feature = "otel")]
+    let line = match crate::trace::traceparent(&span, &stream.peer) {
+        Some(tp) => crate::protocol::pending::encode_traced_request(&id, body, &tp),
+        None => encode_request(&id, body),
+    };
+    #[cfg(not(feature = "otel"))]
+    let line = encode_request(&id, body);
     let waiting = RawReply {
         state: State::Waiting {
             rx,
@@ -88,8 +99,10 @@ pub(crate) fn start(
             started,
         },
         whole,
+        #[cfg(feature = "otel")]
+        span,
     };
-    if let Err(e) = stream.send(Arc::from(encode_request(&id, body))) {
+    if let Err(e) = stream.send(Arc::from(line)) {
         // Not queued: no answer can come. Dropping `waiting` takes the entry back out.
         drop(waiting);
         return RawReply::ready(Err(e));
@@ -104,6 +117,9 @@ pub struct RawReply {
     state: State,
     /// Settle with the answer as sent, even when it carries an error.
     whole: bool,
+    /// The request's span (`iris_rpc.request`), closed when it settles.
+    #[cfg(feature = "otel")]
+    span: tracing::Span,
 }
 
 enum State {
@@ -135,6 +151,8 @@ impl RawReply {
         RawReply {
             state: State::Ready(Some(r)),
             whole: false,
+            #[cfg(feature = "otel")]
+            span: tracing::Span::none(),
         }
     }
 
@@ -163,8 +181,12 @@ impl Future for RawReply {
             // Polled after it settled: counted already.
             State::Done => return Poll::Ready(Err(Error::Closed)),
         };
-        crate::metrics::get()
-            .request_settled(&out, started.map(|s| now().saturating_duration_since(s)));
+        crate::metrics::get().request_settled(&out, started);
+        #[cfg(feature = "otel")]
+        {
+            crate::trace::settled(&self.span, crate::metrics::outcome(&out));
+            self.span = tracing::Span::none();
+        }
         // Settled: the table let go of the entry already, nothing to cancel on drop.
         self.state = State::Done;
         Poll::Ready(if self.whole {
@@ -240,6 +262,10 @@ mod tests {
     use crate::protocol::Mode;
     use crate::shutdown::Shutdown;
 
+    fn empty() -> Message {
+        Message::from_json("{}").unwrap()
+    }
+
     fn stream() -> Arc<Stream> {
         let peer = Peer(Arc::new(PeerInner {
             uuid: "peer".into(),
@@ -268,9 +294,9 @@ mod tests {
     #[test]
     fn a_request_made_after_its_stream_closed_settles_at_once() {
         let s = stream();
-        let waiting = start(&s, "{}", Arc::from("{}"), 60_000, false);
+        let waiting = start(&s, "{}", &empty(), 60_000, false);
         s.close_pending(false);
-        let late = start(&s, "{}", Arc::from("{}"), 60_000, false);
+        let late = start(&s, "{}", &empty(), 60_000, false);
         for mut r in [waiting, late] {
             match poll_once(&mut r) {
                 Poll::Ready(Err(Error::Disconnected { .. })) => {}
@@ -283,9 +309,9 @@ mod tests {
     #[test]
     fn a_dropped_reply_leaves_nothing_pending_and_an_answer_settles_once() {
         let s = stream();
-        drop(start(&s, "{}", Arc::from("{}"), 60_000, false));
+        drop(start(&s, "{}", &empty(), 60_000, false));
         assert_eq!(s.pending().len(), 0);
-        let mut r = start(&s, "{}", Arc::from("{}"), 60_000, false);
+        let mut r = start(&s, "{}", &empty(), 60_000, false);
         let mut lines = Vec::new();
         s.out.take(&mut lines, 16);
         assert_eq!(lines.len(), 2, "both requests were queued when made");
@@ -329,8 +355,8 @@ mod tests {
             Arc::new(AtomicUsize::new(0)),
             &opts,
         ));
-        let _first = start(&s2, "{}", Arc::from("{}"), 60_000, false);
-        let mut second = start(&s2, "{}", Arc::from("{}"), 60_000, false);
+        let _first = start(&s2, "{}", &empty(), 60_000, false);
+        let mut second = start(&s2, "{}", &empty(), 60_000, false);
         match poll_once(&mut second) {
             Poll::Ready(Err(Error::LimitExceeded(why))) => assert!(why.contains("1 requests")),
             other => panic!("{other:?}"),

@@ -13,6 +13,9 @@ pub struct Responder {
     stream: Option<Arc<Stream>>,
     id: Box<RawValue>,
     op: Option<String>,
+    /// The request's handling span (`iris_rpc.handle`), closed once it is answered.
+    #[cfg(feature = "otel")]
+    span: tracing::Span,
 }
 
 impl std::fmt::Debug for Responder {
@@ -24,12 +27,29 @@ impl std::fmt::Debug for Responder {
 }
 
 impl Responder {
-    pub(crate) fn new(stream: Arc<Stream>, id: &RawValue, op: Option<&str>) -> Self {
+    /// The answering half of request `id` received on `stream`; with feature `otel`, in a span
+    /// whose parent is the sender's `traceparent`.
+    pub(crate) fn new(
+        stream: Arc<Stream>,
+        id: &RawValue,
+        op: Option<&str>,
+        #[cfg(feature = "otel")] traceparent: Option<&str>,
+    ) -> Self {
         Responder {
+            #[cfg(feature = "otel")]
+            span: crate::trace::handle_span(op, &stream.peer, traceparent),
             stream: Some(stream),
             id: id.to_owned(),
             op: op.map(str::to_owned),
         }
+    }
+
+    /// The span this request is handled in (`iris_rpc.handle`, target `iris_rpc::trace`):
+    /// enter it, or make it the parent of your own, so that a request made while handling this
+    /// one continues its trace. Feature `otel` only.
+    #[cfg(feature = "otel")]
+    pub fn span(&self) -> &tracing::Span {
+        &self.span
     }
 
     /// Answers with a value or an error value.
@@ -69,6 +89,10 @@ impl Responder {
             return;
         };
         let _ = stream.send(Arc::from(encode_response(self.id.get(), err, resp)));
+        #[cfg(feature = "otel")]
+        {
+            self.span = tracing::Span::none();
+        }
     }
 }
 

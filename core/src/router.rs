@@ -454,7 +454,7 @@ async fn relay(
                     Some(c) if frontend => c.held_elsewhere(to_side, peer.uuid()).await,
                     _ => false,
                 };
-                if frontend && (holds(&to, peer.uuid()) || elsewhere) {
+                if frontend && (to.holds(peer.uuid()) || elsewhere) {
                     tracing::warn!(uuid = %peer.uuid(), "router: refused a peer claiming a uuid held on the other side");
                     peer.end();
                     report.send(RouterEvent::Refused { peer });
@@ -486,7 +486,7 @@ async fn relay(
                     peer: peer.clone(),
                     reason,
                 });
-                if !holds(&to, peer.uuid()) {
+                if !to.holds(peer.uuid()) {
                     announce(&to, "rpc::offline", &[peer.uuid().to_owned()]);
                 }
                 if let Some(c) = &cluster {
@@ -522,14 +522,21 @@ async fn relay(
             Event::Request(req) => {
                 crate::metrics::get().relayed(true);
                 let to = to.clone();
-                tokio::spawn(forward_request(
-                    to,
-                    to_side,
-                    req,
-                    frontend,
-                    tag_sender,
-                    cluster.clone(),
-                ));
+                // The relay is a child of the request's handling here, and what it sends on
+                // carries the relay's trace (src/trace.rs).
+                #[cfg(feature = "otel")]
+                let span = crate::trace::relay_span(
+                    req.responder.span(),
+                    match to_side {
+                        Side::Frontend => "frontend",
+                        Side::Backend => "backend",
+                    },
+                );
+                let relay =
+                    forward_request(to, to_side, req, frontend, tag_sender, cluster.clone());
+                #[cfg(feature = "otel")]
+                let relay = tracing::Instrument::instrument(relay, span);
+                tokio::spawn(relay);
             }
             Event::Error { error, address } => {
                 tracing::debug!(%error, ?address, frontend, "router: connection error");
@@ -542,11 +549,6 @@ async fn relay(
             _ => {}
         }
     }
-}
-
-/// True when `uuid` is a peer of `engine` or routed through one.
-fn holds(engine: &Engine, uuid: &str) -> bool {
-    engine.holds(uuid)
 }
 
 /// The body to send on: `_uuid` removed, `_r` set to the original sender when `tag_sender`

@@ -161,7 +161,7 @@ async fn accept_loop(
             metrics.refused(Limit::MaxUnauthenticated);
             continue;
         }
-        metrics.accepted.inc();
+        metrics.accepted();
         engine.connections.fetch_add(1, Ordering::SeqCst);
         engine.unauthenticated.fetch_add(1, Ordering::SeqCst);
         engine.task_started();

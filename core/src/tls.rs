@@ -220,18 +220,11 @@ pub fn client_config_for(
     } else {
         Arc::new(AcceptAnyServerCert(provider()))
     };
-    let inner: Arc<dyn ServerCertVerifier> = if pins.is_empty() {
+    let store = store.map(|(store, address)| (store, address.to_owned()));
+    let verifier: Arc<dyn ServerCertVerifier> = if pins.is_empty() && store.is_none() {
         inner
     } else {
-        Arc::new(PinnedServerCert { inner, pins })
-    };
-    let verifier: Arc<dyn ServerCertVerifier> = match store {
-        None => inner,
-        Some((store, address)) => Arc::new(StoredServerCert {
-            inner,
-            store,
-            address: address.to_owned(),
-        }),
+        Arc::new(PinnedServerCert { inner, pins, store })
     };
     let builder = builder
         .dangerous()
@@ -580,75 +573,15 @@ impl std::fmt::Debug for StoreMismatch {
 
 impl std::error::Error for StoreMismatch {}
 
-/// `pin_store`: the key of the server's certificate must match the stored pin of its address,
-/// if there is one, then `inner` decides.
-#[derive(Debug)]
-struct StoredServerCert {
-    inner: Arc<dyn ServerCertVerifier>,
-    store: Arc<PinStore>,
-    address: String,
-}
-
-impl ServerCertVerifier for StoredServerCert {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        server_name: &ServerName<'_>,
-        ocsp_response: &[u8],
-        now: UnixTime,
-    ) -> std::result::Result<ServerCertVerified, rustls::Error> {
-        let hash = spki_sha256(end_entity).map_err(|_| {
-            rustls::Error::InvalidCertificate(rustls::CertificateError::BadEncoding)
-        })?;
-        let stored = self
-            .store
-            .lookup(&self.address)
-            .map_err(|e| rustls::Error::General(e.to_string()))?;
-        if let Some(stored) = stored {
-            if !bool::from(stored.ct_eq(&hash)) {
-                return Err(rustls::Error::InvalidCertificate(
-                    rustls::CertificateError::Other(rustls::OtherError(Arc::new(StoreMismatch {
-                        address: self.address.clone(),
-                        stored: pin_text(&stored),
-                        seen: pin_text(&hash),
-                        path: self.store.path.display().to_string(),
-                    }))),
-                ));
-            }
-        }
-        self.inner
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.inner.supported_verify_schemes()
-    }
-}
-
-/// `server_pins`: the key of the server's certificate must be pinned, then `inner` decides.
+/// `pin_store` and `server_pins`: the key of the server's certificate must match the stored
+/// pin of its address, if the store has one, and be one of `pins`, if there are any; then
+/// `inner` decides.
 #[derive(Debug)]
 struct PinnedServerCert {
     inner: Arc<dyn ServerCertVerifier>,
     pins: Vec<[u8; 32]>,
+    /// The pin store and the address whose stored pin applies.
+    store: Option<(Arc<PinStore>, String)>,
 }
 
 impl ServerCertVerifier for PinnedServerCert {
@@ -663,12 +596,31 @@ impl ServerCertVerifier for PinnedServerCert {
         let hash = spki_sha256(end_entity).map_err(|_| {
             rustls::Error::InvalidCertificate(rustls::CertificateError::BadEncoding)
         })?;
-        if !self.pins.iter().any(|p| bool::from(p.ct_eq(&hash))) {
-            return Err(rustls::Error::InvalidCertificate(
-                rustls::CertificateError::Other(rustls::OtherError(Arc::new(PinMismatch(
-                    format!("sha256/{}", base64_encode(&hash)),
-                )))),
-            ));
+        let mismatch = |e: Arc<dyn std::error::Error + Send + Sync>| {
+            rustls::Error::InvalidCertificate(rustls::CertificateError::Other(rustls::OtherError(
+                e,
+            )))
+        };
+        if let Some((store, address)) = &self.store {
+            let stored = store
+                .lookup(address)
+                .map_err(|e| rustls::Error::General(e.to_string()))?;
+            if let Some(stored) = stored {
+                if !bool::from(stored.ct_eq(&hash)) {
+                    return Err(mismatch(Arc::new(StoreMismatch {
+                        address: address.clone(),
+                        stored: pin_text(&stored),
+                        seen: pin_text(&hash),
+                        path: store.path.display().to_string(),
+                    })));
+                }
+            }
+        }
+        if !self.pins.is_empty() && !self.pins.iter().any(|p| bool::from(p.ct_eq(&hash))) {
+            return Err(mismatch(Arc::new(PinMismatch(format!(
+                "sha256/{}",
+                base64_encode(&hash)
+            )))));
         }
         self.inner
             .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)

@@ -9,8 +9,8 @@ use crate::event::iris_event;
 use crate::options::iris_options;
 use crate::result::{guard, guard_value, iris_result, FfiError, FfiResult};
 
-/// A client (legacy `Client`): one stream per address in its options, reconnecting with
-/// backoff until closed.
+/// A client (legacy `Client`): one stream per address in its options, reconnecting every
+/// second (as legacy; option `reconnect_max` above `reconnect_initial` backs off) until closed.
 pub struct iris_client {
     ep: Endpoint,
 }

@@ -248,6 +248,41 @@ static int outcome_wait(outcome *o, int ms) {
     return calls;
 }
 
+/* Options for a client of 127.0.0.1:`port` named `uuid`; the caller may set more, and frees
+ * them. */
+static iris_options *client_options(const char *secret, int port, const char *uuid) {
+    char address[64];
+    snprintf(address, sizeof address, "127.0.0.1:%d", port);
+    iris_options *o = NULL;
+    CHECK_OK(iris_options_new(secret, &o));
+    CHECK_OK(iris_options_add_address(o, address));
+    CHECK_OK(iris_options_set_string(o, "uuid", uuid));
+    return o;
+}
+
+/* A client with default options but its uuid, its events left unread (pull mode); NULL when
+ * it cannot start. */
+static iris_client *default_client(const char *secret, int port, const char *uuid) {
+    iris_options *o = client_options(secret, port, uuid);
+    iris_client *c = NULL;
+    CHECK_OK(iris_client_connect(o, NULL, NULL, NULL, &c));
+    iris_options_free(o);
+    return c;
+}
+
+/* A blocking request from `c` to its only stream: IRIS_OK when the answer's JSON text is
+ * exactly `want`, else the failure (IRIS_ERR_PROTOCOL for a wrong answer). */
+static iris_result request_expect(const iris_client *c, const char *json, const char *want) {
+    char *resp = NULL;
+    iris_result r = iris_client_request_wait(c, NULL, json, 0, &resp, NULL);
+    if (r == IRIS_OK && (!resp || strcmp(resp, want) != 0)) {
+        fprintf(stderr, "request %s: answer %s, expected %s\n", json, resp ? resp : "(none)", want);
+        r = IRIS_ERR_PROTOCOL;
+    }
+    iris_string_free(resp);
+    return r;
+}
+
 /* ---- certificates and ports --------------------------------------------------------------- */
 
 static char *key_pem, *cert_pem;
@@ -435,25 +470,44 @@ static void legacy_stop(legacy_peer *p) {
     child_end(p);
 }
 
-/* Starts the legacy package's server on a free port, retrying if another process took the
- * port meanwhile. `extra` is more members of its config (each with a leading comma; "" for
- * none). Waits up to 20 s for it to listen; 0 on success, with the port in *port_out. */
+/* Kills the peer at once (SIGKILL: no goodbye on its streams), then reaps it. */
+static void legacy_kill(legacy_peer *p) {
+    if (p->pid <= 0) return;
+    kill(p->pid, SIGKILL);
+    int status;
+    waitpid(p->pid, &status, 0);
+    close(p->in_fd);
+    close(p->out_fd);
+    p->pid = 0;
+}
+
+/* Starts the legacy package's server on `port`. `extra` is more members of its config (each
+ * with a leading comma; "" for none). Waits up to 20 s for it to listen; 0 on success. */
+static int legacy_server_start_on(legacy_peer *p, const char *secret, int cipher, const char *extra,
+                                  int port) {
+    char fields[1024], line[8192];
+    snprintf(fields, sizeof fields,
+             "\"role\":\"server\",\"auth\":\"%s\",\"port\":\"127.0.0.1:%d\",\"cipher\":%s,"
+             "\"uuid\":\"legacy-server-uuid\"%s",
+             secret, port, cipher ? "true" : "false", extra);
+    if (legacy_start(p, fields) != 0) return -1;
+    if (legacy_wait(p, "\"ev\":\"listen\"", line, sizeof line, 20000) == 0 &&
+        strstr(line, "\"err\":null"))
+        return 0;
+    legacy_stop(p);
+    return -1;
+}
+
+/* legacy_server_start_on a free port, retrying if another process took the port meanwhile;
+ * 0 on success, with the port in *port_out. */
 static int legacy_server_start(legacy_peer *p, const char *secret, int cipher, const char *extra,
                                int *port_out) {
-    char fields[1024], line[8192];
     for (int attempt = 0; attempt < 5; attempt++) {
         int port = free_port();
-        snprintf(fields, sizeof fields,
-                 "\"role\":\"server\",\"auth\":\"%s\",\"port\":\"127.0.0.1:%d\",\"cipher\":%s,"
-                 "\"uuid\":\"legacy-server-uuid\"%s",
-                 secret, port, cipher ? "true" : "false", extra);
-        if (legacy_start(p, fields) != 0) return -1;
-        if (legacy_wait(p, "\"ev\":\"listen\"", line, sizeof line, 20000) == 0 &&
-            strstr(line, "\"err\":null")) {
+        if (legacy_server_start_on(p, secret, cipher, extra, port) == 0) {
             *port_out = port;
             return 0;
         }
-        legacy_stop(p);
     }
     return -1;
 }

@@ -11,13 +11,8 @@
 static int cipher_on = 1;
 
 static iris_client *start_client(int port, const char *secret, collector *events) {
-    char address[64];
-    snprintf(address, sizeof address, "127.0.0.1:%d", port);
-    iris_options *o = NULL;
+    iris_options *o = client_options(secret, port, "c-client-uuid");
     iris_client *c = NULL;
-    CHECK_OK(iris_options_new(secret, &o));
-    CHECK_OK(iris_options_add_address(o, address));
-    CHECK_OK(iris_options_set_string(o, "uuid", "c-client-uuid"));
     CHECK_OK(iris_options_set_string(o, "designation", "c-client"));
     CHECK_OK(iris_options_set_bool(o, "cipher", cipher_on != 0));
     CHECK_OK(iris_options_set_int(o, "reconnect_initial", 200));
@@ -382,6 +377,47 @@ static void test_c_client_call_order(void) {
     collector_destroy(&ce);
 }
 
+/* Issue 14, item 6: a C client with default options is back about a second after its legacy
+ * server returns from an outage of 8 s. With exponential backoff to 30 s it would next try
+ * about 7 s after the server is back; legacy (and our default) retries every second. */
+#define OUTAGE_S 8
+#define BACK_WITHIN_MS 3000 /* generous: about 1 s (the retry period plus jitter) expected */
+
+static void test_c_client_back_soon_after_outage(void) {
+    legacy_peer p;
+    int port = 0;
+    memset(&p, 0, sizeof p);
+    if (legacy_server_start(&p, SECRET, 1, "", &port) != 0) {
+        CHECK(!"legacy server started");
+        return;
+    }
+    iris_client *c = default_client(SECRET, port, "c-client-uuid");
+    if (!c) goto out;
+    CHECK_OK(iris_client_wait_connected(c, WAIT));
+    CHECK_OK(request_expect(c, "{\"op\":\"add\",\"a\":1,\"b\":2}", "{\"sum\":3}"));
+
+    legacy_kill(&p);
+    long long gone = now_ms();
+    while (iris_client_is_connected(c) && now_ms() - gone < WAIT) usleep(10000);
+    CHECK(!iris_client_is_connected(c));
+    sleep(OUTAGE_S);
+
+    /* The legacy server process again, on the same port. */
+    if (legacy_server_start_on(&p, SECRET, 1, "", port) != 0) {
+        CHECK(!"legacy server restarted on the same port");
+        goto out;
+    }
+    long long back = now_ms();
+    CHECK_OK(iris_client_wait_connected(c, WAIT));
+    CHECK_OK(request_expect(c, "{\"op\":\"add\",\"a\":2,\"b\":3}", "{\"sum\":5}"));
+    long long took = now_ms() - back;
+    fprintf(stderr, "back %lld ms after the server\n", took);
+    CHECK(took < BACK_WITHIN_MS);
+out:
+    iris_client_free(c);
+    legacy_stop(&p);
+}
+
 int main(int argc, char **argv) {
     (void)argc;
     (void)argv;
@@ -400,6 +436,8 @@ int main(int argc, char **argv) {
              test_c_client_call_order);
     run_test("legacy: C client, legacy server, wrong secret", test_c_client_wrong_secret);
     run_test("legacy: legacy client, C server, wrong secret", test_legacy_client_wrong_secret);
+    run_test("legacy: a default C client is back soon after a legacy server's 8 s outage",
+             test_c_client_back_soon_after_outage);
     free_certificates();
     return total_failed_tests ? 1 : 0;
 }

@@ -19,13 +19,8 @@ static iris_server *start_server(collector *events) {
 }
 
 static iris_client *start_client(int port, collector *events) {
-    char address[64];
-    snprintf(address, sizeof address, "127.0.0.1:%d", port);
-    iris_options *o = NULL;
+    iris_options *o = client_options(SECRET, port, "c-client-uuid");
     iris_client *c = NULL;
-    CHECK_OK(iris_options_new(SECRET, &o));
-    CHECK_OK(iris_options_add_address(o, address));
-    CHECK_OK(iris_options_set_string(o, "uuid", "c-client-uuid"));
     CHECK_OK(iris_options_set_int(o, "reconnect_initial", 200));
     CHECK_OK(iris_client_connect(o, collect_event, events, collector_destroyed, &c));
     iris_options_free(o);

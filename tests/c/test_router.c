@@ -45,13 +45,8 @@ static iris_result start_router(int port, int server_port, collector *events, ir
 }
 
 static iris_client *start_client(int port, const char *uuid, collector *events) {
-    char address[64];
-    snprintf(address, sizeof address, "127.0.0.1:%d", port);
-    iris_options *o = NULL;
+    iris_options *o = client_options(SECRET, port, uuid);
     iris_client *c = NULL;
-    CHECK_OK(iris_options_new(SECRET, &o));
-    CHECK_OK(iris_options_add_address(o, address));
-    CHECK_OK(iris_options_set_string(o, "uuid", uuid));
     CHECK_OK(iris_options_set_string(o, "designation", "c-client"));
     CHECK_OK(iris_options_set_int(o, "reconnect_initial", 200));
     CHECK_OK(iris_client_connect(o, collect_event, events, collector_destroyed, &c));
@@ -493,6 +488,129 @@ static void test_router_arguments(void) {
     iris_router_free(NULL);
 }
 
+/* Reads the legacy peer's output up to a line containing `until`, counting the connect and
+ * disconnect events before it; 0 when that line came. */
+static int legacy_scan(legacy_peer *p, const char *until, int *connects, int *disconnects) {
+    char line[LINE];
+    long long deadline = now_ms() + WAIT;
+    for (;;) {
+        long long left = deadline - now_ms();
+        if (left <= 0 || legacy_wait(p, "\"ev\":", line, sizeof line, (int)left) != 0) return -1;
+        if (strstr(line, "\"ev\":\"connect\"")) ++*connects;
+        if (strstr(line, "\"ev\":\"disconnect\"")) ++*disconnects;
+        if (strstr(line, until)) return 0;
+    }
+}
+
+typedef struct {
+    iris_client *client;
+    int stop; /* atomic */
+    int answered, failed;
+    iris_result first_failure;
+} steady_requests;
+
+/* A request every 20 ms until told to stop, counting the answers and the failures. */
+static void *steady_loop(void *arg) {
+    steady_requests *s = (steady_requests *)arg;
+    char json[96], want[48];
+    for (int n = 1; !__atomic_load_n(&s->stop, __ATOMIC_SEQ_CST); n++) {
+        snprintf(json, sizeof json, "{\"op\":\"add\",\"a\":%d,\"b\":1}", n);
+        snprintf(want, sizeof want, "{\"sum\":%d}", n + 1);
+        iris_result r = request_expect(s->client, json, want);
+        if (r == IRIS_OK) {
+            __atomic_add_fetch(&s->answered, 1, __ATOMIC_SEQ_CST);
+        } else {
+            if (__atomic_add_fetch(&s->failed, 1, __ATOMIC_SEQ_CST) == 1) s->first_failure = r;
+        }
+        usleep(20000);
+    }
+    return NULL;
+}
+
+/* Issue 14, item 7: our router told a legacy server `rpc::offline` when a frontend client left;
+ * legacy's handler for it throws and ends the stream, so the router's link dropped and requests
+ * in flight failed. Here 50 clients come and go (and a peer sends events whose op legacy would
+ * look up as a control handler or an Object.prototype member) while a steady client makes a
+ * request every 20 ms: none fails, and the legacy server sees one connection from the C router,
+ * never dropped. */
+static void test_leaving_clients_legacy_backend(void) {
+    legacy_peer p;
+    int port = 0, connects = 0, disconnects = 0, ri = 0, k;
+    memset(&p, 0, sizeof p);
+    if (legacy_server_start(&p, SECRET, 1, "", &port) != 0) {
+        CHECK(!"legacy server started");
+        return;
+    }
+    collector re;
+    collector_init(&re, 0);
+    iris_router *r = NULL;
+    iris_client *steady = NULL, *hostile = NULL;
+    pthread_t worker;
+    int worker_started = 0;
+    steady_requests s;
+    memset(&s, 0, sizeof s);
+    CHECK_OK(start_router(0, port, &re, &r));
+    if (!r) goto out;
+    k = collector_wait(&re, IRIS_EVENT_CONNECT, NULL, &ri, WAIT);
+    CHECK(k >= 0 && re.events[k].side == IRIS_SIDE_BACKEND);
+    CHECK(legacy_scan(&p, "\"uuid\":\"c-router-backend\"", &connects, &disconnects) == 0);
+    int rport = iris_router_port(r);
+
+    steady = default_client(SECRET, rport, "steady");
+    CHECK_OK(iris_client_wait_connected(steady, WAIT));
+    s.client = steady;
+    worker_started = pthread_create(&worker, NULL, steady_loop, &s) == 0;
+    CHECK(worker_started);
+
+    /* 50 clients come and go, five at a time. */
+    for (int round = 0; round < 10; round++) {
+        iris_client *batch[5];
+        char uuid[32];
+        for (int i = 0; i < 5; i++) {
+            snprintf(uuid, sizeof uuid, "churn-%d-%d", round, i);
+            batch[i] = default_client(SECRET, rport, uuid);
+        }
+        for (int i = 0; i < 5; i++) CHECK_OK(iris_client_wait_connected(batch[i], WAIT));
+        for (int i = 0; i < 5; i++) iris_client_free(batch[i]);
+    }
+    hostile = default_client(SECRET, rport, "hostile");
+    CHECK_OK(iris_client_wait_connected(hostile, WAIT));
+    const char *ops[] = {"[\"rpc::offline\"]", "[[\"rpc::init\"]]", "\"__proto__\"", "\"toString\""};
+    for (size_t i = 0; i < sizeof ops / sizeof ops[0]; i++) {
+        char json[160];
+        snprintf(json, sizeof json, "{\"op\":%s,\"uuid\":\"x\",\"data\":{\"uuid\":\"hijack\"}}", ops[i]);
+        CHECK_OK(iris_client_dispatch(hostile, json, 0, NULL));
+    }
+    CHECK_OK(iris_client_dispatch(hostile, "{\"op\":\"after-hostile\"}", 0, NULL));
+    CHECK(legacy_scan(&p, "\"op\":\"after-hostile\"", &connects, &disconnects) == 0);
+    /* More requests after the last client left and the last offence. */
+    int seen = __atomic_load_n(&s.answered, __ATOMIC_SEQ_CST);
+    long long deadline = now_ms() + WAIT;
+    while (__atomic_load_n(&s.answered, __ATOMIC_SEQ_CST) < seen + 10 && now_ms() < deadline)
+        usleep(20000);
+    CHECK(__atomic_load_n(&s.answered, __ATOMIC_SEQ_CST) >= seen + 10);
+
+out:
+    __atomic_store_n(&s.stop, 1, __ATOMIC_SEQ_CST);
+    if (worker_started) pthread_join(worker, NULL);
+    fprintf(stderr, "steady client: %d requests answered, %d failed (first: %s)\n", s.answered,
+            s.failed, s.failed ? iris_result_text(s.first_failure) : "none");
+    CHECK(s.failed == 0);
+    /* Everything the legacy server reported so far (its answer comes after it). */
+    legacy_send(&p, "{\"cmd\":\"connected\"}");
+    CHECK(legacy_scan(&p, "\"ev\":\"connected\"", &connects, &disconnects) == 0);
+    CHECK(connects == 1);
+    CHECK(disconnects == 0);
+    int bi = 0;
+    while ((k = collector_wait(&re, IRIS_EVENT_DISCONNECT, NULL, &bi, 0)) >= 0)
+        CHECK(re.events[k].side != IRIS_SIDE_BACKEND);
+    iris_client_free(hostile);
+    iris_client_free(steady);
+    iris_router_free(r);
+    legacy_stop(&p);
+    collector_destroy(&re);
+}
+
 int main(int argc, char **argv) {
     (void)argc;
     (void)argv;
@@ -502,6 +620,8 @@ int main(int argc, char **argv) {
     run_test("router: closed and restarted on the same port", test_router_restart);
     run_test("router: legacy clients, C router, C server", test_legacy_clients_through_router);
     run_test("router: backend server, clients meet in the middle", test_backend_server);
+    run_test("router: 50 clients come and go, a legacy backend never drops",
+             test_leaving_clients_legacy_backend);
     free_certificates();
     return total_failed_tests ? 1 : 0;
 }

@@ -30,13 +30,8 @@ static iris_server *start_server(collector *events, const char *security) {
 }
 
 static iris_client *start_client(int port, collector *events, const char *security) {
-    char address[64];
-    snprintf(address, sizeof address, "127.0.0.1:%d", port);
-    iris_options *o = NULL;
+    iris_options *o = client_options(SECRET, port, "c-security-client");
     iris_client *c = NULL;
-    CHECK_OK(iris_options_new(SECRET, &o));
-    CHECK_OK(iris_options_add_address(o, address));
-    CHECK_OK(iris_options_set_string(o, "uuid", "c-security-client"));
     CHECK_OK(iris_options_set_bool(o, "cipher", cipher_on != 0));
     CHECK_OK(iris_options_set_int(o, "reconnect_initial", 200));
     set_security(o, security);

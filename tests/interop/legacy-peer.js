@@ -4,7 +4,8 @@
 //
 // config: { role: "server"|"client", auth, cipher (default true), uuid, designation, mac,
 //           port (server), address (client; string or array), key, cert (PEM text),
-//           timeout (ms), module (require path, default "iris-rpc") }
+//           timeout (ms), module (require path, default "iris-rpc"),
+//           wire (report each request line as read: {"ev":"wire","text":..}) }
 //
 // stdin, one JSON command per line:
 //   {"cmd":"dispatch","msg":{..}}               to every stream
@@ -21,10 +22,22 @@
 
 const crypto = require('crypto');
 
-const out = (o) => process.stdout.write(JSON.stringify(o) + '\n');
-console.log = (...args) => console.error(...args);
+const { out, readCommands } = require('./stdio');
 
 const cfg = JSON.parse(process.argv[2]);
+// With "wire": true, the exact text of every request line the package reads off a stream
+// (after its line cipher), as {"ev":"wire","text":..}: the package hands that text to
+// JSON.parse and keeps nothing else of it, so JSON.parse is where it can be seen.
+if (cfg.wire) {
+  const parse = JSON.parse;
+  JSON.parse = function (text, reviver) {
+    const v = parse(text, reviver);
+    if (typeof text === 'string' && v && typeof v === 'object' && '_req' in v) {
+      out({ ev: 'wire', text });
+    }
+    return v;
+  };
+}
 const rpcModule = require(cfg.module || 'iris-rpc');
 rpcModule.config.verbose = 0;
 // Legacy honours only the module-wide switch for turning the cipher off.
@@ -75,18 +88,7 @@ rpc.on('seq', (req, cb) => {
   cb(null, true);
 });
 
-let buffer = '';
-process.stdin.setEncoding('utf8');
-process.stdin.on('data', (chunk) => {
-  buffer += chunk;
-  let idx;
-  while ((idx = buffer.indexOf('\n')) >= 0) {
-    const line = buffer.slice(0, idx).trim();
-    buffer = buffer.slice(idx + 1);
-    if (line) handle(JSON.parse(line));
-  }
-});
-process.stdin.on('end', () => process.exit(0));
+readCommands(handle);
 
 function handle(c) {
   switch (c.cmd) {

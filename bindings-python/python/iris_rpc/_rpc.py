@@ -784,7 +784,8 @@ def _merge(options: Optional[Mapping[str, Any]], kwargs: Mapping[str, Any]) -> D
 
 class Client(_Rpc):
     """An iris-rpc client: one stream per ``address`` (``"host:port"`` or a list), each
-    reconnecting after 1 s, then with backoff, until closed. It returns at once; use
+    reconnecting every second as legacy (``reconnect_max`` above ``reconnect_initial`` backs
+    off exponentially up to it) until closed. It returns at once; use
     :meth:`wait_connected` or ``on("connect")``.
 
     Options, as keyword arguments or one dict (legacy names in snake_case; legacy camelCase

@@ -223,6 +223,8 @@ struct Envelope<'a> {
     uuid: LooseStr<'a>,
     data: Option<&'a RawValue>,
     routes: Option<&'a RawValue>,
+    #[cfg(feature = "otel")]
+    traceparent: LooseStr<'a>,
 }
 
 impl<'de> Members<'de> for Envelope<'de> {
@@ -240,6 +242,8 @@ impl<'de> Members<'de> for Envelope<'de> {
             "uuid" => self.uuid = a.next_value()?,
             "data" => self.data = a.next_value()?,
             "routes" => self.routes = a.next_value()?,
+            #[cfg(feature = "otel")]
+            "traceparent" => self.traceparent = a.next_value()?,
             _ => return Ok(false),
         }
         Ok(true)
@@ -257,6 +261,10 @@ pub enum Kind<'a> {
         body: &'a str,
         /// `op`, `_r.uuid` and `_uuid` of the body.
         meta: BodyMeta<'a>,
+        /// `traceparent` beside `req`, when it is a string (v2 only, docs/PROTOCOL-V2.md
+        /// section 8.3): not checked here; see [`super::traceparent`].
+        #[cfg(feature = "otel")]
+        traceparent: Option<Cow<'a, str>>,
     },
     /// `{"_resp":ID,"err":E,"resp":R}`.
     Response {
@@ -335,6 +343,8 @@ pub fn parse(text: &str) -> Result<Parsed<'_>, BadMessage> {
             id,
             body: body.get(),
             meta: body_meta(body.get())?,
+            #[cfg(feature = "otel")]
+            traceparent: env.traceparent.0,
         }
     } else if let Some(id) = truthy(env.resp_id) {
         Kind::Response {

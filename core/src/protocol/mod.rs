@@ -9,6 +9,8 @@ pub mod keys;
 pub mod message;
 pub mod pending;
 pub mod session;
+#[cfg(feature = "otel")]
+pub mod traceparent;
 pub mod v2;
 
 pub use cipher::{LegacyCipher, LEGACY_CIPHER_NAME};

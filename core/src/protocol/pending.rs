@@ -207,6 +207,22 @@ pub fn encode_request(id: &str, body: &str) -> String {
     text
 }
 
+/// The line of a request between v2 peers that carries the sender's trace context:
+/// `{"_req":"ID","req":BODY,"traceparent":"TP"}` (docs/PROTOCOL-V2.md section 8.3). `TP` is a
+/// `traceparent` value, which holds nothing JSON escapes.
+#[cfg(feature = "otel")]
+pub fn encode_traced_request(id: &str, body: &str, traceparent: &str) -> String {
+    let mut text = String::with_capacity(body.len() + id.len() + traceparent.len() + 38);
+    text.push_str("{\"_req\":\"");
+    text.push_str(id);
+    text.push_str("\",\"req\":");
+    text.push_str(body);
+    text.push_str(",\"traceparent\":\"");
+    text.push_str(traceparent);
+    text.push_str("\"}");
+    text
+}
+
 /// The line of an answer: `{"_resp":ID,"err":ERR,"resp":RESP}`, `ID` as the request gave it
 /// (JSON text), `ERR` and `RESP` as JSON texts, each left out when `None` (as legacy's
 /// `JSON.stringify` leaves out `undefined`).
