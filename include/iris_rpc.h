@@ -109,6 +109,12 @@ typedef enum iris_event_kind {
 // second (as legacy; option `reconnect_max` above `reconnect_initial` backs off) until closed.
 typedef struct iris_client iris_client;
 
+// Options of a router's cluster: the NATS servers, the cluster's name, one credential
+// (token, user and password, NKey seed or credentials file), TLS. Routers started with the
+// same `name` on the same NATS form one router, spread (`iris_router_start_clustered`).
+// The library never writes a credential to its logs or error messages.
+typedef struct iris_cluster_options iris_cluster_options;
+
 // One event. In callback mode the library owns it and it lives until the callback returns;
 // from `iris_*_next_event` the caller owns it and frees it with `iris_event_free`. Strings
 // read from it live as long as the event.
@@ -275,6 +281,64 @@ enum iris_result iris_client_ping(const struct iris_client *client, size_t *sent
 
 // Sets the `data` of ping messages to a JSON value (NUL-terminated), or removes it with NULL.
 enum iris_result iris_client_set_ping_data(const struct iris_client *client, const char *json);
+
+// Creates cluster options for `servers`: NATS addresses separated by commas,
+// `"nats://HOST:PORT,nats://HOST:PORT"` (`tls://` requires TLS). Any of them will do; NATS
+// tells the router about the others. The cluster's name is `"iris"` until set. No server is
+// `IRIS_ERR_CONFIG`. Free with `iris_cluster_options_free`.
+enum iris_result iris_cluster_options_new(const char *servers,
+                                          struct iris_cluster_options **cluster_out);
+
+// Creates cluster options from a JSON object text (`len` bytes, or NUL-terminated when `len`
+// is 0) with the members the Node and Python routers take: `servers` (a string or an array),
+// `name`, `token`, `user` and `password`, `nkeySeed`, `credentialsFile`, `requireTls`,
+// `rootCertificates`, `clientCertificate` and `clientKey`, `rosterWaitMs`, `queue`
+// (snake_case spellings too). A bare JSON string is the servers. An unknown member, a half
+// pair or two credentials are `IRIS_ERR_CONFIG`; text that is not JSON `IRIS_ERR_INVALID_JSON`.
+enum iris_result iris_cluster_options_from_json(const char *json,
+                                                size_t len,
+                                                struct iris_cluster_options **cluster_out);
+
+// Sets the cluster's name, the prefix of its NATS subjects: routers with the same name form
+// one cluster (default `"iris"`). Letters, digits, `_` and `-` only, else `IRIS_ERR_CONFIG`.
+enum iris_result iris_cluster_options_set_name(struct iris_cluster_options *cluster,
+                                               const char *name);
+
+// Authenticates to NATS with a token. One credential only: a second kind (user and password,
+// NKey seed, credentials file) is `IRIS_ERR_CONFIG` and leaves the options unchanged.
+enum iris_result iris_cluster_options_set_token(struct iris_cluster_options *cluster,
+                                                const char *token);
+
+// Authenticates to NATS with a user name and password (both required). One credential only,
+// as for `iris_cluster_options_set_token`.
+enum iris_result iris_cluster_options_set_user_password(struct iris_cluster_options *cluster,
+                                                        const char *user,
+                                                        const char *password);
+
+// Authenticates to NATS with an NKey: its seed (`"SU..."`). One credential only, as for
+// `iris_cluster_options_set_token`; a malformed seed fails when the router starts.
+enum iris_result iris_cluster_options_set_nkey_seed(struct iris_cluster_options *cluster,
+                                                    const char *seed);
+
+// Authenticates to NATS with a `.creds` file (a JWT and an NKey seed), read when the router
+// starts (a missing or bad file is `IRIS_ERR_CONFIG` then). One credential only, as for
+// `iris_cluster_options_set_token`.
+enum iris_result iris_cluster_options_set_credentials_file(struct iris_cluster_options *cluster,
+                                                           const char *path);
+
+// Requires TLS to NATS (`tls://` addresses imply it); a server that does not offer it is
+// refused when the router starts.
+enum iris_result iris_cluster_options_set_require_tls(struct iris_cluster_options *cluster,
+                                                      bool require);
+
+// Trusts the CA certificates of this PEM file for the NATS servers' certificates, read when
+// the router starts.
+enum iris_result iris_cluster_options_set_ca_file(struct iris_cluster_options *cluster,
+                                                  const char *path);
+
+// Frees cluster options. NULL does nothing. A router keeps its own copy, so they may be
+// freed right after `iris_router_start_clustered`.
+void iris_cluster_options_free(struct iris_cluster_options *cluster);
 
 // The kind of `event` (0 when `event` is NULL).
 uint32_t iris_event_get_kind(const struct iris_event *event);
@@ -520,6 +584,24 @@ enum iris_result iris_router_start(const struct iris_options *frontend,
                                    void *user_data,
                                    iris_destroy_callback destroy,
                                    struct iris_router **router_out);
+
+// `iris_router_start`, joined to the cluster of routers that `cluster` names
+// (`iris_cluster_options_new`; copied, so it may be freed afterwards): peers on any router of
+// the cluster reach each other as through one router (addressed events and requests, events
+// without address, presence; `docs/CLUSTER.md`). Waits until the router is connected to NATS
+// and listening. NATS unreachable is `IRIS_ERR_IO` (the router does not start alone: that
+// would split the cluster with nobody told), refused credentials or TLS likewise; bad
+// options `IRIS_ERR_CONFIG`; the message never shows a credential. NATS lost later: each
+// router still delivers between its own peers and requests to peers on other routers fail
+// at once, until NATS is back. `destroy` is called exactly once, also when this fails.
+enum iris_result iris_router_start_clustered(const struct iris_options *frontend,
+                                             const struct iris_options *backend,
+                                             bool backend_is_server,
+                                             const struct iris_cluster_options *cluster,
+                                             iris_event_callback callback,
+                                             void *user_data,
+                                             iris_destroy_callback destroy,
+                                             struct iris_router **router_out);
 
 // The TCP port the frontend listens on (0 if `router` is NULL).
 uint16_t iris_router_port(const struct iris_router *router);

@@ -23,7 +23,8 @@ use std::time::{Duration, Instant};
 use clap::{Args, Subcommand, ValueEnum};
 use hdrhistogram::Histogram;
 use iris_rpc::{
-    Backend, Certificates, Client, Error, Message, Options, Router, Security, Server, Side,
+    Backend, Certificates, Client, ClusterOptions, Error, Message, Options, Router, Security,
+    Server, Side,
 };
 use serde_json::{json, Value};
 use tokio::io::AsyncReadExt;
@@ -111,8 +112,16 @@ struct ServeArgs {
     runtime: Flavor,
     /// Put a Router (in this process) before the server: clients connect to the router's
     /// frontend and the router relays to the server, to measure what one router costs.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "via_cluster")]
     via_router: bool,
+    /// Put two routers of one cluster (in this process, on a nats-server this side starts
+    /// and stops) between clients and the server: clients connect to router A's frontend, the
+    /// server is behind router B, so what clients address to the server's uuid crosses NATS.
+    #[arg(long)]
+    via_cluster: bool,
+    /// This server's uuid (random when absent); clients address it with `--to-uuid`.
+    #[arg(long)]
+    uuid: Option<String>,
 }
 
 /// Which tokio runtime a side runs on: the CLI's multi-thread runtime (one worker per CPU, what
@@ -168,6 +177,10 @@ struct ClientArgs {
     /// The tokio runtime this side runs on.
     #[arg(long, value_enum, default_value = "multi")]
     runtime: Flavor,
+    /// Address every event and request to this uuid (`_uuid`), for a server that is not the
+    /// router this client is on (`bench serve --via-cluster --uuid U`).
+    #[arg(long)]
+    to_uuid: Option<String>,
 }
 
 #[derive(Args)]
@@ -248,10 +261,11 @@ fn print_line(v: &Value) {
     let _ = out.flush();
 }
 
-/// A JSON object `{"op":op,"d":"xxx.."}` exactly `size` bytes long (or the shortest such
-/// object when `size` is smaller).
-fn padded_body(op: &str, size: usize) -> String {
-    let head = format!("{{\"op\":\"{op}\",\"d\":\"");
+/// A JSON object `{"op":op,"d":"xxx.."}` (with `"_uuid":to` after `op` when addressed)
+/// exactly `size` bytes long (or the shortest such object when `size` is smaller).
+fn padded_body(op: &str, size: usize, to: Option<&str>) -> String {
+    let to = to.map_or(String::new(), |u| format!(",\"_uuid\":{}", json!(u)));
+    let head = format!("{{\"op\":\"{op}\"{to},\"d\":\"");
     let fill = size.saturating_sub(head.len() + 2);
     let mut s = String::with_capacity(head.len() + fill + 2);
     s.push_str(&head);
@@ -273,6 +287,9 @@ async fn serve(a: ServeArgs) -> Result<(), Error> {
     let mut opts = a.common.options().port(a.port.as_str());
     if opts.certificates.is_none() {
         opts = opts.certificates(Certificates::self_signed()?);
+    }
+    if let Some(u) = &a.uuid {
+        opts = opts.uuid(u.clone());
     }
     let server = Arc::new(Server::bind(opts).await?);
     let count = Arc::new(AtomicU64::new(0));
@@ -303,6 +320,9 @@ async fn serve(a: ServeArgs) -> Result<(), Error> {
     });
     server.handle("bench.echo", |_req| async { Ok(json!({"ok": true})) });
 
+    if a.via_cluster {
+        return serve_via_cluster(&a, &server).await;
+    }
     let router = if a.via_router {
         let frontend = a.common.options().port("127.0.0.1:0");
         let frontend = match frontend.certificates {
@@ -338,6 +358,109 @@ async fn serve(a: ServeArgs) -> Result<(), Error> {
     Ok(())
 }
 
+/// A nats-server on a free loopback port, stopped when dropped.
+struct NatsServer {
+    child: Child,
+    url: String,
+}
+
+impl NatsServer {
+    fn start() -> Result<NatsServer, Error> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(|e| bench_error(format!("no free port for nats-server: {e}")))?
+            .port();
+        let child = Command::new("nats-server")
+            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| {
+                bench_error(format!(
+                    "the cluster pairing needs nats-server ({e}); install it \
+                     (apt-get install nats-server, or tests/cluster/nats-server.sh)"
+                ))
+            })?;
+        let nats = NatsServer {
+            child,
+            url: format!("nats://127.0.0.1:{port}"),
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if Instant::now() > deadline {
+                return Err(bench_error("nats-server did not listen within 10 s"));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(nats)
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `serve --via-cluster`: router B's backend is a client of `server`, router A's backend a
+/// server nobody joins, both in one cluster on a nats-server of our own; clients connect to
+/// A. The port printed is A's, once a request addressed to the server crosses.
+async fn serve_via_cluster(a: &ServeArgs, server: &Server) -> Result<(), Error> {
+    let uuid = a
+        .uuid
+        .clone()
+        .ok_or_else(|| bench_error("--via-cluster needs --uuid (clients give it as --to-uuid)"))?;
+    let nats = NatsServer::start()?;
+    let cluster = ClusterOptions::new(&nats.url);
+    let side = |port: &str| -> Result<Options, Error> {
+        let o = a.common.options().port(port);
+        Ok(match o.certificates {
+            Some(_) => o,
+            None => o.certificates(Certificates::self_signed()?),
+        })
+    };
+    let to_server = a.common.options().address(server.local_addr().to_string());
+    let b = Router::start_clustered(
+        side("127.0.0.1:0")?,
+        Backend::Client(to_server),
+        cluster.clone(),
+    )
+    .await?;
+    let front = Router::start_clustered(
+        side("127.0.0.1:0")?,
+        Backend::Server(side("127.0.0.1:0")?),
+        cluster,
+    )
+    .await?;
+    // Ready once a request to the server crosses from A (B's subscription of its uuid is up).
+    let probe = Client::connect(a.common.options().address(front.local_addr().to_string()))?;
+    probe.wait_connected(Duration::from_secs(10)).await?;
+    let ask = Message::from_json(&json!({"op": "bench.echo", "_uuid": uuid}).to_string())?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while probe.request_raw(None, &ask).await.is_err() {
+        if Instant::now() > deadline {
+            return Err(bench_error(
+                "a request from router A did not reach the server behind router B in 10 s",
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    probe.close().await;
+    print_line(&json!({
+        "ready": true,
+        "port": front.local_addr().port(),
+        "pid": std::process::id(),
+    }));
+    stdin_closed().await;
+    front.close().await;
+    b.close().await;
+    server.close().await;
+    drop(nats);
+    Ok(())
+}
+
 // ---- client side -------------------------------------------------------------------------
 
 async fn client(a: ClientArgs) -> Result<(), Error> {
@@ -349,10 +472,11 @@ async fn client(a: ClientArgs) -> Result<(), Error> {
     let client = Arc::new(Client::connect(opts)?);
     client.wait_connected(Duration::from_secs(10)).await?;
     let duration = Duration::from_secs_f64(a.duration.clamp(0.01, 600.0));
+    let to = a.to_uuid.as_deref();
     let result = match a.workload {
-        Workload::Events => events(&client, a.size.max(16), duration).await,
-        Workload::Requests => requests(&client, a.inflight.max(1), duration).await,
-        _ => open_loop(&client, a.rate.max(1.0), duration).await,
+        Workload::Events => events(&client, a.size.max(16), duration, to).await,
+        Workload::Requests => requests(&client, a.inflight.max(1), duration, to).await,
+        _ => open_loop(&client, a.rate.max(1.0), duration, to).await,
     };
     client.close().await;
     print_line(&json!({ "result": result? }));
@@ -367,7 +491,12 @@ struct Flow {
     notify: Notify,
 }
 
-async fn events(client: &Client, size: usize, duration: Duration) -> Result<Value, Error> {
+async fn events(
+    client: &Client,
+    size: usize,
+    duration: Duration,
+    to: Option<&str>,
+) -> Result<Value, Error> {
     // Credit-based flow: at most `window` events (about 4 MiB of bodies) are unacknowledged,
     // so the sender measures the pipe, not how fast it can grow a queue.
     let window = ((4usize << 20) / size).clamp(64, 65_536) as u64;
@@ -387,8 +516,14 @@ async fn events(client: &Client, size: usize, duration: Duration) -> Result<Valu
         f.finished.store(1, Ordering::SeqCst);
         f.notify.notify_one();
     });
-    let msg = Message::from_json(&padded_body("bench.ev", size))?;
-    client.dispatch(json!({"op": "bench.start", "ack": ack}))?;
+    let msg = Message::from_json(&padded_body("bench.ev", size, to))?;
+    let control = |mut v: Value| {
+        if let Some(u) = to {
+            v["_uuid"] = json!(u);
+        }
+        v
+    };
+    client.dispatch(control(json!({"op": "bench.start", "ack": ack})))?;
     let start = Instant::now();
     let end = start + duration;
     let mut sent = 0u64;
@@ -407,7 +542,7 @@ async fn events(client: &Client, size: usize, duration: Duration) -> Result<Valu
             break;
         }
     }
-    client.dispatch(json!({"op": "bench.end", "sent": sent}))?;
+    client.dispatch(control(json!({"op": "bench.end", "sent": sent})))?;
     let waited = Instant::now();
     while flow.finished.load(Ordering::SeqCst) == 0 {
         if waited.elapsed() > Duration::from_secs(60) {
@@ -454,16 +589,17 @@ fn merge(into: &mut Value, extra: Value) {
     }
 }
 
-fn request_message() -> Result<Message, Error> {
-    Message::from_json(&padded_body("bench.echo", 64))
+fn request_message(to: Option<&str>) -> Result<Message, Error> {
+    Message::from_json(&padded_body("bench.echo", 64, to))
 }
 
 async fn requests(
     client: &Arc<Client>,
     inflight: usize,
     duration: Duration,
+    to: Option<&str>,
 ) -> Result<Value, Error> {
-    let msg = request_message()?;
+    let msg = request_message(to)?;
     let start = Instant::now();
     let end = start + duration;
     let mut workers = tokio::task::JoinSet::new();
@@ -507,8 +643,13 @@ async fn requests(
     Ok(v)
 }
 
-async fn open_loop(client: &Arc<Client>, rate: f64, duration: Duration) -> Result<Value, Error> {
-    let msg = request_message()?;
+async fn open_loop(
+    client: &Arc<Client>,
+    rate: f64,
+    duration: Duration,
+    to: Option<&str>,
+) -> Result<Value, Error> {
+    let msg = request_message(to)?;
     let total = (rate * duration.as_secs_f64()).round().max(1.0) as u64;
     let hist = Arc::new(Mutex::new(histogram()?));
     let settled = Arc::new(AtomicU64::new(0));

@@ -3,7 +3,8 @@
 //! legacy peers (npm iris-rpc 0.2.20) and ours on different routers. Addressed events,
 //! broadcasts and requests cross routers; a router killed mid-traffic loses its peers, ours
 //! fail over to another and every request settles once; a NATS node killed is survived; NATS
-//! unreachable at start is a clear error.
+//! unreachable at start is a clear error. Rust peers in processes of their own (`iris-rpc
+//! client`) meet a legacy peer on another router.
 //!
 //! `nats-server` comes from Debian (`tests/cluster/nats-server.sh`, which `.ci/run` calls).
 
@@ -15,7 +16,7 @@ use std::time::Duration;
 use iris_rpc::{Client, Message, Options, Peer};
 use iris_rpc_tests::{free_port, LegacyPeer, WAIT};
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
 
 const BIN: &str = env!("CARGO_BIN_EXE_iris-rpc");
@@ -25,6 +26,15 @@ fn nats_installed() -> bool {
         .arg("--version")
         .output()
         .is_ok_and(|o| o.status.success())
+}
+
+/// Whether nats-server is missing, which the test then says before it skips.
+fn no_nats() -> bool {
+    let missing = !nats_installed();
+    if missing {
+        eprintln!("SKIPPED: nats-server is not installed (tests/cluster/nats-server.sh)");
+    }
+    missing
 }
 
 async fn port_open(port: u16) -> bool {
@@ -49,6 +59,21 @@ where
 
 async fn until(what: &str, f: impl Fn() -> bool) {
     until_async(what, || std::future::ready(f())).await;
+}
+
+/// The JSON lines a child prints, collected as they come.
+fn json_lines(stdout: tokio::process::ChildStdout) -> Arc<Mutex<Vec<Value>>> {
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let l = lines.clone();
+    tokio::spawn(async move {
+        let mut r = BufReader::new(stdout).lines();
+        while let Ok(Some(line)) = r.next_line().await {
+            if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                l.lock().unwrap().push(v);
+            }
+        }
+    });
+    lines
 }
 
 /// One NATS node of a cluster on loopback.
@@ -137,16 +162,7 @@ impl RouterProc {
                 e.push('\n');
             }
         });
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let l = lines.clone();
-        tokio::spawn(async move {
-            let mut r = BufReader::new(stdout).lines();
-            while let Ok(Some(line)) = r.next_line().await {
-                if let Ok(v) = serde_json::from_str::<Value>(&line) {
-                    l.lock().unwrap().push(v);
-                }
-            }
-        });
+        let lines = json_lines(stdout);
         let r = RouterProc {
             child,
             front,
@@ -201,8 +217,7 @@ impl RouterProc {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn routers_in_front_of_one_legacy_server_relay_each_message_once() {
-    if !nats_installed() {
-        eprintln!("SKIPPED: nats-server is not installed (tests/cluster/nats-server.sh)");
+    if no_nats() {
         return;
     }
     let nats = nats_cluster().await;
@@ -275,8 +290,7 @@ async fn routers_in_front_of_one_legacy_server_relay_each_message_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_uuid_on_two_routers_is_served_by_the_newest() {
-    if !nats_installed() {
-        eprintln!("SKIPPED: nats-server is not installed (tests/cluster/nats-server.sh)");
+    if no_nats() {
         return;
     }
     let nats = nats_cluster().await;
@@ -332,8 +346,7 @@ async fn a_uuid_on_two_routers_is_served_by_the_newest() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_nats_each_router_still_delivers_between_its_own_peers() {
-    if !nats_installed() {
-        eprintln!("SKIPPED: nats-server is not installed (tests/cluster/nats-server.sh)");
+    if no_nats() {
         return;
     }
     let mut nats = nats_cluster().await;
@@ -439,8 +452,7 @@ fn count(inbox: &Inbox, op: &str) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn peers_on_different_routers_meet_as_through_one() {
-    if !nats_installed() {
-        eprintln!("SKIPPED: nats-server is not installed (tests/cluster/nats-server.sh)");
+    if no_nats() {
         return;
     }
     let mut nats = nats_cluster().await;
@@ -648,6 +660,251 @@ async fn peers_on_different_routers_meet_as_through_one() {
         .await;
     assert_eq!(r["resp"]["sum"], 10);
     drop((a, c));
+}
+
+/// A Rust peer in a process of its own: `iris-rpc client` (`--request` to send requests),
+/// which sends each stdin line and prints what arrives as JSON lines.
+struct CliPeer {
+    child: Child,
+    lines: Arc<Mutex<Vec<Value>>>,
+}
+
+impl CliPeer {
+    async fn start(address: &str, uuid: &str, requests: bool) -> CliPeer {
+        let mut cmd = Command::new(BIN);
+        cmd.args([
+            "client",
+            "--auth",
+            "secret",
+            "--address",
+            address,
+            "--uuid",
+            uuid,
+        ]);
+        if requests {
+            cmd.args(["--request", "--timeout", "3000"]);
+        }
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("iris-rpc client");
+        let stdout = child.stdout.take().expect("stdout");
+        let lines = json_lines(stdout);
+        let p = CliPeer { child, lines };
+        until("iris-rpc client connected", || {
+            p.find(|v| v["event"] == "connect").is_some()
+        })
+        .await;
+        p
+    }
+
+    async fn send(&mut self, line: Value) {
+        let stdin = self.child.stdin.as_mut().expect("stdin");
+        stdin
+            .write_all(format!("{line}\n").as_bytes())
+            .await
+            .expect("write to iris-rpc client");
+        stdin.flush().await.expect("flush");
+    }
+
+    fn find(&self, f: impl Fn(&Value) -> bool) -> Option<Value> {
+        self.lines.lock().unwrap().iter().find(|v| f(v)).cloned()
+    }
+
+    async fn expect(&self, what: &str, f: impl Fn(&Value) -> bool) -> Value {
+        until(what, || self.find(&f).is_some()).await;
+        self.find(f).expect("seen")
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rust_peers_in_their_own_processes_meet_a_legacy_peer_on_another_router() {
+    if no_nats() {
+        return;
+    }
+    let nats = nats_cluster().await;
+    let cluster = urls(&nats);
+    let a = RouterProc::start(&cluster).await;
+    let b = RouterProc::start(&cluster).await;
+    // The legacy worker on B's backend; two Rust processes on A's frontend: rc sends events,
+    // rq requests.
+    let mut lw = LegacyPeer::client(
+        &b.back(),
+        "secret",
+        true,
+        json!({"uuid": "lw", "timeout": 3000}),
+    )
+    .await;
+    lw.expect("connect", |_| true).await;
+    let mut rc = CliPeer::start(&a.front(), "rc", false).await;
+    let mut rq = CliPeer::start(&a.front(), "rq", true).await;
+    until("every peer held", || {
+        b.holds("lw") && a.holds("rc") && a.holds("rq")
+    })
+    .await;
+
+    // A request from rq reaches lw on the other router and its answer comes back (asked
+    // again while NATS still answers "no peer": B's subscription of lw may be on its way).
+    let mut n = 0;
+    let answer = loop {
+        n += 1;
+        rq.send(json!({"op": "add", "a": 2, "b": n, "_uuid": "lw"}))
+            .await;
+        let r = rq
+            .expect("rq's answer", |v| {
+                v["req"]["b"] == n && v["req"]["op"] == "add"
+            })
+            .await;
+        if r.get("response").is_some() || n == 50 {
+            break r;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(answer["response"], json!({"sum": 2 + n}), "{answer}");
+    // Nobody holds "nobody": an error at once, not the 3 s timeout.
+    let started = std::time::Instant::now();
+    rq.send(json!({"op": "add", "_uuid": "nobody"})).await;
+    let r = rq
+        .expect("no-responders", |v| v["req"]["_uuid"] == "nobody")
+        .await;
+    assert!(
+        r["error"]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("no peer \"nobody\"")),
+        "{r}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(2));
+
+    // lw can reach rc once A serves rc's subject: a request that NATS routes (the CLI client
+    // answers none, so any answer but "no peer" will do).
+    for id in 1..=50 {
+        let r = lw
+            .request(id, None, json!({"op": "probe", "_uuid": "rc"}))
+            .await;
+        if !r.to_string().contains("no peer") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Addressed events both ways, each with its sender's uuid.
+    lw.send(json!({"cmd": "dispatch", "msg": {"op": "note", "text": "to-rc", "_uuid": "rc"}}))
+        .await;
+    let m = rc
+        .expect("rc gets lw's note", |v| v["msg"]["text"] == "to-rc")
+        .await;
+    assert_eq!(m["uuid"], "lw", "{m}");
+    rc.send(json!({"op": "note", "text": "to-lw", "_uuid": "lw"}))
+        .await;
+    let m = lw.expect("message", |v| v["msg"]["text"] == "to-lw").await;
+    assert_eq!(m["uuid"], "rc", "{m}");
+    // Broadcasts both ways: lw's reaches both Rust processes, rc's reaches lw.
+    rc.send(json!({"op": "note", "text": "all-from-rc"})).await;
+    let m = lw
+        .expect("message", |v| v["msg"]["text"] == "all-from-rc")
+        .await;
+    assert_eq!(m["uuid"], "rc", "{m}");
+    lw.send(json!({"cmd": "dispatch", "msg": {"op": "note", "text": "all-from-lw"}}))
+        .await;
+    for p in [&rc, &rq] {
+        let m = p
+            .expect("lw's broadcast", |v| v["msg"]["text"] == "all-from-lw")
+            .await;
+        assert_eq!(m["uuid"], "lw", "{m}");
+    }
+    drop((a, b, nats));
+}
+
+/// NATS bounds what crosses routers (`max_payload`): an answer larger than that still settles
+/// its request, at once, with an error naming the limit (it waited for the asker's timeout);
+/// a request larger than that fails at once and leaves the router's NATS connection up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_larger_than_nats_max_payload_settle_at_once_with_an_error() {
+    if no_nats() {
+        return;
+    }
+    let conf = std::env::temp_dir().join(format!("iris-nats-{}.conf", std::process::id()));
+    std::fs::write(&conf, "max_payload: 4096\n").unwrap();
+    let port = free_port();
+    let _nats = Command::new("nats-server")
+        .args([
+            "-c",
+            conf.to_str().unwrap(),
+            "-a",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("nats-server");
+    until_async("NATS to listen", || port_open(port)).await;
+    let url = format!("nats://127.0.0.1:{port}");
+    let a = RouterProc::start(&url).await;
+    let b = RouterProc::start(&url).await;
+    let worker = Client::connect(opts().address(b.back()).uuid("big")).unwrap();
+    worker.handle("big", |_| async { Ok(json!({"d": "x".repeat(8192)})) });
+    worker.handle("small", |_| async { Ok(json!({"ok": true})) });
+    worker.wait_connected(WAIT).await.unwrap();
+    let mut lf = LegacyPeer::client(
+        &a.front(),
+        "secret",
+        true,
+        json!({"uuid": "lf", "timeout": 30000}),
+    )
+    .await;
+    lf.expect("connect", |_| true).await;
+    // Asked until B serves the worker's subject (before that NATS says "no peer").
+    let mut id = 0;
+    loop {
+        id += 1;
+        let r = lf
+            .request(id, None, json!({"op": "small", "_uuid": "big"}))
+            .await;
+        if r["resp"]["ok"] == true || id == 50 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let started = std::time::Instant::now();
+    let r = lf
+        .request(id + 1, None, json!({"op": "big", "_uuid": "big"}))
+        .await;
+    assert!(
+        r["err"]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("max_payload")),
+        "{r}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "not at the 30 s timeout"
+    );
+    // A request that large fails at once too, and the routers stay in the cluster (NATS
+    // drops a connection that sends more than max_payload).
+    let r = lf
+        .request(
+            id + 2,
+            None,
+            json!({"op": "small", "pad": "x".repeat(8192), "_uuid": "big"}),
+        )
+        .await;
+    assert!(
+        r["err"]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("max_payload")),
+        "{r}"
+    );
+    let r = lf
+        .request(id + 3, None, json!({"op": "small", "_uuid": "big"}))
+        .await;
+    assert_eq!(r["resp"]["ok"], true, "{r}");
+    let _ = std::fs::remove_file(&conf);
+    drop((a, b));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

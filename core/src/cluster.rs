@@ -268,6 +268,9 @@ fn side_of(token: &str) -> Option<Side> {
 const KIND: &str = "Iris-Kind";
 /// The header naming the router that published (for logs and claims).
 const ORIGIN: &str = "Iris-Origin";
+/// Bytes left for the headers of a message (`KIND`, `ORIGIN` and the framing need about 80)
+/// when checking its size against NATS's max_payload.
+const HEADER_ROOM: usize = 256;
 
 /// What the outbox task does, one at a time, so that NATS sees it in call order: one peer's
 /// events stay in order, and a claim never overtakes the subscription it announces nor the
@@ -516,7 +519,12 @@ impl Cluster {
                         .publish_with_headers(subject, headers, body.into())
                         .await
                     {
-                        tracing::debug!(error = %e, "cluster: publish failed");
+                        if e.kind() == async_nats::client::PublishErrorKind::MaxPayloadExceeded {
+                            // Never silent: this peer's message reached nobody on other routers.
+                            tracing::warn!(error = %e, "cluster: a message larger than NATS's max_payload was dropped (raise max_payload in nats-server)");
+                        } else {
+                            tracing::debug!(error = %e, "cluster: publish failed");
+                        }
                     }
                 }
                 Cmd::Hold(side, uuid) => c.do_hold(side, uuid).await,
@@ -631,6 +639,18 @@ impl Cluster {
             return Err(json!({
                 "error": format!("cluster: NATS not connected, no route to peer {uuid:?}"),
                 "disconnected": true,
+            }));
+        }
+        // async-nats checks no size on a request: NATS would take one over its max_payload as
+        // a protocol violation and drop this router's connection. (The room is for headers,
+        // which count towards the limit.)
+        let max = self.nats.server_info().max_payload;
+        if max > 0 && m.as_str().len() + HEADER_ROOM > max {
+            return Err(json!({
+                "error": format!(
+                    "cluster: the request ({} bytes) is larger than NATS's max_payload ({max} bytes) allows",
+                    m.as_str().len()
+                ),
             }));
         }
         let req = async_nats::Request::new()
@@ -777,7 +797,14 @@ impl Cluster {
                         Ok(a) => answer_body(a.sent_err(), a.sent_resp()),
                         Err(e) => json!({"err": e.to_legacy_value()}).to_string(),
                     };
-                    let _ = nats.publish(reply, body.into()).await;
+                    // An answer NATS refuses (larger than its max_payload) still settles the
+                    // request, with an error, instead of leaving it to the asker's timeout.
+                    if let Err(e) = nats.publish(reply.clone(), body.into()).await {
+                        let err = json!({"err": {"error": format!(
+                            "cluster: the answer could not cross to the asking router: {e} (NATS max_payload)"
+                        )}});
+                        let _ = nats.publish(reply, err.to_string().into()).await;
+                    }
                 });
             }
             ("probe", _) => {

@@ -23,6 +23,7 @@
 #![allow(clippy::missing_safety_doc)]
 
 mod client;
+mod cluster;
 mod endpoint;
 mod event;
 mod multiplexer;
@@ -33,6 +34,7 @@ mod server;
 mod strings;
 
 pub use client::*;
+pub use cluster::*;
 pub use event::*;
 pub use multiplexer::*;
 pub use options::*;
@@ -88,6 +90,8 @@ mod header {
             "iris_server_bind(",
             "iris_router_start(",
             "iris_router_next_event(",
+            "iris_router_start_clustered(",
+            "iris_cluster_options_new(",
             "iris_event_side(",
             "iris_multiplexer_from_config(",
             "iris_event_link(",

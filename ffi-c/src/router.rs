@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use iris::{Backend, Router, Side};
 
+use crate::cluster::iris_cluster_options;
 use crate::endpoint::{
     iris_destroy_callback, iris_event_callback, not_in_runtime, peers_json, Delivery, UserData,
 };
@@ -45,13 +46,18 @@ impl iris_router {
     fn start(
         frontend: iris::Options,
         backend: Backend,
+        cluster: Option<iris::ClusterOptions>,
         callback: iris_event_callback,
         user_data: UserData,
         destroy: iris_destroy_callback,
     ) -> FfiResult<iris_router> {
         let (delivery, router, sink) = Delivery::start(callback, user_data, destroy, |rt| {
             not_in_runtime("iris_router_start")?;
-            Ok(Arc::new(rt.block_on(Router::start(frontend, backend))?))
+            let router = match cluster {
+                Some(c) => rt.block_on(Router::start_clustered(frontend, backend, c))?,
+                None => rt.block_on(Router::start(frontend, backend))?,
+            };
+            Ok(Arc::new(router))
         })?;
         // Nothing is lost before this: the core keeps router events in an unbounded queue
         // from `start` on, until the first `events()` call takes them.
@@ -101,6 +107,50 @@ pub unsafe extern "C" fn iris_router_start(
     destroy: iris_destroy_callback,
     router_out: *mut *mut iris_router,
 ) -> iris_result {
+    let sides = (frontend, backend, backend_is_server);
+    start(sides, None, (callback, user_data, destroy), router_out)
+}
+
+/// `iris_router_start`, joined to the cluster of routers that `cluster` names
+/// (`iris_cluster_options_new`; copied, so it may be freed afterwards): peers on any router of
+/// the cluster reach each other as through one router (addressed events and requests, events
+/// without address, presence; `docs/CLUSTER.md`). Waits until the router is connected to NATS
+/// and listening. NATS unreachable is `IRIS_ERR_IO` (the router does not start alone: that
+/// would split the cluster with nobody told), refused credentials or TLS likewise; bad
+/// options `IRIS_ERR_CONFIG`; the message never shows a credential. NATS lost later: each
+/// router still delivers between its own peers and requests to peers on other routers fail
+/// at once, until NATS is back. `destroy` is called exactly once, also when this fails.
+#[no_mangle]
+pub unsafe extern "C" fn iris_router_start_clustered(
+    frontend: *const iris_options,
+    backend: *const iris_options,
+    backend_is_server: bool,
+    cluster: *const iris_cluster_options,
+    callback: iris_event_callback,
+    user_data: *mut c_void,
+    destroy: iris_destroy_callback,
+    router_out: *mut *mut iris_router,
+) -> iris_result {
+    let sides = (frontend, backend, backend_is_server);
+    start(
+        sides,
+        Some(cluster),
+        (callback, user_data, destroy),
+        router_out,
+    )
+}
+
+/// Both starts, inside the panic guard: checks every argument, then starts; `destroy` runs
+/// exactly once either way. `sides` are the frontend and backend options and whether the
+/// backend is a server; `events` the callback, its user data and the destroy callback.
+unsafe fn start(
+    sides: (*const iris_options, *const iris_options, bool),
+    cluster: Option<*const iris_cluster_options>,
+    events: (iris_event_callback, *mut c_void, iris_destroy_callback),
+    router_out: *mut *mut iris_router,
+) -> iris_result {
+    let (frontend, backend, backend_is_server) = sides;
+    let (callback, user_data, destroy) = events;
     guard(|| {
         let checked = (|| {
             need_out(router_out, "router_out")?;
@@ -112,9 +162,17 @@ pub unsafe extern "C" fn iris_router_start(
                 .as_ref()
                 .ok_or_else(|| FfiError::null("backend"))?
                 .build()?;
-            Ok::<_, FfiError>((f, b))
+            let c = match cluster {
+                Some(c) => Some(
+                    c.as_ref()
+                        .ok_or_else(|| FfiError::null("cluster"))?
+                        .build()?,
+                ),
+                None => None,
+            };
+            Ok::<_, FfiError>((f, b, c))
         })();
-        let (f, b) = match checked {
+        let (f, b, c) = match checked {
             Ok(x) => x,
             Err(e) => {
                 // The documented rule: destroy runs exactly once, also when creation fails.
@@ -129,7 +187,7 @@ pub unsafe extern "C" fn iris_router_start(
         } else {
             Backend::Client(b)
         };
-        let router = iris_router::start(f, backend, callback, UserData(user_data), destroy)?;
+        let router = iris_router::start(f, backend, c, callback, UserData(user_data), destroy)?;
         *router_out = Box::into_raw(Box::new(router));
         Ok(())
     })

@@ -362,16 +362,9 @@ typedef struct {
 #define LEGACY_PEER_JS "tests/interop/legacy-peer.js"
 #endif
 
-/* Starts `node legacy-peer.js CONFIG`; CONFIG gets key and cert added. Returns 0 on success. */
-static int legacy_start(legacy_peer *p, const char *config_fields) {
-    static char config[16384];
-    config[0] = '\0';
-    json_appendf(config, sizeof config, "{%s,\"key\":", config_fields);
-    json_append_string(config, sizeof config, key_pem);
-    json_appendf(config, sizeof config, ",\"cert\":");
-    json_append_string(config, sizeof config, cert_pem);
-    json_appendf(config, sizeof config, "}");
-
+/* Starts argv[0] (searched in PATH) with its stdin and stdout on pipes; its stderr stays
+ * ours. Returns 0 on success. Any line-speaking child can be driven as a legacy_peer. */
+static int child_spawn(legacy_peer *p, char *const argv[]) {
     int to_child[2], from_child[2];
     if (pipe2(to_child, O_CLOEXEC) != 0) return -1;
     if (pipe2(from_child, O_CLOEXEC) != 0) {
@@ -383,22 +376,36 @@ static int legacy_start(legacy_peer *p, const char *config_fields) {
     posix_spawn_file_actions_init(&fa);
     posix_spawn_file_actions_adddup2(&fa, to_child[0], 0);
     posix_spawn_file_actions_adddup2(&fa, from_child[1], 1);
-    const char *node = getenv("NODE") ? getenv("NODE") : "node";
-    char *argv[] = {(char *)node, (char *)LEGACY_PEER_JS, config, NULL};
-    int rc = posix_spawnp(&p->pid, node, &fa, NULL, argv, environ);
+    int rc = posix_spawnp(&p->pid, argv[0], &fa, NULL, argv, environ);
     posix_spawn_file_actions_destroy(&fa);
     close(to_child[0]);
     close(from_child[1]);
     if (rc != 0) {
         close(to_child[1]);
         close(from_child[0]);
-        fprintf(stderr, "cannot start %s: %s\n", node, strerror(rc));
+        p->pid = 0;
+        fprintf(stderr, "cannot start %s: %s\n", argv[0], strerror(rc));
         return -1;
     }
     p->in_fd = to_child[1];
     p->out_fd = from_child[0];
     p->len = 0;
     return 0;
+}
+
+/* Starts `node legacy-peer.js CONFIG`; CONFIG gets key and cert added. Returns 0 on success. */
+static int legacy_start(legacy_peer *p, const char *config_fields) {
+    static char config[16384];
+    config[0] = '\0';
+    json_appendf(config, sizeof config, "{%s,\"key\":", config_fields);
+    json_append_string(config, sizeof config, key_pem);
+    json_appendf(config, sizeof config, ",\"cert\":");
+    json_append_string(config, sizeof config, cert_pem);
+    json_appendf(config, sizeof config, "}");
+
+    const char *node = getenv("NODE") ? getenv("NODE") : "node";
+    char *argv[] = {(char *)node, (char *)LEGACY_PEER_JS, config, NULL};
+    return child_spawn(p, argv);
 }
 
 /* Reads the next stdout line containing `needle` into line (cap bytes); 0 on success, -1 on
@@ -438,10 +445,9 @@ static void legacy_send(legacy_peer *p, const char *command_json) {
         fprintf(stderr, "legacy peer: write failed\n");
 }
 
-/* Ends the peer: "exit" command, then close and reap (killing it if it hangs). */
-static void legacy_stop(legacy_peer *p) {
+/* Closes the child's stdin and reaps it, killing it if it has not exited within 5 s. */
+static void child_end(legacy_peer *p) {
     if (p->pid <= 0) return;
-    legacy_send(p, "{\"cmd\":\"exit\"}");
     close(p->in_fd);
     long long deadline = now_ms() + 5000;
     int status;
@@ -455,6 +461,13 @@ static void legacy_stop(legacy_peer *p) {
     }
     close(p->out_fd);
     p->pid = 0;
+}
+
+/* Ends the peer: "exit" command, then close and reap (killing it if it hangs). */
+static void legacy_stop(legacy_peer *p) {
+    if (p->pid <= 0) return;
+    legacy_send(p, "{\"cmd\":\"exit\"}");
+    child_end(p);
 }
 
 /* Kills the peer at once (SIGKILL: no goodbye on its streams), then reaps it. */
