@@ -439,7 +439,8 @@ class _Rpc(_Dispatcher):
         as a slow reader; with ``block=True`` the call first waits (GIL released) while more
         than half of ``max_queue_bytes`` is queued, raising TimeoutError after ``timeout``
         seconds. :meth:`adispatch` is the same wait for asyncio."""
-        self._check()
+        if self._generation != _dispatch._generation:
+            self._check()
         if not self._gate.is_set():
             self._gate.set()
         text = _dumps(msg)
@@ -450,6 +451,9 @@ class _Rpc(_Dispatcher):
                 self._wait_for_room(deadline)
                 time.sleep(delay)
                 delay = min(delay * 2, 0.02)
+        if uuid is None:
+            # _send, inlined: this runs once per event sent.
+            return cast(int, self._native.dispatch(text))
         return self._send(text, uuid)
 
     async def adispatch(
