@@ -188,7 +188,12 @@ struct Recent {
 
 impl Recent {
     /// The Python uuid and peer for a message from `peer` with sender `uuid`.
-    fn get(&mut self, py: Python<'_>, uuid: String, peer: Peer) -> PyResult<(Py<PyString>, Py<PyPeer>)> {
+    fn get(
+        &mut self,
+        py: Python<'_>,
+        uuid: String,
+        peer: Peer,
+    ) -> PyResult<(Py<PyString>, Py<PyPeer>)> {
         if let Some((u, p, pu, pp)) = &self.last {
             if *u == uuid && p.same_stream(&peer) {
                 return Ok((pu.clone_ref(py), pp.clone_ref(py)));
@@ -363,11 +368,7 @@ impl Native {
         Options::from_json(&v).map_err(|e| error_to_py(py, &e))
     }
 
-    fn event_to_py(
-        py: Python<'_>,
-        ev: Event,
-        recent: &mut Recent,
-    ) -> PyResult<Option<Py<PyAny>>> {
+    fn event_to_py(py: Python<'_>, ev: Event, recent: &mut Recent) -> PyResult<Option<Py<PyAny>>> {
         let peer = |p: Peer| PyPeer { peer: p };
         let item = match ev {
             Event::Listen { address } => (EV_LISTEN, address.to_string()).into_py_any(py)?,
