@@ -58,7 +58,8 @@ _TAG_LISTEN, _TAG_CONNECT, _TAG_DISCONNECT, _TAG_MESSAGE, _TAG_REQUEST, _TAG_ERR
 # JSONEncoder on each call, which costs about as much as encoding a small message.
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 _loads = json.loads
-_scan = json.JSONDecoder().scan_once
+# The scanner json.loads itself runs (not in the stubs: it is set in JSONDecoder.__init__).
+_scan: Callable[[str, int], Tuple[Any, int]] = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
 
 
 def _parse_body(text: str) -> Any:
