@@ -67,24 +67,28 @@ def wait_stdin_end() -> None:
 
 def serve(args: argparse.Namespace) -> None:
     server = iris_rpc.Server(port=args.port, **options(args, "bench-server"))
-    # Handlers run one at a time on the dispatcher thread: plain variables are enough.
-    state = {"count": 0, "ack": math.inf}
+    # Handlers run one at a time on the dispatcher thread: plain variables are enough, as in
+    # the Node server (a closure's counters, no acknowledgement unless asked for).
+    count = 0
+    ack = 0
 
     @server.on("bench.start")
     def start(msg: Any, uuid: str, stream: Any) -> None:
-        ack = msg.get("ack")
-        state["count"] = 0
-        state["ack"] = ack if isinstance(ack, int) and ack > 0 else math.inf
+        nonlocal count, ack
+        every = msg.get("ack")
+        count = 0
+        ack = every if isinstance(every, int) and every > 0 else 0
 
     @server.on("bench.ev")
     def event(msg: Any, uuid: str, stream: Any) -> None:
-        n = state["count"] = state["count"] + 1
-        if n % state["ack"] == 0:
-            server.dispatch({"op": "bench.ack", "n": n}, uuid=uuid)
+        nonlocal count
+        count += 1
+        if ack and count % ack == 0:
+            server.dispatch({"op": "bench.ack", "n": count}, uuid=uuid)
 
     @server.on("bench.end")
     def end(msg: Any, uuid: str, stream: Any) -> None:
-        server.dispatch({"op": "bench.done", "n": state["count"]}, uuid=uuid)
+        server.dispatch({"op": "bench.done", "n": count}, uuid=uuid)
 
     server.on("bench.echo", lambda msg, uuid, stream: {"ok": True})
 

@@ -21,7 +21,7 @@ use iris_rpc::{
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyDict, PyTuple};
+use pyo3::types::{PyDict, PyString, PyTuple};
 use pyo3::IntoPyObjectExt;
 use tokio::runtime::Runtime;
 use tokio::sync::mpsc;
@@ -175,6 +175,34 @@ impl Inbox {
         if let Some(first) = self.first.take() {
             events.splice(0..0, first);
         }
+    }
+}
+
+/// The sender of the last message or request converted by one `next_batch`: a batch mostly
+/// holds messages from one stream, which then share one `Peer` object and one uuid string
+/// instead of building both for every message.
+#[derive(Default)]
+struct Recent {
+    last: Option<(String, Peer, Py<PyString>, Py<PyPeer>)>,
+}
+
+impl Recent {
+    /// The Python uuid and peer for a message from `peer` with sender `uuid`.
+    fn get(
+        &mut self,
+        py: Python<'_>,
+        uuid: String,
+        peer: Peer,
+    ) -> PyResult<(Py<PyString>, Py<PyPeer>)> {
+        if let Some((u, p, pu, pp)) = &self.last {
+            if *u == uuid && p.same_stream(&peer) {
+                return Ok((pu.clone_ref(py), pp.clone_ref(py)));
+            }
+        }
+        let pu = PyString::new(py, &uuid).unbind();
+        let pp = Py::new(py, PyPeer { peer: peer.clone() })?;
+        self.last = Some((uuid, peer, pu.clone_ref(py), pp.clone_ref(py)));
+        Ok((pu, pp))
     }
 }
 
@@ -340,7 +368,7 @@ impl Native {
         Options::from_json(&v).map_err(|e| error_to_py(py, &e))
     }
 
-    fn event_to_py(py: Python<'_>, ev: Event) -> PyResult<Option<Py<PyAny>>> {
+    fn event_to_py(py: Python<'_>, ev: Event, recent: &mut Recent) -> PyResult<Option<Py<PyAny>>> {
         let peer = |p: Peer| PyPeer { peer: p };
         let item = match ev {
             Event::Listen { address } => (EV_LISTEN, address.to_string()).into_py_any(py)?,
@@ -349,14 +377,16 @@ impl Native {
                 (EV_DISCONNECT, peer(p), reason).into_py_any(py)?
             }
             Event::Message { msg, uuid, peer: p } => {
-                (EV_MESSAGE, msg.as_str(), uuid, peer(p)).into_py_any(py)?
+                let (uuid, p) = recent.get(py, uuid, p)?;
+                (EV_MESSAGE, msg.as_str(), uuid, p).into_py_any(py)?
             }
             Event::Request(req) => {
                 let (msg, uuid, p, responder) = req.into_parts();
                 let responder = Responder {
                     inner: Mutex::new(Some(responder)),
                 };
-                (EV_REQUEST, msg.as_str(), uuid, peer(p), responder).into_py_any(py)?
+                let (uuid, p) = recent.get(py, uuid, p)?;
+                (EV_REQUEST, msg.as_str(), uuid, p, responder).into_py_any(py)?
             }
             Event::Error { error, address } => {
                 let exc = error_to_py(py, &error).into_value(py);
@@ -521,8 +551,9 @@ impl Native {
             return Ok(None);
         }
         let mut out = Vec::with_capacity(events.len() + done.len());
+        let mut recent = Recent::default();
         for ev in events {
-            if let Some(item) = Self::event_to_py(py, ev)? {
+            if let Some(item) = Self::event_to_py(py, ev, &mut recent)? {
                 out.push(item);
             }
         }

@@ -631,3 +631,38 @@ def test_client_made_in_a_loop_that_ended_warns_and_keeps_delivering(
             server.dispatch({"op": "note", "n": n})
         assert [x[0] for x in got.wait(11)] == list(range(1, 12))
     assert any("loop" in r.getMessage() and "closed" in r.getMessage() for r in caplog.records if r.name == "iris_rpc")
+
+
+def test_bodies_parse_exactly_as_json_loads() -> None:
+    # Message bodies skip json.loads' whitespace passes when there is no whitespace around
+    # them; every other text must still give json.loads' value or json.loads' error.
+    import json
+
+    from iris_rpc._rpc import _parse_body
+
+    texts = [
+        '{"op":"a","n":1}',
+        ' {"op":"a"}',
+        '{"op":"a"} ',
+        '\n{"op":"a"}\t',
+        '{"op":"a","f":1.5e3,"x":[null,true,false],"s":"\\u00e9\\n"}',
+        '{"n":NaN,"i":Infinity}',
+        "[1,2]",
+        '"text"',
+        "",
+        " ",
+        '{"op":"a"}x',
+        '{"op":"a"} {"op":"b"}',
+        '{"op":}',
+        "\ufeff{}",
+    ]
+    for text in texts:
+        try:
+            want: Any = ("ok", json.loads(text))
+        except json.JSONDecodeError as e:
+            want = ("error", e.msg, e.pos)
+        try:
+            got: Any = ("ok", _parse_body(text))
+        except json.JSONDecodeError as e:
+            got = ("error", e.msg, e.pos)
+        assert repr(got) == repr(want), text

@@ -656,13 +656,18 @@ class _Dispatcher:
         try:
             result = fn(*args)
         except BaseException as e:
-            log.error("iris-rpc: %s %r raised %s", self._listener_label, fn, type(e).__name__, exc_info=True)
-            if self._fatal(e):
-                raise
+            self._listener_raised(fn, e)
             return
         # Most listeners return None: skip the (slower) awaitable check for them.
         if result is not None and inspect.isawaitable(result):
             self._spawn(result)
+
+    def _listener_raised(self, fn: Handler, e: BaseException) -> None:
+        """Logs what listener ``fn`` raised; re-raises it when it must stop the program. Called
+        while ``e`` is being handled."""
+        log.error("iris-rpc: %s %r raised %s", self._listener_label, fn, type(e).__name__, exc_info=True)
+        if self._fatal(e):
+            raise
 
     def _emit(self, event: str, *args: Any) -> None:
         for fn in self._listeners.get(event, ()):

@@ -54,8 +54,25 @@ _TAG_LISTEN, _TAG_CONNECT, _TAG_DISCONNECT, _TAG_MESSAGE, _TAG_REQUEST, _TAG_ERR
     _native.EVENT_TAGS
 )
 
-_dumps = functools.partial(json.dumps, separators=(",", ":"), ensure_ascii=False)
+# One encoder for every message: json.dumps with any non-default argument builds a new
+# JSONEncoder on each call, which costs about as much as encoding a small message.
+_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 _loads = json.loads
+# The scanner json.loads itself runs (not in the stubs: it is set in JSONDecoder.__init__).
+_scan: Callable[[str, int], Tuple[Any, int]] = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
+
+
+def _parse_body(text: str) -> Any:
+    """``json.loads(text)`` for a message body, without its two regular-expression passes
+    for surrounding whitespace when there is none (the usual case: peers send compact JSON).
+    Anything else, including invalid text, goes through ``json.loads`` itself."""
+    try:
+        value, end = _scan(text, 0)
+    except StopIteration:
+        return _loads(text)
+    if end != len(text):
+        return _loads(text)
+    return value
 _tokens = itertools.count(1)
 
 
@@ -423,7 +440,8 @@ class _Rpc(_Dispatcher):
         as a slow reader; with ``block=True`` the call first waits (GIL released) while more
         than half of ``max_queue_bytes`` is queued, raising TimeoutError after ``timeout``
         seconds. :meth:`adispatch` is the same wait for asyncio."""
-        self._check()
+        if self._generation != _dispatch._generation:
+            self._check()
         if not self._gate.is_set():
             self._gate.set()
         text = _dumps(msg)
@@ -434,6 +452,9 @@ class _Rpc(_Dispatcher):
                 self._wait_for_room(deadline)
                 time.sleep(delay)
                 delay = min(delay * 2, 0.02)
+        if uuid is None:
+            # _send, inlined: this runs once per event sent.
+            return cast(int, self._native.dispatch(text))
         return self._send(text, uuid)
 
     async def adispatch(
@@ -636,6 +657,19 @@ class _Rpc(_Dispatcher):
     def _is_request(self, item: Tuple[Any, ...]) -> bool:
         return bool(item[0] == _TAG_REQUEST)
 
+    def _process(self, events: List[Tuple[Any, ...]]) -> None:
+        # Events are most of what arrives: they skip the dispatch on the tag in _handle.
+        on_message = self._on_message
+        handle = self._handle
+        for item in events:
+            if item[0] == _TAG_MESSAGE:
+                try:
+                    on_message(item[1], item[2], item[3])
+                except Exception:
+                    log.exception("iris-rpc: error while processing an event")
+            else:
+                handle(item)
+
     def _handle(self, item: Tuple[Any, ...]) -> None:
         tag = item[0]
         try:
@@ -671,7 +705,7 @@ class _Rpc(_Dispatcher):
         return None
 
     def _on_message(self, text: str, uuid: str, peer: Any) -> None:
-        msg = _loads(text)
+        msg = _parse_body(text)
         if self._filters and self._refusal(msg, peer) is not None:
             return
         digest = self._digest
@@ -680,10 +714,17 @@ class _Rpc(_Dispatcher):
         op = msg.get("op")
         if isinstance(op, str):
             for fn in self._listeners.get(op, ()):
-                self._call(fn, (msg, uuid, peer))
+                # _call, inlined: this runs once per event and listener.
+                try:
+                    result = fn(msg, uuid, peer)
+                except BaseException as e:
+                    self._listener_raised(fn, e)
+                    continue
+                if result is not None and inspect.isawaitable(result):
+                    self._spawn(result)
 
     def _on_request(self, text: str, uuid: str, peer: Any, responder: Any) -> None:
-        msg = _loads(text)
+        msg = _parse_body(text)
         if self._filters:
             refused = self._refusal(msg, peer)
             if refused is not None:
