@@ -44,6 +44,19 @@ enum BenchCommand {
     Serve(ServeArgs),
     /// The Rust client side of a pairing (runs one workload, prints one JSON result line).
     Client(ClientArgs),
+    /// The open-loop pacer alone, against an in-process future that is ready at once: what the
+    /// client harness costs per request (prints one JSON result line).
+    Pacer(PacerArgs),
+}
+
+#[derive(Args)]
+struct PacerArgs {
+    /// Requests per second.
+    #[arg(long, default_value_t = 100_000.0)]
+    rate: f64,
+    /// Seconds to run for.
+    #[arg(long, default_value_t = 3.0)]
+    duration: f64,
 }
 
 #[derive(Args)]
@@ -197,6 +210,7 @@ pub async fn run(a: BenchArgs) -> Result<(), Error> {
             on_current_thread(client(c)).await
         }
         BenchCommand::Client(c) => client(c).await,
+        BenchCommand::Pacer(p) => on_current_thread(pacer(p)).await,
         BenchCommand::All(d) => tokio::task::spawn_blocking(move || drive(d))
             .await
             .map_err(|e| Error::Config(format!("benchmark driver failed: {e}")))?,
@@ -486,8 +500,35 @@ async fn requests(
     Ok(v)
 }
 
+/// The open loop of the Iris client: `bench.echo` requests at `rate` per second.
 async fn open_loop(client: &Arc<Client>, rate: f64, duration: Duration) -> Result<Value, Error> {
     let msg = request_message()?;
+    let c = client.clone();
+    paced(rate, duration, move || c.request_raw(None, &msg)).await
+}
+
+/// This process's CPU time so far (user and system, every thread, including threads that have
+/// ended), from `/proc/self/stat` in clock ticks of 10 ms.
+fn cpu_secs() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // The command name (field 2) may hold spaces; the fields after it are plain numbers.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut f = rest.split_whitespace();
+    let utime: f64 = f.nth(11)?.parse().ok()?;
+    let stime: f64 = f.next()?.parse().ok()?;
+    Some((utime + stime) / 100.0)
+}
+
+/// Requests made by `make` at `rate` per second for `duration`, at fixed intended send times
+/// whatever the answers do; latency is measured from each request's intended send time. The
+/// result also gives this process's CPU time per request (`cpu_us_per_req`).
+async fn paced<F, Fut, T, E>(rate: f64, duration: Duration, make: F) -> Result<Value, Error>
+where
+    F: Fn() -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<T, E>> + Send + 'static,
+{
+    let cpu_before = cpu_secs();
+    let make = Arc::new(make);
     let total = (rate * duration.as_secs_f64()).round().max(1.0) as u64;
     let hist = Arc::new(Mutex::new(histogram()?));
     let settled = Arc::new(AtomicU64::new(0));
@@ -496,7 +537,7 @@ async fn open_loop(client: &Arc<Client>, rate: f64, duration: Duration) -> Resul
     let handle = tokio::runtime::Handle::current();
     let interval = 1e9 / rate;
     let (c, h, s, e, n) = (
-        client.clone(),
+        make.clone(),
         hist.clone(),
         settled.clone(),
         errors.clone(),
@@ -521,16 +562,9 @@ async fn open_loop(client: &Arc<Client>, rate: f64, duration: Duration) -> Resul
                     break;
                 }
                 i += 1;
-                let (c, m, h, s, e, n) = (
-                    c.clone(),
-                    msg.clone(),
-                    h.clone(),
-                    s.clone(),
-                    e.clone(),
-                    n.clone(),
-                );
+                let (c, h, s, e, n) = (c.clone(), h.clone(), s.clone(), e.clone(), n.clone());
                 handle.spawn(async move {
-                    let r = c.request_raw(None, &m).await;
+                    let r = c().await;
                     let took = due.elapsed();
                     match r {
                         Ok(_) => {
@@ -569,11 +603,30 @@ async fn open_loop(client: &Arc<Client>, rate: f64, duration: Duration) -> Resul
         "secs": secs,
         "rate": rate,
     });
+    if let (Some(a), Some(b)) = (cpu_before, cpu_secs()) {
+        merge(
+            &mut v,
+            json!({"cpu_us_per_req": (b - a) * 1e6 / total as f64}),
+        );
+    }
     let h = hist
         .lock()
         .map_err(|_| bench_error("histogram lock poisoned"))?;
     merge(&mut v, latency_json(&h));
     Ok(v)
+}
+
+/// `bench pacer`: the open loop against an in-process future that is ready at once, on the
+/// client's current-thread runtime: what the harness itself costs per request, and the latency
+/// it adds, with no connection at all.
+async fn pacer(a: PacerArgs) -> Result<(), Error> {
+    let duration = Duration::from_secs_f64(a.duration.clamp(0.01, 600.0));
+    let v = paced(a.rate.max(1.0), duration, || {
+        std::future::ready(Ok::<(), Error>(()))
+    })
+    .await?;
+    print_line(&json!({ "result": v }));
+    Ok(())
 }
 
 async fn idle(a: &ClientArgs) -> Result<(), Error> {
