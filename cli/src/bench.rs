@@ -522,83 +522,59 @@ fn cpu_secs() -> Option<f64> {
 /// Requests made by `make` at `rate` per second for `duration`, at fixed intended send times
 /// whatever the answers do; latency is measured from each request's intended send time. The
 /// result also gives this process's CPU time per request (`cpu_us_per_req`).
+///
+/// A pacer thread (tokio's timer has millisecond resolution) wakes at the next send time and
+/// hands the range of requests that are due to one task in one message; that task makes the
+/// requests and keeps them in one `FuturesUnordered`, recording each answer's latency into one
+/// histogram. So the harness costs one channel message (and at most one wake) per pacer pass,
+/// not a task and a wake per request. A late pacer, or the task busy with answers, delays the
+/// send but not the intended send time, so it shows in the latency (no coordinated omission).
 async fn paced<F, Fut, T, E>(rate: f64, duration: Duration, make: F) -> Result<Value, Error>
 where
-    F: Fn() -> Fut + Send + Sync + 'static,
+    F: FnMut() -> Fut + Send + 'static,
     Fut: std::future::Future<Output = Result<T, E>> + Send + 'static,
+    T: 'static,
+    E: 'static,
 {
     let cpu_before = cpu_secs();
-    let make = Arc::new(make);
     let total = (rate * duration.as_secs_f64()).round().max(1.0) as u64;
-    let hist = Arc::new(Mutex::new(histogram()?));
-    let settled = Arc::new(AtomicU64::new(0));
-    let errors = Arc::new(AtomicU64::new(0));
-    let all_settled = Arc::new(Notify::new());
-    let handle = tokio::runtime::Handle::current();
     let interval = 1e9 / rate;
-    let (c, h, s, e, n) = (
-        make.clone(),
-        hist.clone(),
-        settled.clone(),
-        errors.clone(),
-        all_settled.clone(),
-    );
-    // The pacer is a thread of its own: tokio's timer has millisecond resolution, and latency
-    // is measured from each request's intended send time, so a late pacer shows up in it
-    // (no coordinated omission).
+    let start = Instant::now();
+    let at = move |i: u64| start + Duration::from_nanos((i as f64 * interval) as u64);
+    let (tx, due_rx) = tokio::sync::mpsc::unbounded_channel::<std::ops::Range<u64>>();
     let pacer = std::thread::spawn(move || {
-        let start = Instant::now();
         let mut i = 0u64;
         while i < total {
-            let due = start + Duration::from_nanos((i as f64 * interval) as u64);
             let now = Instant::now();
+            let due = at(i);
             if due > now {
                 std::thread::sleep(due - now);
             }
             let now = Instant::now();
-            while i < total {
-                let due = start + Duration::from_nanos((i as f64 * interval) as u64);
-                if due > now {
-                    break;
-                }
+            let first = i;
+            while i < total && at(i) <= now {
                 i += 1;
-                let (c, h, s, e, n) = (c.clone(), h.clone(), s.clone(), e.clone(), n.clone());
-                handle.spawn(async move {
-                    let r = c().await;
-                    let took = due.elapsed();
-                    match r {
-                        Ok(_) => {
-                            if let Ok(mut h) = h.lock() {
-                                record(&mut h, took);
-                            }
-                        }
-                        Err(_) => {
-                            e.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
-                    if s.fetch_add(1, Ordering::SeqCst) + 1 == total {
-                        n.notify_one();
-                    }
-                });
+            }
+            if tx.send(first..i).is_err() {
+                break;
             }
         }
-        start
     });
+    // A task of its own, not this (possibly `block_on`) future: the answers' wake-ups then stay
+    // on the runtime's local queue.
+    let drain = tokio::spawn(drain_paced(due_rx, at, make));
     let limit = duration + Duration::from_secs(60);
-    if tokio::time::timeout(limit, all_settled.notified())
-        .await
-        .is_err()
-    {
-        return Err(bench_error("open-loop requests did not settle in time"));
-    }
-    let start = tokio::task::spawn_blocking(move || pacer.join())
+    let (hist, sent, errors) = match tokio::time::timeout(limit, drain).await {
+        Ok(r) => r.map_err(|e| bench_error(format!("open-loop task: {e}")))??,
+        Err(_) => return Err(bench_error("open-loop requests did not settle in time")),
+    };
+    tokio::task::spawn_blocking(move || pacer.join())
         .await
         .map_err(|e| bench_error(format!("pacer: {e}")))?
         .map_err(|_| bench_error("pacer thread panicked"))?;
     let secs = start.elapsed().as_secs_f64();
-    let errors = errors.load(Ordering::SeqCst);
     let mut v = json!({
-        "count": total - errors,
+        "count": sent - errors,
         "errors": errors,
         "secs": secs,
         "rate": rate,
@@ -606,14 +582,57 @@ where
     if let (Some(a), Some(b)) = (cpu_before, cpu_secs()) {
         merge(
             &mut v,
-            json!({"cpu_us_per_req": (b - a) * 1e6 / total as f64}),
+            json!({"cpu_us_per_req": (b - a) * 1e6 / sent.max(1) as f64}),
         );
     }
-    let h = hist
-        .lock()
-        .map_err(|_| bench_error("histogram lock poisoned"))?;
-    merge(&mut v, latency_json(&h));
+    merge(&mut v, latency_json(&hist));
     Ok(v)
+}
+
+/// The task of [`paced`]: makes the requests of each due range as it arrives and records their
+/// latencies from the intended send times (`at`) until the pacer is done and all have settled.
+/// Returns the histogram, the requests made, and how many failed.
+async fn drain_paced<F, Fut, T, E>(
+    mut due: tokio::sync::mpsc::UnboundedReceiver<std::ops::Range<u64>>,
+    at: impl Fn(u64) -> Instant,
+    mut make: F,
+) -> Result<(Histogram<u64>, u64, u64), Error>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let mut hist = histogram()?;
+    let (mut sent, mut errors) = (0u64, 0u64);
+    let mut inflight = futures_util::stream::FuturesUnordered::new();
+    let mut pacing = true;
+    while pacing || !inflight.is_empty() {
+        tokio::select! {
+            biased;
+            range = due.recv(), if pacing => match range {
+                Some(range) => {
+                    for i in range {
+                        let due = at(i);
+                        // Made here, so a request that sends in the call leaves now.
+                        let reply = make();
+                        sent += 1;
+                        inflight.push(async move {
+                            let r = reply.await;
+                            (r.is_ok(), due.elapsed())
+                        });
+                    }
+                }
+                None => pacing = false,
+            },
+            Some((ok, took)) = futures_util::StreamExt::next(&mut inflight) => {
+                if ok {
+                    record(&mut hist, took);
+                } else {
+                    errors += 1;
+                }
+            }
+        }
+    }
+    Ok((hist, sent, errors))
 }
 
 /// `bench pacer`: the open loop against an in-process future that is ready at once, on the
