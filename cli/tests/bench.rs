@@ -7,10 +7,15 @@ const BIN: &str = env!("CARGO_BIN_EXE_iris-rpc");
 
 #[test]
 fn bench_all_smoke_rust_rust() {
+    let dir = std::env::temp_dir().join(format!("iris-bench-smoke-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let svg = dir.join("curve.svg");
     let out = Command::new(BIN)
         .args([
             "bench",
             "all",
+            "--svg",
+            svg.to_str().unwrap(),
             "--pairings",
             "rust-rust",
             "--runs",
@@ -33,6 +38,8 @@ fn bench_all_smoke_rust_rust() {
     for heading in [
         "One-way events",
         "Requests",
+        "Latency against load",
+        "Every pairing at 5,000 requests/s",
         "idle authenticated connections",
     ] {
         assert!(
@@ -40,7 +47,56 @@ fn bench_all_smoke_rust_rust() {
             "missing {heading:?} in:\n{stdout}"
         );
     }
+    // Events, requests, five curve points, the fixed rate, idle.
     let rows = stdout.lines().filter(|l| l.starts_with("| rust-rust |"));
-    assert_eq!(rows.count(), 3, "{stdout}");
+    assert_eq!(rows.count(), 9, "{stdout}");
+    assert!(!stdout.contains("n/a"), "a cell has no value:\n{stdout}");
+    // The picture: one line per percentile for the one pairing, and the legend.
+    let picture = std::fs::read_to_string(&svg).unwrap();
+    assert!(picture.starts_with("<svg") && picture.trim_end().ends_with("</svg>"));
+    assert_eq!(picture.matches("<polyline").count(), 3, "{picture}");
+    assert!(picture.contains(">rust-rust</text>") && picture.contains(">p99.9</text>"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The NATS reference pairing through a real nats-server (TLS on), every workload it runs.
+#[test]
+fn bench_all_smoke_nats() {
+    let installed = ["/usr/sbin/nats-server", "/usr/local/sbin/nats-server"]
+        .iter()
+        .any(|p| std::path::Path::new(p).is_file())
+        || Command::new("nats-server")
+            .arg("--version")
+            .output()
+            .is_ok();
+    if !installed {
+        eprintln!("SKIPPED: nats-server is not installed (tests/cluster/nats-server.sh)");
+        return;
+    }
+    let out = Command::new(BIN)
+        .args([
+            "bench",
+            "all",
+            "--pairings",
+            "nats-nats",
+            "--runs",
+            "1",
+            "--duration",
+            "0.1",
+            "--sizes",
+            "64",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(!stderr.contains("failed: "), "stderr:\n{stderr}");
+    // Run once (no cipher setting of its own): events, requests, the fixed rate; no idle.
+    let rows: Vec<_> = stdout
+        .lines()
+        .filter(|l| l.starts_with("| nats-nats | TLS only |"))
+        .collect();
+    assert_eq!(rows.len(), 3, "{stdout}");
     assert!(!stdout.contains("n/a"), "a cell has no value:\n{stdout}");
 }
