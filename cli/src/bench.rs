@@ -1499,39 +1499,26 @@ fn render(
         line(String::new());
     }
     if !t.curve.is_empty() {
-        line(
+        line(section(
             "### Latency against load (open loop, one connection, cipher on: % of the \
-             pairing's 256-in-flight rate, latency from the intended send time, µs)"
-                .into(),
-        );
-        line(String::new());
-        line(
+             pairing's 256-in-flight rate, latency from the intended send time, µs)",
             "| pairing (client-server) | cipher | 256 in flight req/s | load | rate/s | p50 µs | \
-             p99 µs | p99.9 µs | load after |"
-                .into(),
-        );
-        line("|---|---|---:|---:|---:|---:|---:|---:|---|".into());
-        for r in &t.curve {
-            line(r.clone());
-        }
-        line(String::new());
+             p99 µs | p99.9 µs | load after |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---|",
+            &t.curve,
+        ));
     }
     if !t.fixed.is_empty() {
-        line(format!(
-            "### Every pairing at {} requests/s (open loop, one connection, cipher on, µs)",
-            thousands(a.fixed_rate)
-        ));
-        line(String::new());
-        line(
+        line(section(
+            &format!(
+                "### Every pairing at {} requests/s (open loop, one connection, cipher on, µs)",
+                thousands(a.fixed_rate)
+            ),
             "| pairing (client-server) | cipher | rate/s | p50 µs | p99 µs | p99.9 µs | errors \
-             | load after |"
-                .into(),
-        );
-        line("|---|---|---:|---:|---:|---:|---:|---|".into());
-        for r in &t.fixed {
-            line(r.clone());
-        }
-        line(String::new());
+             | load after |",
+            "|---|---|---:|---:|---:|---:|---:|---|",
+            &t.fixed,
+        ));
     }
     if !t.idle.is_empty() {
         line(format!(
@@ -1560,6 +1547,18 @@ fn render(
         }
         line(String::new());
     }
+    s
+}
+
+/// A markdown section: heading, table head and rule, rows (ends with a line break, so the
+/// caller's next line is the blank line after the table).
+fn section(heading: &str, head: &str, rule: &str, rows: &[String]) -> String {
+    let mut s = format!("{heading}\n\n{head}\n{rule}");
+    for r in rows {
+        s.push('\n');
+        s.push_str(r);
+    }
+    s.push('\n');
     s
 }
 

@@ -5,36 +5,46 @@ use std::process::Command;
 
 const BIN: &str = env!("CARGO_BIN_EXE_iris-rpc");
 
-#[test]
-fn bench_all_smoke_rust_rust() {
-    let dir = std::env::temp_dir().join(format!("iris-bench-smoke-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let svg = dir.join("curve.svg");
+/// Runs `iris-rpc bench all` with tiny counts and `extra` arguments; checks that it succeeded
+/// with no failed run and no empty cell, and returns its report.
+fn bench_all(extra: &[&str]) -> String {
     let out = Command::new(BIN)
         .args([
             "bench",
             "all",
-            "--svg",
-            svg.to_str().unwrap(),
-            "--pairings",
-            "rust-rust",
             "--runs",
             "1",
             "--duration",
             "0.1",
             "--sizes",
             "64",
-            "--cipher",
-            "on",
-            "--connections",
-            "20",
         ])
+        .args(extra)
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
     assert!(!stderr.contains("failed: "), "stderr:\n{stderr}");
+    assert!(!stdout.contains("n/a"), "a cell has no value:\n{stdout}");
+    stdout
+}
+
+#[test]
+fn bench_all_smoke_rust_rust() {
+    let dir = std::env::temp_dir().join(format!("iris-bench-smoke-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let svg = dir.join("curve.svg");
+    let stdout = bench_all(&[
+        "--svg",
+        svg.to_str().unwrap(),
+        "--pairings",
+        "rust-rust",
+        "--cipher",
+        "on",
+        "--connections",
+        "20",
+    ]);
     for heading in [
         "One-way events",
         "Requests",
@@ -50,7 +60,6 @@ fn bench_all_smoke_rust_rust() {
     // Events, requests, five curve points, the fixed rate, idle.
     let rows = stdout.lines().filter(|l| l.starts_with("| rust-rust |"));
     assert_eq!(rows.count(), 9, "{stdout}");
-    assert!(!stdout.contains("n/a"), "a cell has no value:\n{stdout}");
     // The picture: one line per percentile for the one pairing, and the legend.
     let picture = std::fs::read_to_string(&svg).unwrap();
     assert!(picture.starts_with("<svg") && picture.trim_end().ends_with("</svg>"));
@@ -73,30 +82,10 @@ fn bench_all_smoke_nats() {
         eprintln!("SKIPPED: nats-server is not installed (tests/cluster/nats-server.sh)");
         return;
     }
-    let out = Command::new(BIN)
-        .args([
-            "bench",
-            "all",
-            "--pairings",
-            "nats-nats",
-            "--runs",
-            "1",
-            "--duration",
-            "0.1",
-            "--sizes",
-            "64",
-        ])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
-    assert!(!stderr.contains("failed: "), "stderr:\n{stderr}");
+    let stdout = bench_all(&["--pairings", "nats-nats"]);
     // Run once (no cipher setting of its own): events, requests, the fixed rate; no idle.
-    let rows: Vec<_> = stdout
+    let rows = stdout
         .lines()
-        .filter(|l| l.starts_with("| nats-nats | TLS only |"))
-        .collect();
-    assert_eq!(rows.len(), 3, "{stdout}");
-    assert!(!stdout.contains("n/a"), "a cell has no value:\n{stdout}");
+        .filter(|l| l.starts_with("| nats-nats | TLS only |"));
+    assert_eq!(rows.count(), 3, "{stdout}");
 }
