@@ -1277,6 +1277,7 @@ fn drive(a: AllArgs) -> Result<(), Error> {
                 measured = Some((max, open));
             }
             if wants("curve") && (cipher || p.tls_only) {
+                let mut known_max = measured.as_ref().and_then(|m| m.0);
                 if p.curve {
                     let (max, half) = match measured {
                         Some(m) => m,
@@ -1285,6 +1286,7 @@ fn drive(a: AllArgs) -> Result<(), Error> {
                             (field_median(&many, "req_per_s"), Vec::new())
                         }
                     };
+                    known_max = max;
                     for &pct in a.curve_points.iter().filter(|_| max.is_some()) {
                         let rate = (max.unwrap_or(0.0) * pct / 100.0).max(1.0);
                         // The 50% point is the requests table's open loop when it ran.
@@ -1320,9 +1322,14 @@ fn drive(a: AllArgs) -> Result<(), Error> {
                 let runs = ctx.runs_of(p, port, cipher, &w, "fixed rate");
                 let us = |x: f64| format!("{x:.0}");
                 t.fixed.push(format!(
-                    "| {} | {c_label} | {} | {} | {} | {} | {} | {} |",
+                    "| {} | {c_label} | {} | {} | {} | {} | {} | {} | {} |",
                     p.name,
                     thousands(a.fixed_rate),
+                    // Where the 256-in-flight rate was measured in this run.
+                    known_max.map_or_else(
+                        || "-".to_owned(),
+                        |m| format!("{:.0}%", a.fixed_rate / m * 100.0)
+                    ),
                     fmt_opt(field_median(&runs, "p50_us"), us),
                     fmt_opt(field_median(&runs, "p99_us"), us),
                     fmt_opt(field_median(&runs, "p999_us"), us),
@@ -1514,9 +1521,9 @@ fn render(
                 "### Every pairing at {} requests/s (open loop, one connection, cipher on, µs)",
                 thousands(a.fixed_rate)
             ),
-            "| pairing (client-server) | cipher | rate/s | p50 µs | p99 µs | p99.9 µs | errors \
-             | load after |",
-            "|---|---|---:|---:|---:|---:|---:|---|",
+            "| pairing (client-server) | cipher | rate/s | % of its 256-in-flight rate | p50 µs | \
+             p99 µs | p99.9 µs | errors | load after |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---|",
             &t.fixed,
         ));
     }
