@@ -30,6 +30,9 @@ use serde_json::{json, Value};
 use tokio::io::AsyncReadExt;
 use tokio::sync::Notify;
 
+mod nats;
+use nats::find as find_program;
+
 /// `iris-rpc bench ...`.
 #[derive(Args)]
 pub struct BenchArgs {
@@ -45,6 +48,24 @@ enum BenchCommand {
     Serve(ServeArgs),
     /// The Rust client side of a pairing (runs one workload, prints one JSON result line).
     Client(ClientArgs),
+    /// The open-loop pacer alone, against an in-process future that is ready at once: what the
+    /// client harness costs per request (prints one JSON result line).
+    Pacer(PacerArgs),
+    /// The NATS reference server side: starts `nats-server` (TLS on) and serves the contract
+    /// through it (serves until stdin ends).
+    NatsServe(ServeArgs),
+    /// The NATS reference client side (runs one workload, prints one JSON result line).
+    NatsClient(ClientArgs),
+}
+
+#[derive(Args)]
+struct PacerArgs {
+    /// Requests per second.
+    #[arg(long, default_value_t = 100_000.0)]
+    rate: f64,
+    /// Seconds to run for.
+    #[arg(long, default_value_t = 3.0)]
+    duration: f64,
 }
 
 #[derive(Args)]
@@ -197,9 +218,18 @@ struct AllArgs {
     /// Only these pairings (comma-separated names, as in the table).
     #[arg(long, value_delimiter = ',')]
     pairings: Vec<String>,
-    /// Only these workloads (comma-separated: events, requests, idle).
+    /// Only these workloads (comma-separated: events, requests, idle, curve).
     #[arg(long, value_delimiter = ',')]
     workloads: Vec<String>,
+    /// The latency curve's points, in % of each curve pairing's 256-in-flight rate.
+    #[arg(long, value_delimiter = ',', default_values_t = [10.0, 25.0, 50.0, 75.0, 90.0])]
+    curve_points: Vec<f64>,
+    /// The one open-loop rate (requests/s) every pairing runs at, to compare at equal load.
+    #[arg(long, default_value_t = 5000.0)]
+    fixed_rate: f64,
+    /// Write the latency curve as an SVG picture here.
+    #[arg(long)]
+    svg: Option<PathBuf>,
     /// Event body sizes in bytes.
     #[arg(long, value_delimiter = ',', default_values_t = [64usize, 1024, 65536])]
     sizes: Vec<usize>,
@@ -229,6 +259,12 @@ pub async fn run(a: BenchArgs) -> Result<(), Error> {
             on_current_thread(client(c)).await
         }
         BenchCommand::Client(c) => client(c).await,
+        BenchCommand::Pacer(p) => on_current_thread(pacer(p)).await,
+        BenchCommand::NatsServe(s) => nats::serve(s).await,
+        BenchCommand::NatsClient(c) if c.runtime == Flavor::Current => {
+            on_current_thread(nats::client(c)).await
+        }
+        BenchCommand::NatsClient(c) => nats::client(c).await,
         BenchCommand::All(d) => tokio::task::spawn_blocking(move || drive(d))
             .await
             .map_err(|e| Error::Config(format!("benchmark driver failed: {e}")))?,
@@ -497,35 +533,85 @@ async fn events(
     duration: Duration,
     to: Option<&str>,
 ) -> Result<Value, Error> {
-    // Credit-based flow: at most `window` events (about 4 MiB of bodies) are unacknowledged,
-    // so the sender measures the pipe, not how fast it can grow a queue.
-    let window = ((4usize << 20) / size).clamp(64, 65_536) as u64;
-    let ack = (window / 4).max(1);
+    let window = event_window(size);
     let flow = Arc::new(Flow::default());
     let f = flow.clone();
     client.on("bench.ack", move |msg, _, _| {
         if let Some(n) = msg.value()["n"].as_u64() {
-            f.acked.store(n, Ordering::SeqCst);
-            f.notify.notify_one();
+            f.acked(n);
         }
     });
     let f = flow.clone();
     client.on("bench.done", move |msg, _, _| {
-        f.done
-            .store(msg.value()["n"].as_u64().unwrap_or(0), Ordering::SeqCst);
-        f.finished.store(1, Ordering::SeqCst);
-        f.notify.notify_one();
+        f.done(msg.value()["n"].as_u64().unwrap_or(0));
     });
     let msg = Message::from_json(&padded_body("bench.ev", size, to))?;
+    // Addressed to the server's uuid when it sits behind a cluster (every event crosses NATS).
     let control = |mut v: Value| {
         if let Some(u) = to {
             v["_uuid"] = json!(u);
         }
         v
     };
-    client.dispatch(control(json!({"op": "bench.start", "ack": ack})))?;
+    client.dispatch(control(
+        json!({"op": "bench.start", "ack": (window / 4).max(1)}),
+    ))?;
+    send_events(
+        &flow,
+        window,
+        size,
+        duration,
+        || std::future::ready(client.dispatch(&msg).map(drop)),
+        |sent| {
+            std::future::ready(
+                client
+                    .dispatch(control(json!({"op": "bench.end", "sent": sent})))
+                    .map(drop),
+            )
+        },
+    )
+    .await
+}
+
+/// Credit-based flow: at most this many events (about 4 MiB of bodies) are unacknowledged, so
+/// the sender measures the pipe, not how fast it can grow a queue. The server acknowledges
+/// every quarter of it.
+fn event_window(size: usize) -> u64 {
+    ((4usize << 20) / size).clamp(64, 65_536) as u64
+}
+
+impl Flow {
+    fn acked(&self, n: u64) {
+        self.acked.store(n, Ordering::SeqCst);
+        self.notify.notify_one();
+    }
+
+    fn done(&self, n: u64) {
+        self.done.store(n, Ordering::SeqCst);
+        self.finished.store(1, Ordering::SeqCst);
+        self.notify.notify_one();
+    }
+}
+
+/// The events workload once `bench.start` is sent, whatever carries the events: `send` sends
+/// one event, `end` the `bench.end` (with the count sent); `flow` is fed by the server's
+/// `bench.ack` and `bench.done`.
+async fn send_events<S, SF, D, DF>(
+    flow: &Flow,
+    window: u64,
+    size: usize,
+    duration: Duration,
+    mut send: S,
+    end: D,
+) -> Result<Value, Error>
+where
+    S: FnMut() -> SF,
+    SF: std::future::Future<Output = Result<(), Error>>,
+    D: FnOnce(u64) -> DF,
+    DF: std::future::Future<Output = Result<(), Error>>,
+{
     let start = Instant::now();
-    let end = start + duration;
+    let until = start + duration;
     let mut sent = 0u64;
     loop {
         while sent.saturating_sub(flow.acked.load(Ordering::SeqCst)) >= window {
@@ -536,13 +622,13 @@ async fn events(
                 return Err(bench_error("no acknowledgement from the server for 30 s"));
             }
         }
-        client.dispatch(&msg)?;
+        send().await?;
         sent += 1;
-        if sent % 256 == 0 && Instant::now() >= end {
+        if sent % 256 == 0 && Instant::now() >= until {
             break;
         }
     }
-    client.dispatch(control(json!({"op": "bench.end", "sent": sent})))?;
+    end(sent).await?;
     let waited = Instant::now();
     while flow.finished.load(Ordering::SeqCst) == 0 {
         if waited.elapsed() > Duration::from_secs(60) {
@@ -600,17 +686,33 @@ async fn requests(
     to: Option<&str>,
 ) -> Result<Value, Error> {
     let msg = request_message(to)?;
+    let c = client.clone();
+    closed_loop(inflight, duration, move || c.request_raw(None, &msg)).await
+}
+
+/// `inflight` request loops (closed loop) of requests made by `make`, for `duration`. A failed
+/// request ends its loop.
+async fn closed_loop<F, Fut, T, E>(
+    inflight: usize,
+    duration: Duration,
+    make: F,
+) -> Result<Value, Error>
+where
+    F: Fn() -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<T, E>> + Send + 'static,
+{
+    let make = Arc::new(make);
     let start = Instant::now();
     let end = start + duration;
     let mut workers = tokio::task::JoinSet::new();
     for _ in 0..inflight {
-        let (c, m) = (client.clone(), msg.clone());
+        let m = make.clone();
         let mut h = histogram()?;
         workers.spawn(async move {
             let (mut ok, mut errors) = (0u64, 0u64);
             while Instant::now() < end {
                 let t = Instant::now();
-                match c.request_raw(None, &m).await {
+                match m().await {
                     Ok(_) => {
                         record(&mut h, t.elapsed());
                         ok += 1;
@@ -643,6 +745,7 @@ async fn requests(
     Ok(v)
 }
 
+/// The open loop of the Iris client: `bench.echo` requests at `rate` per second.
 async fn open_loop(
     client: &Arc<Client>,
     rate: f64,
@@ -650,92 +753,151 @@ async fn open_loop(
     to: Option<&str>,
 ) -> Result<Value, Error> {
     let msg = request_message(to)?;
+    let c = client.clone();
+    paced(rate, duration, move || c.request_raw(None, &msg)).await
+}
+
+/// This process's CPU time so far (user and system, every thread, including threads that have
+/// ended), from `/proc/self/stat` in clock ticks of 10 ms.
+fn cpu_secs() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // The command name (field 2) may hold spaces; the fields after it are plain numbers.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut f = rest.split_whitespace();
+    let utime: f64 = f.nth(11)?.parse().ok()?;
+    let stime: f64 = f.next()?.parse().ok()?;
+    Some((utime + stime) / 100.0)
+}
+
+/// Requests made by `make` at `rate` per second for `duration`, at fixed intended send times
+/// whatever the answers do; latency is measured from each request's intended send time. The
+/// result also gives this process's CPU time per request (`cpu_us_per_req`).
+///
+/// A pacer thread (tokio's timer has millisecond resolution) wakes at the next send time and
+/// hands the range of requests that are due to one task in one message; that task makes the
+/// requests and keeps them in one `FuturesUnordered`, recording each answer's latency into one
+/// histogram. So the harness costs one channel message (and at most one wake) per pacer pass,
+/// not a task and a wake per request. A late pacer, or the task busy with answers, delays the
+/// send but not the intended send time, so it shows in the latency (no coordinated omission).
+async fn paced<F, Fut, T, E>(rate: f64, duration: Duration, make: F) -> Result<Value, Error>
+where
+    F: FnMut() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<T, E>> + Send + 'static,
+    T: 'static,
+    E: 'static,
+{
+    let cpu_before = cpu_secs();
     let total = (rate * duration.as_secs_f64()).round().max(1.0) as u64;
-    let hist = Arc::new(Mutex::new(histogram()?));
-    let settled = Arc::new(AtomicU64::new(0));
-    let errors = Arc::new(AtomicU64::new(0));
-    let all_settled = Arc::new(Notify::new());
-    let handle = tokio::runtime::Handle::current();
     let interval = 1e9 / rate;
-    let (c, h, s, e, n) = (
-        client.clone(),
-        hist.clone(),
-        settled.clone(),
-        errors.clone(),
-        all_settled.clone(),
-    );
-    // The pacer is a thread of its own: tokio's timer has millisecond resolution, and latency
-    // is measured from each request's intended send time, so a late pacer shows up in it
-    // (no coordinated omission).
+    let start = Instant::now();
+    let at = move |i: u64| start + Duration::from_nanos((i as f64 * interval) as u64);
+    let (tx, due_rx) = tokio::sync::mpsc::unbounded_channel::<std::ops::Range<u64>>();
     let pacer = std::thread::spawn(move || {
-        let start = Instant::now();
         let mut i = 0u64;
         while i < total {
-            let due = start + Duration::from_nanos((i as f64 * interval) as u64);
             let now = Instant::now();
+            let due = at(i);
             if due > now {
                 std::thread::sleep(due - now);
             }
             let now = Instant::now();
-            while i < total {
-                let due = start + Duration::from_nanos((i as f64 * interval) as u64);
-                if due > now {
-                    break;
-                }
+            let first = i;
+            while i < total && at(i) <= now {
                 i += 1;
-                let (c, m, h, s, e, n) = (
-                    c.clone(),
-                    msg.clone(),
-                    h.clone(),
-                    s.clone(),
-                    e.clone(),
-                    n.clone(),
-                );
-                handle.spawn(async move {
-                    let r = c.request_raw(None, &m).await;
-                    let took = due.elapsed();
-                    match r {
-                        Ok(_) => {
-                            if let Ok(mut h) = h.lock() {
-                                record(&mut h, took);
-                            }
-                        }
-                        Err(_) => {
-                            e.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
-                    if s.fetch_add(1, Ordering::SeqCst) + 1 == total {
-                        n.notify_one();
-                    }
-                });
+            }
+            if tx.send(first..i).is_err() {
+                break;
             }
         }
-        start
     });
+    // A task of its own, not this (possibly `block_on`) future: the answers' wake-ups then stay
+    // on the runtime's local queue. Unconstrained by tokio's cooperative budget: it does the
+    // work of every request (first poll, answer) that a task per request would have done with
+    // a budget each, and it returns to the runtime as soon as nothing is ready.
+    let drain = tokio::spawn(tokio::task::unconstrained(drain_paced(due_rx, at, make)));
     let limit = duration + Duration::from_secs(60);
-    if tokio::time::timeout(limit, all_settled.notified())
-        .await
-        .is_err()
-    {
-        return Err(bench_error("open-loop requests did not settle in time"));
-    }
-    let start = tokio::task::spawn_blocking(move || pacer.join())
+    let (hist, sent, errors) = match tokio::time::timeout(limit, drain).await {
+        Ok(r) => r.map_err(|e| bench_error(format!("open-loop task: {e}")))??,
+        Err(_) => return Err(bench_error("open-loop requests did not settle in time")),
+    };
+    tokio::task::spawn_blocking(move || pacer.join())
         .await
         .map_err(|e| bench_error(format!("pacer: {e}")))?
         .map_err(|_| bench_error("pacer thread panicked"))?;
     let secs = start.elapsed().as_secs_f64();
-    let errors = errors.load(Ordering::SeqCst);
     let mut v = json!({
-        "count": total - errors,
+        "count": sent - errors,
         "errors": errors,
         "secs": secs,
         "rate": rate,
     });
-    let h = hist
-        .lock()
-        .map_err(|_| bench_error("histogram lock poisoned"))?;
-    merge(&mut v, latency_json(&h));
+    if let (Some(a), Some(b)) = (cpu_before, cpu_secs()) {
+        merge(
+            &mut v,
+            json!({"cpu_us_per_req": (b - a) * 1e6 / sent.max(1) as f64}),
+        );
+    }
+    merge(&mut v, latency_json(&hist));
     Ok(v)
+}
+
+/// The task of [`paced`]: makes the requests of each due range as it arrives and records their
+/// latencies from the intended send times (`at`) until the pacer is done and all have settled.
+/// Returns the histogram, the requests made, and how many failed.
+async fn drain_paced<F, Fut, T, E>(
+    mut due: tokio::sync::mpsc::UnboundedReceiver<std::ops::Range<u64>>,
+    at: impl Fn(u64) -> Instant,
+    mut make: F,
+) -> Result<(Histogram<u64>, u64, u64), Error>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let mut hist = histogram()?;
+    let (mut sent, mut errors) = (0u64, 0u64);
+    let mut inflight = futures_util::stream::FuturesUnordered::new();
+    let mut pacing = true;
+    while pacing || !inflight.is_empty() {
+        tokio::select! {
+            biased;
+            range = due.recv(), if pacing => match range {
+                Some(range) => {
+                    for i in range {
+                        let due = at(i);
+                        // Made here, so a request that sends in the call leaves now.
+                        let reply = make();
+                        sent += 1;
+                        inflight.push(async move {
+                            let r = reply.await;
+                            (r.is_ok(), due.elapsed())
+                        });
+                    }
+                }
+                None => pacing = false,
+            },
+            Some((ok, took)) = futures_util::StreamExt::next(&mut inflight) => {
+                if ok {
+                    record(&mut hist, took);
+                } else {
+                    errors += 1;
+                }
+            }
+        }
+    }
+    Ok((hist, sent, errors))
+}
+
+/// `bench pacer`: the open loop against an in-process future that is ready at once, on the
+/// client's current-thread runtime: what the harness itself costs per request, and the latency
+/// it adds, with no connection at all.
+async fn pacer(a: PacerArgs) -> Result<(), Error> {
+    let duration = Duration::from_secs_f64(a.duration.clamp(0.01, 600.0));
+    let v = paced(a.rate.max(1.0), duration, || {
+        std::future::ready(Ok::<(), Error>(()))
+    })
+    .await?;
+    print_line(&json!({ "result": v }));
+    Ok(())
 }
 
 async fn idle(a: &ClientArgs) -> Result<(), Error> {
@@ -788,6 +950,12 @@ struct Pairing {
     pending: Option<String>,
     /// Workloads this pairing does not run (`"skip": ["idle"]`).
     skip: Vec<String>,
+    /// On the latency curve (the table's top-level `"curve"` list).
+    curve: bool,
+    /// No cipher setting of its own (`"tls_only": true`): run once, in the first cipher pass.
+    tls_only: bool,
+    /// Programs it needs (`"requires": ["nats-server"]`); without them it is skipped.
+    requires: Vec<String>,
 }
 
 fn load_table(path: Option<&Path>, iris: &str) -> Result<Vec<Pairing>, Error> {
@@ -811,31 +979,40 @@ fn load_table(path: Option<&Path>, iris: &str) -> Result<Vec<Pairing>, Error> {
             })
             .unwrap_or_default()
     };
-    let mut out = Vec::new();
-    for p in list {
-        let name = p["name"].as_str().unwrap_or("?").to_owned();
-        let (client, server) = (argv(&p["client"]), argv(&p["server"]));
-        let pending = p["pending"].as_str().map(str::to_owned);
-        let skip = p["skip"]
-            .as_array()
+    let curve: Vec<&str> = v["curve"]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    let strings = |x: &Value| -> Vec<String> {
+        x.as_array()
             .map(|a| {
                 a.iter()
                     .filter_map(Value::as_str)
                     .map(str::to_owned)
                     .collect()
             })
-            .unwrap_or_default();
+            .unwrap_or_default()
+    };
+    let mut out = Vec::new();
+    for p in list {
+        let name = p["name"].as_str().unwrap_or("?").to_owned();
+        let (client, server) = (argv(&p["client"]), argv(&p["server"]));
+        let pending = p["pending"].as_str().map(str::to_owned);
+        let skip = strings(&p["skip"]);
         if pending.is_none() && (client.is_empty() || server.is_empty()) {
             return Err(bench_error(format!(
                 "pairing {name}: needs \"client\" and \"server\" command lines"
             )));
         }
         out.push(Pairing {
-            name,
             client,
             server,
             pending,
             skip,
+            curve: curve.contains(&name.as_str()),
+            tls_only: p["tls_only"].as_bool().unwrap_or(false),
+            requires: strings(&p["requires"]),
+            name,
         });
     }
     Ok(out)
@@ -1105,6 +1282,18 @@ struct Tables {
     events: Vec<String>,
     requests: Vec<String>,
     idle: Vec<String>,
+    curve: Vec<String>,
+    fixed: Vec<String>,
+    points: Vec<CurvePoint>,
+}
+
+/// One point of the latency curve (medians of the runs), for the picture.
+struct CurvePoint {
+    pairing: String,
+    load_pct: f64,
+    p50_us: Option<f64>,
+    p99_us: Option<f64>,
+    p999_us: Option<f64>,
 }
 
 fn drive(a: AllArgs) -> Result<(), Error> {
@@ -1150,12 +1339,27 @@ fn drive(a: AllArgs) -> Result<(), Error> {
             pending.push(format!("| {} | pending: {why} |", p.name));
             continue;
         }
+        if let Some(missing) = p.requires.iter().find(|r| find_program(r).is_none()) {
+            eprintln!("== {}: skipped, {missing} is not installed", p.name);
+            pending.push(format!(
+                "| {} | skipped: {missing} is not installed |",
+                p.name
+            ));
+            continue;
+        }
         let wants = |w: &str| wants_all(w) && !p.skip.iter().any(|x| x == w);
-        for &cipher in &ciphers {
-            if !(wants("events") || wants("requests")) {
+        for (pass, &cipher) in ciphers.iter().enumerate() {
+            if !(wants("events") || wants("requests") || wants("curve")) {
                 break;
             }
-            let c_label = if cipher { "on" } else { "off" };
+            if p.tls_only && pass > 0 {
+                break;
+            }
+            let c_label = match (p.tls_only, cipher) {
+                (true, _) => "TLS only",
+                (false, true) => "on",
+                (false, false) => "off",
+            };
             eprintln!("== {} cipher {c_label} (load {})", p.name, loadavg());
             let (server, port) = match ctx.start_server(p, cipher) {
                 Ok(x) => x,
@@ -1188,17 +1392,30 @@ fn drive(a: AllArgs) -> Result<(), Error> {
                     loadavg()
                 ));
             }
+            let secs = ctx.duration;
+            let closed = |n: usize| {
+                vec![
+                    "--workload".to_owned(),
+                    "requests".to_owned(),
+                    "--inflight".to_owned(),
+                    n.to_string(),
+                    "--duration".to_owned(),
+                    secs.to_string(),
+                ]
+            };
+            let open_at = |rate: f64, secs: f64| {
+                vec![
+                    "--workload".to_owned(),
+                    "openloop".to_owned(),
+                    "--rate".to_owned(),
+                    format!("{rate:.0}"),
+                    "--duration".to_owned(),
+                    secs.to_string(),
+                ]
+            };
+            // The 256-in-flight rate and the open loop at half of it, for the curve.
+            let mut measured: Option<(Option<f64>, Vec<Value>)> = None;
             if wants("requests") {
-                let closed = |n: usize| {
-                    vec![
-                        "--workload".to_owned(),
-                        "requests".to_owned(),
-                        "--inflight".to_owned(),
-                        n.to_string(),
-                        "--duration".to_owned(),
-                        ctx.duration.to_string(),
-                    ]
-                };
                 let (w1, w256) = (closed(1), closed(256));
                 let one = ctx.runs_of(p, port, cipher, &w1, "requests 1");
                 let many = ctx.runs_of(p, port, cipher, &w256, "requests 256");
@@ -1206,14 +1423,7 @@ fn drive(a: AllArgs) -> Result<(), Error> {
                 let mut open = Vec::new();
                 let rate = max.map(|m| (m * 0.5).max(1.0));
                 if let Some(rate) = rate {
-                    let w = [
-                        "--workload".into(),
-                        "openloop".into(),
-                        "--rate".into(),
-                        format!("{rate:.0}"),
-                        "--duration".into(),
-                        (ctx.duration * 2.0).to_string(),
-                    ];
+                    let w = open_at(rate, ctx.duration * 2.0);
                     open = ctx.runs_of(p, port, cipher, &w, "openloop");
                 }
                 let us = |x: f64| format!("{x:.0}");
@@ -1227,6 +1437,68 @@ fn drive(a: AllArgs) -> Result<(), Error> {
                     fmt_opt(field_median(&open, "p50_us"), us),
                     fmt_opt(field_median(&open, "p99_us"), us),
                     fmt_opt(field_median(&open, "p999_us"), us),
+                    loadavg()
+                ));
+                measured = Some((max, open));
+            }
+            if wants("curve") && (cipher || p.tls_only) {
+                let mut known_max = measured.as_ref().and_then(|m| m.0);
+                if p.curve {
+                    let (max, half) = match measured {
+                        Some(m) => m,
+                        None => {
+                            let many = ctx.runs_of(p, port, cipher, &closed(256), "requests 256");
+                            (field_median(&many, "req_per_s"), Vec::new())
+                        }
+                    };
+                    known_max = max;
+                    for &pct in a.curve_points.iter().filter(|_| max.is_some()) {
+                        let rate = (max.unwrap_or(0.0) * pct / 100.0).max(1.0);
+                        // The 50% point is the requests table's open loop when it ran.
+                        let runs = if pct == 50.0 && !half.is_empty() {
+                            half.clone()
+                        } else {
+                            let w = open_at(rate, ctx.duration * 2.0);
+                            ctx.runs_of(p, port, cipher, &w, &format!("curve {pct}%"))
+                        };
+                        let point = CurvePoint {
+                            pairing: p.name.clone(),
+                            load_pct: pct,
+                            p50_us: field_median(&runs, "p50_us"),
+                            p99_us: field_median(&runs, "p99_us"),
+                            p999_us: field_median(&runs, "p999_us"),
+                        };
+                        let us = |x: f64| format!("{x:.0}");
+                        t.curve.push(format!(
+                            "| {} | {c_label} | {} | {pct}% | {} | {} | {} | {} | {} |",
+                            p.name,
+                            fmt_opt(max, thousands),
+                            thousands(rate),
+                            fmt_opt(point.p50_us, us),
+                            fmt_opt(point.p99_us, us),
+                            fmt_opt(point.p999_us, us),
+                            loadavg()
+                        ));
+                        t.points.push(point);
+                    }
+                }
+                // At 5,000/s a run of --duration seconds has enough samples for p99.9.
+                let w = open_at(a.fixed_rate, ctx.duration);
+                let runs = ctx.runs_of(p, port, cipher, &w, "fixed rate");
+                let us = |x: f64| format!("{x:.0}");
+                t.fixed.push(format!(
+                    "| {} | {c_label} | {} | {} | {} | {} | {} | {} | {} |",
+                    p.name,
+                    thousands(a.fixed_rate),
+                    // Where the 256-in-flight rate was measured in this run.
+                    known_max.map_or_else(
+                        || "-".to_owned(),
+                        |m| format!("{:.0}%", a.fixed_rate / m * 100.0)
+                    ),
+                    fmt_opt(field_median(&runs, "p50_us"), us),
+                    fmt_opt(field_median(&runs, "p99_us"), us),
+                    fmt_opt(field_median(&runs, "p999_us"), us),
+                    fmt_opt(field_median(&runs, "errors"), thousands),
                     loadavg()
                 ));
             }
@@ -1264,6 +1536,11 @@ fn drive(a: AllArgs) -> Result<(), Error> {
     }
     let report = render(&a, &ctx, &t, &pending, &load_start, started.elapsed());
     println!("{report}");
+    if let (Some(path), false) = (&a.svg, t.points.is_empty()) {
+        std::fs::write(path, curve_svg(&t.points))
+            .map_err(|e| bench_error(format!("cannot write {}: {e}", path.display())))?;
+        eprintln!("wrote {}", path.display());
+    }
     if let Some(path) = &a.update {
         update_file(path, &report)?;
         eprintln!("updated {}", path.display());
@@ -1393,6 +1670,28 @@ fn render(
         }
         line(String::new());
     }
+    if !t.curve.is_empty() {
+        line(section(
+            "### Latency against load (open loop, one connection, cipher on: % of the \
+             pairing's 256-in-flight rate, latency from the intended send time, µs)",
+            "| pairing (client-server) | cipher | 256 in flight req/s | load | rate/s | p50 µs | \
+             p99 µs | p99.9 µs | load after |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---|",
+            &t.curve,
+        ));
+    }
+    if !t.fixed.is_empty() {
+        line(section(
+            &format!(
+                "### Every pairing at {} requests/s (open loop, one connection, cipher on, µs)",
+                thousands(a.fixed_rate)
+            ),
+            "| pairing (client-server) | cipher | rate/s | % of its 256-in-flight rate | p50 µs | \
+             p99 µs | p99.9 µs | errors | load after |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---|",
+            &t.fixed,
+        ));
+    }
     if !t.idle.is_empty() {
         line(format!(
             "### {} idle authenticated connections on one server (cipher on)",
@@ -1411,7 +1710,7 @@ fn render(
         line(String::new());
     }
     if !pending.is_empty() {
-        line("### Pending pairings (their adapters have not landed)".into());
+        line("### Pending and skipped pairings".into());
         line(String::new());
         line("| pairing | status |".into());
         line("|---|---|".into());
@@ -1421,6 +1720,160 @@ fn render(
         line(String::new());
     }
     s
+}
+
+/// A markdown section: heading, table head and rule, rows (ends with a line break, so the
+/// caller's next line is the blank line after the table).
+fn section(heading: &str, head: &str, rule: &str, rows: &[String]) -> String {
+    let mut s = format!("{heading}\n\n{head}\n{rule}");
+    for r in rows {
+        s.push('\n');
+        s.push_str(r);
+    }
+    s.push('\n');
+    s
+}
+
+/// The latency curve as an SVG picture: load on x, latency on a log scale on y, a colour per
+/// pairing and a dash pattern per percentile.
+fn curve_svg(points: &[CurvePoint]) -> String {
+    const COLOURS: [&str; 8] = [
+        "#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf",
+    ];
+    const PERCENTILES: [(&str, &str); 3] = [("p50", ""), ("p99", "7 4"), ("p99.9", "2 3")];
+    let (left, top, width, height) = (80.0, 40.0, 520.0, 380.0);
+    let value = |p: &CurvePoint, k: usize| [p.p50_us, p.p99_us, p.p999_us][k];
+    let all: Vec<f64> = points
+        .iter()
+        .flat_map(|p| (0..3).filter_map(move |k| value(p, k)))
+        .filter(|v| *v > 0.0)
+        .collect();
+    let lo = all
+        .iter()
+        .copied()
+        .fold(f64::INFINITY, f64::min)
+        .max(1.0)
+        .log10()
+        .floor();
+    let hi = all
+        .iter()
+        .copied()
+        .fold(1.0, f64::max)
+        .log10()
+        .ceil()
+        .max(lo + 1.0);
+    let x = |pct: f64| left + pct / 100.0 * width;
+    let y = |us: f64| top + height - (us.max(1.0).log10() - lo) / (hi - lo) * height;
+    let mut names: Vec<&str> = Vec::new();
+    for p in points {
+        if !names.contains(&p.pairing.as_str()) {
+            names.push(&p.pairing);
+        }
+    }
+    let mut s = String::new();
+    let mut out = |t: String| {
+        s.push_str(&t);
+        s.push('\n');
+    };
+    out(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"820\" height=\"480\" \
+         viewBox=\"0 0 820 480\" font-family=\"sans-serif\" font-size=\"12\">"
+            .into(),
+    );
+    out("<rect width=\"820\" height=\"480\" fill=\"white\"/>".into());
+    out(format!(
+        "<text x=\"{}\" y=\"22\" text-anchor=\"middle\" font-size=\"14\">Open-loop latency \
+         against load (one connection, cipher on)</text>",
+        left + width / 2.0
+    ));
+    for d in (lo as i32)..=(hi as i32) {
+        let us = 10f64.powi(d);
+        let label = match us {
+            u if u >= 1e6 => format!("{} s", u / 1e6),
+            u if u >= 1e3 => format!("{} ms", u / 1e3),
+            u => format!("{u} µs"),
+        };
+        out(format!(
+            "<line x1=\"{left}\" x2=\"{}\" y1=\"{y:.1}\" y2=\"{y:.1}\" stroke=\"#ddd\"/>\
+             <text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{label}</text>",
+            left + width,
+            left - 6.0,
+            y(us) + 4.0,
+            y = y(us)
+        ));
+    }
+    for pct in [0, 10, 25, 50, 75, 90, 100] {
+        let px = x(f64::from(pct));
+        out(format!(
+            "<line x1=\"{px:.1}\" x2=\"{px:.1}\" y1=\"{top}\" y2=\"{}\" stroke=\"#eee\"/>\
+             <text x=\"{px:.1}\" y=\"{}\" text-anchor=\"middle\">{pct}%</text>",
+            top + height,
+            top + height + 16.0
+        ));
+    }
+    out(format!(
+        "<rect x=\"{left}\" y=\"{top}\" width=\"{width}\" height=\"{height}\" fill=\"none\" \
+         stroke=\"#444\"/>"
+    ));
+    out(format!(
+        "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">load: % of the pairing's maximum \
+         (256 requests in flight, closed loop)</text>",
+        left + width / 2.0,
+        top + height + 36.0
+    ));
+    out(format!(
+        "<text transform=\"translate(18 {}) rotate(-90)\" text-anchor=\"middle\">latency \
+         from the intended send time (log scale)</text>",
+        top + height / 2.0
+    ));
+    for (i, name) in names.iter().enumerate() {
+        let colour = COLOURS[i % COLOURS.len()];
+        for (k, (_, dash)) in PERCENTILES.iter().enumerate() {
+            let pts: Vec<String> = points
+                .iter()
+                .filter(|p| p.pairing == *name)
+                .filter_map(|p| value(p, k).map(|v| format!("{:.1},{:.1}", x(p.load_pct), y(v))))
+                .collect();
+            if pts.is_empty() {
+                continue;
+            }
+            out(format!(
+                "<polyline points=\"{}\" fill=\"none\" stroke=\"{colour}\" \
+                 stroke-width=\"1.8\" stroke-dasharray=\"{dash}\"/>",
+                pts.join(" ")
+            ));
+            for pt in &pts {
+                let (px, py) = pt.split_once(',').unwrap_or(("0", "0"));
+                out(format!(
+                    "<circle cx=\"{px}\" cy=\"{py}\" r=\"2.5\" fill=\"{colour}\"/>"
+                ));
+            }
+        }
+        let ly = top + 10.0 + i as f64 * 20.0;
+        out(format!(
+            "<line x1=\"620\" x2=\"650\" y1=\"{ly}\" y2=\"{ly}\" stroke=\"{colour}\" \
+             stroke-width=\"3\"/><text x=\"656\" y=\"{}\">{}</text>",
+            ly + 4.0,
+            xml_escape(name)
+        ));
+    }
+    for (k, (label, dash)) in PERCENTILES.iter().enumerate() {
+        let ly = top + 30.0 + (names.len() + k) as f64 * 20.0;
+        out(format!(
+            "<line x1=\"620\" x2=\"650\" y1=\"{ly}\" y2=\"{ly}\" stroke=\"#444\" \
+             stroke-width=\"1.8\" stroke-dasharray=\"{dash}\"/><text x=\"656\" \
+             y=\"{}\">{label}</text>",
+            ly + 4.0
+        ));
+    }
+    out("</svg>".into());
+    s
+}
+
+fn xml_escape(t: &str) -> String {
+    t.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }
 
 fn update_file(path: &Path, report: &str) -> Result<(), Error> {
