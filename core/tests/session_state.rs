@@ -24,6 +24,8 @@ async fn a_request_times_out_while_the_event_consumer_is_stalled() {
     opts.limits.event_queue = 2;
     let (client, _stalled) = Client::connect_with_events(opts).unwrap();
     client.wait_connected(WAIT).await.unwrap();
+    // The client is up once it has sent its `rpc::init`; the server only once it has read it.
+    until("the server side of the stream", || server.is_connected()).await;
     // Fill the client's event queue (nobody drains `_stalled`), so its reader waits for room.
     for n in 0..64 {
         server.dispatch(json!({"op": "flood", "n": n})).unwrap();
