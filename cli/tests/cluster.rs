@@ -82,18 +82,36 @@ struct NatsNode {
     port: u16,
 }
 
+/// The number of routes a NATS node's monitoring endpoint (`/routez`) reports, if it answers.
+async fn nats_routes(monitor: u16) -> Option<u64> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", monitor))
+        .await
+        .ok()?;
+    s.write_all(b"GET /routez HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+        .await
+        .ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).await.ok()?;
+    let body = &text[text.find("\r\n\r\n")? + 4..];
+    serde_json::from_str::<Value>(body).ok()?["num_routes"].as_u64()
+}
+
 /// Three NATS nodes with routes to each other.
 async fn nats_cluster() -> Vec<NatsNode> {
-    let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
+    let ports: Vec<(u16, u16, u16)> = (0..3)
+        .map(|_| (free_port(), free_port(), free_port()))
+        .collect();
     let routes = ports
         .iter()
-        .map(|(_, r)| format!("nats://127.0.0.1:{r}"))
+        .map(|(_, r, _)| format!("nats://127.0.0.1:{r}"))
         .collect::<Vec<_>>()
         .join(",");
     let mut nodes = Vec::new();
-    for (port, route) in &ports {
+    for (port, route, monitor) in &ports {
         let child = Command::new("nats-server")
             .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+            .args(["-m", &monitor.to_string()])
             .args(["--cluster", &format!("nats://127.0.0.1:{route}")])
             .args(["--cluster_name", "iris-test", "--routes", &routes])
             .stdout(Stdio::null())
@@ -106,6 +124,16 @@ async fn nats_cluster() -> Vec<NatsNode> {
     for n in &nodes {
         let p = n.port;
         until_async("a NATS node to listen", || port_open(p)).await;
+    }
+    // Listening is not yet a cluster: until a node has its routes, what is published on it
+    // does not reach subscribers on the others (a cold machine took over a second), and the
+    // routers' presence and roster messages would be lost to the test, not to the routers.
+    for (_, _, monitor) in &ports {
+        let m = *monitor;
+        until_async("a NATS node's routes to the other two", || async move {
+            nats_routes(m).await.is_some_and(|n| n >= 2)
+        })
+        .await;
     }
     nodes
 }
@@ -484,11 +512,27 @@ async fn peers_on_different_routers_meet_as_through_one() {
     })
     .await;
     // Presence crosses routers: our frontend peer f1 (on B) learns of k2 (on C) and lb1 (on A).
-    until("f1 told of k2 and lb1", || {
+    let told = || {
         let r = f1.routes();
         r.iter().any(|(u, _)| u == "k2") && r.iter().any(|(u, _)| u == "lb1")
+    };
+    if tokio::time::timeout(WAIT, async {
+        while !told() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     })
-    .await;
+    .await
+    .is_err()
+    {
+        // What each router saw, so that a failure says which announcement went missing.
+        panic!(
+            "timed out waiting for f1 told of k2 and lb1: f1's routes {:?}; A saw {:?}; B saw {:?}; C saw {:?}",
+            f1.routes(),
+            a.lines.lock().unwrap(),
+            b.lines.lock().unwrap(),
+            c.lines.lock().unwrap()
+        );
+    }
 
     // Addressed events across routers, the sender tagged (`_r`) as through one router.
     lf1.send(json!({"cmd": "dispatch", "msg": {"op": "note", "_uuid": "k2"}}))
