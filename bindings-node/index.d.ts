@@ -125,6 +125,13 @@ export interface CommonOptions {
   pingFreq?: number;
   pingDataObject?: unknown;
   rejectUnauthorized?: boolean;
+  /**
+   * Differs from legacy: an Error a request handler throws or passes to its callback reaches
+   * the peer as `{_Error, name, message}`; its `stack` (paths, sometimes values) is added only
+   * with `sendStack: true`, which is what legacy always did. Thrown errors are logged locally
+   * with their stack either way (unless `config.verbose` is 0).
+   */
+  sendStack?: boolean;
   /** Uuids announced as reachable through this instance. */
   routes?: string[] | Record<string, unknown>;
   /**

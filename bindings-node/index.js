@@ -77,10 +77,15 @@ function rebuildError(v) {
   return err;
 }
 
-/** An error value as it goes on the wire: Errors become `_Error` objects, as in legacy. */
-function wireError(err) {
+/**
+ * An error value as it goes on the wire: Errors become `_Error` objects, as in legacy. Unlike
+ * legacy, the stack (file paths, sometimes values) goes to the peer only with `sendStack`.
+ */
+function wireError(err, sendStack) {
   if (err instanceof Error) {
-    return { _Error: true, name: err.name, message: err.message, stack: err.stack };
+    const v = { _Error: true, name: err.name, message: err.message };
+    if (sendStack) v.stack = err.stack;
+    return v;
   }
   return err;
 }
@@ -341,6 +346,8 @@ class Interface extends EventEmitter {
     this.pingFreq = options.pingFreq || 3 * 1000;
     this.pingDataObject = options.pingDataObject;
     this.rejectUnauthorized = options.rejectUnauthorized || false;
+    // Beyond legacy: a handler's Error goes to the peer without its stack unless this is set.
+    this.sendStack = options.sendStack === true;
     // Unlike legacy, `cipher: false` on the instance counts too (legacy only honoured the
     // module-wide config.cipher).
     this.cipher = options.cipher === undefined || options.cipher === null ? config.cipher : options.cipher;
@@ -828,7 +835,7 @@ class Interface extends EventEmitter {
    * undefined `err` or `resp` is left out (`cb()` is `{"_resp":ID}`), null is written. */
   #respond(rid, err, resp) {
     if (!this.#native) return;
-    const errText = err === undefined ? undefined : JSON.stringify(wireError(err));
+    const errText = err === undefined ? undefined : JSON.stringify(wireError(err, this.sendStack));
     const respText = resp === undefined ? undefined : JSON.stringify(resp);
     this.#native.respond(rid, errText === undefined ? null : errText, respText === undefined ? null : respText);
   }

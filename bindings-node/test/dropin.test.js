@@ -104,6 +104,37 @@ describe('callback arguments (item 3)', () => {
     });
   }
 
+  test("a handler's Error reaches a legacy client without its stack unless sendStack is set", async () => {
+    // Legacy always sent the stack (paths, sometimes values); ours sends name and message, and
+    // the stack only when asked to.
+    const errs = {};
+    for (const [name, impl, extra] of [
+      ['legacy', 'legacy', {}],
+      ['ours', 'ours', {}],
+      ['ours, sendStack', 'ours', { sendStack: true }],
+    ]) {
+      const s = await server(impl, { cipher: false, ...extra });
+      const c = client('legacy', s.port, { cipher: false, wire: true });
+      try {
+        await c.wait((e) => e.ev === 'connect', { what: 'connect' });
+        const m = c.mark();
+        await ask(c, { id: 'error', msg: { op: 'args', args: CALLBACKS.error } });
+        const isAnswer = (e) => e.ev === 'wire' && e.line.includes('"_resp"');
+        await c.wait(isAnswer, { after: m, what: `${name}: the answer on the wire` });
+        errs[name] = JSON.parse(c.events.slice(m).find(isAnswer).line).err;
+      } finally {
+        await stopAll(c, s);
+      }
+    }
+    for (const [name, err] of Object.entries(errs)) {
+      assert.equal(err._Error, true, name);
+      assert.equal(err.message, 'bad', name);
+    }
+    assert.match(errs.legacy.stack, /Error: bad/);
+    assert.equal('stack' in errs.ours, false, JSON.stringify(errs.ours));
+    assert.match(errs['ours, sendStack'].stack, /Error: bad/);
+  });
+
   test('our server writes each answer byte for byte as legacy does (cipher off)', async () => {
     const lines = {};
     for (const impl of ['legacy', 'ours']) {
